@@ -1,0 +1,11 @@
+"""pipedbn: deep belief networks whose RBM layers train at the same time, one pipeline stage each.
+
+>>> import pipedbn
+>>> dbn = pipedbn.load("runs/quickstart/20261123-120000")   # a run directory or export file
+>>> features = dbn.transform(dbn.preprocess(raw_images))    # top-layer hidden probabilities
+"""
+
+from pipedbn.model import DBN, load
+
+__version__ = "0.1.0"
+__all__ = ["DBN", "load", "__version__"]

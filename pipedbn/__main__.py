@@ -1,0 +1,3 @@
+from pipedbn.cli import main
+
+raise SystemExit(main())

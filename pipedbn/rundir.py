@@ -1,0 +1,105 @@
+"""The run directory: creation, atomic writes, and ``metrics.jsonl``.
+
+Layout (DESIGN §3): ``config.yaml`` (the resolved config), ``preprocess.safetensors`` (how raw
+data becomes layer 0's input), ``metrics.jsonl``, ``checkpoints/final/layer-<i>.pt`` (each
+layer's full training state) and ``model.safetensors`` (the exported DBN).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipedbn.config import Config, dump_yaml
+from pipedbn.errors import RunDirError
+
+
+def choose_run_dir(cfg: Config) -> Path:
+    """``run.dir`` if given, else ``<out>/<name>/<timestamp>/`` (made unique with a suffix)."""
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    base = Path(cfg.run.out) / cfg.run.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def create_run_dir(path: Path) -> Path:
+    """Make a new, empty run directory; refuse one that holds anything already."""
+    if path.exists():
+        if not path.is_dir():
+            raise RunDirError(f"run directory {path} exists and is not a directory")
+        if any(path.iterdir()):
+            raise RunDirError(f"run directory {path} exists and is not empty; choose another "
+                              "run.dir, or leave run.dir unset for a new timestamped one")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise RunDirError(f"cannot create or write the run directory {path}: {e.strerror}; "
+                          "choose a writable run.out or run.dir") from None
+    return path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_tensors(path: Path, obj: Any) -> None:
+    """``torch.save`` through ``atomic_write``; the file loads with ``weights_only=True``."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
+
+
+def layer_state_path(run_dir: Path, layer: int, tag: str = "final") -> Path:
+    return run_dir / "checkpoints" / tag / f"layer-{layer}.pt"
+
+
+class Metrics:
+    """Appends one JSON object per scalar to ``metrics.jsonl``: step, stage, layer, tag, value."""
+
+    def __init__(self, run_dir: Path | None, stage: int = 0) -> None:
+        self.stage = stage
+        self._f = open(run_dir / "metrics.jsonl", "a", buffering=1) if run_dir else None
+
+    def scalar(self, step: int, layer: int, tag: str, value: float) -> None:
+        if self._f is not None:
+            rec = {"step": step, "stage": self.stage, "layer": layer, "tag": tag,
+                   "value": value, "wall_time": time.time()}
+            self._f.write(json.dumps(rec) + "\n")
+
+    def scalars(self, step: int, layer: int, values: dict[str, float], prefix: str) -> None:
+        for tag, value in values.items():
+            self.scalar(step, layer, f"{prefix}/{tag}", value)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None

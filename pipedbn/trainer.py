@@ -1,0 +1,160 @@
+"""The in-process trainer: the reference every distributed run must equal bit for bit.
+
+Order of operations (see also ``schedule.py`` and ``rbm.py``):
+
+    for m in 0, 1, ..., length - 1:            # the stream of micro-batches
+        top = highest layer that trains on m    # skip m if no layer does
+        x = micro-batch (epoch, j) of m         # permutation of (seed, epoch), read ahead
+        for i in 0 .. top:
+            x = layer_i.train_step(x)  if layer i trains on m   # one CD-k/PCD-k update
+                layer_i.forward(x)     otherwise                # frozen
+            every check_every updates: every parameter of layer i is finite
+
+Each layer draws only from its own generator, seeded from (seed, i), and only inside its own
+``train_step``/``forward``; what a layer computes therefore depends on nothing but its input
+sequence, which is what lets each layer run on its own rank and still give the same weights.
+Monitoring (metrics, held-out evaluation) never touches a layer's generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pipedbn.config import Config
+from pipedbn.data import Data, Prefetcher
+from pipedbn.rbm import RBM
+from pipedbn.rundir import Metrics
+from pipedbn.schedule import Schedule, build_schedule
+
+log = logging.getLogger("pipedbn")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def make_schedule(cfg: Config, data: Data) -> Schedule:
+    return build_schedule(cfg.train.schedule, data.batches_per_epoch,
+                          [layer.epochs for layer in cfg.layers], cfg.train.offset_epochs)
+
+
+def make_layer(cfg: Config, i: int, data: Data, schedule: Schedule, device: torch.device) -> RBM:
+    """Layer i, freshly initialised: a pure function of (config, seed, i) and the data mean."""
+    from stages import registry
+
+    sizes = [data.features] + cfg.sizes
+    lc = cfg.layers[i]
+    return registry.get(lc.kind)(
+        sizes[i], sizes[i + 1], lc, seed=cfg.seed, index=i,
+        steps_per_epoch=schedule.batches_per_epoch, total_steps=schedule.steps(i),
+        device=device, dtype=_DTYPES[cfg.train.dtype],
+        visible_mean=torch.from_numpy(data.feature_mean) if i == 0 else None,
+    )
+
+
+def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Config,
+               metrics: Metrics) -> torch.Tensor:
+    """What layer ``layer.index`` does with micro-batch m: train on it or forward it frozen."""
+    i = layer.index
+    if not schedule.trains(i, m):
+        return layer.forward(x, m)
+    stats: dict[str, float] | None = {} if layer.step % cfg.train.log_every == 0 else None
+    y = layer.train_step(x, m, stats)
+    if stats:
+        metrics.scalars(m, i, stats, "rbm")
+    if layer.step % cfg.train.check_every == 0 or layer.step == schedule.steps(i):
+        layer.check_parameters(m)
+    return y
+
+
+def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None = None
+             ) -> list[dict[str, float]]:
+    """Per layer, on ``x`` propagated up with probabilities: reconstruction error, and the
+    free-energy gap mean F(x) - mean F(reference) when a reference (training) sample is given."""
+    out: list[dict[str, float]] = []
+    with torch.no_grad():
+        for layer in layers:
+            row = {"recon_error": layer.reconstruction_error(x)}
+            if reference is not None:
+                gap = layer.free_energy(x).mean() - layer.free_energy(reference).mean()
+                row["free_energy_gap"] = float(gap)
+                reference = layer.hidden_probs(reference)
+            out.append(row)
+            x = layer.hidden_probs(x)
+    return out
+
+
+@dataclass
+class Result:
+    layers: list[RBM]
+    start: list[dict[str, float]]
+    end: list[dict[str, float]]
+    seconds: float
+    samples: int
+
+
+def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
+    """Train every layer in this process, in the reference order of operations."""
+    device = resolve_device(cfg.train.device)
+    dtype = _DTYPES[cfg.train.dtype]
+    schedule = make_schedule(cfg, data)
+    log.info("%s", schedule.describe())
+    layers = [make_layer(cfg, i, data, schedule, device) for i in range(len(cfg.layers))]
+
+    held = torch.from_numpy(data.held_out() if len(data.held_rows) else data.train_sample(1000))
+    held = held.to(device=device, dtype=dtype)
+    ref = torch.from_numpy(data.train_sample(min(len(held), len(data.train_rows))))
+    ref = ref.to(device=device, dtype=dtype)
+    start = evaluate(layers, held, ref)
+    for i, row in enumerate(start):
+        metrics.scalars(0, i, row, "eval")
+
+    positions = [(m, *schedule.data_position(m)) for m in schedule.micro_batches(0)]
+    reader = Prefetcher(data, positions, cfg.data.prefetch, dtype)
+    t0 = time.perf_counter()
+    samples, last_log = 0, t0
+    try:
+        for m, x in reader:
+            x = x.to(device, non_blocking=True)
+            samples += x.shape[0]
+            for i in range(schedule.top(m) + 1):
+                x = layer_step(layers[i], x, m, schedule, cfg, metrics)
+            now = time.perf_counter()
+            if now - last_log > 10:
+                log.info("micro-batch %d/%d, %.0f samples/s", m + 1, schedule.length,
+                         samples / (now - t0))
+                last_log = now
+    finally:
+        reader.close()
+    seconds = time.perf_counter() - t0
+    end = evaluate(layers, held, ref)
+    for i, row in enumerate(end):
+        metrics.scalars(schedule.length, i, row, "eval")
+    metrics.scalar(schedule.length, 0, "throughput/samples_per_s", samples / seconds)
+    return Result(layers, start, end, seconds, samples)
+
+
+def summary(cfg: Config, data: Data, result: Result) -> str:
+    sizes = [data.features] + cfg.sizes
+    lines = [f"{'layer':>5} {'kind':>9} {'size':>11} {'updates':>8} "
+             f"{'recon start':>12} {'recon end':>10}"]
+    for i, layer in enumerate(result.layers):
+        lines.append(
+            f"{i:>5} {cfg.layers[i].kind:>9} {f'{sizes[i]}x{sizes[i + 1]}':>11} "
+            f"{layer.step:>8} {result.start[i]['recon_error']:>12.3f} "
+            f"{result.end[i]['recon_error']:>10.3f}"
+        )
+    rate = result.samples / result.seconds if result.seconds else float("nan")
+    lines.append(f"{result.samples} samples through the pipeline in {result.seconds:.1f} s "
+                 f"({rate:.0f} samples/s); reconstruction error on "
+                 f"{'held-out' if len(data.held_rows) else 'training'} data per sample")
+    return "\n".join(lines)
+

@@ -1,0 +1,38 @@
+"""Gaussian-Bernoulli RBM: real-valued visible units of unit variance, binary hidden units.
+
+For standardised data (zero mean, unit variance per feature; ``data.standardize: true``), as in
+Hinton's guide §13.2: E(v, h) = |v - vb|^2 / 2 - h.hb - v'Wh, so E[v | h] = Wh + vb and
+F(v) = |v - vb|^2 / 2 - sum_j softplus(vW + hb)_j. Learning rates should be 1-2 orders of
+magnitude below the binary case; the default is 0.01. Real-valued input only fits the first layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipedbn.rbm import RBM
+from stages.registry import register
+
+
+@register
+class GaussianRBM(RBM):
+    kind = "gaussian"
+    default_lr = 0.01
+    stackable = False
+
+    def init_visible_bias(self, mean: torch.Tensor | None, n: int, **kw: Any) -> torch.Tensor:
+        return mean.clone() if mean is not None else torch.zeros(n, **kw)
+
+    @staticmethod
+    def visible_link(pre: torch.Tensor) -> torch.Tensor:
+        return pre
+
+    @staticmethod
+    def draw_visible(mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.empty_like(mean).normal_(generator=generator).add_(mean)
+
+    @staticmethod
+    def visible_energy(v: torch.Tensor, visible_bias: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (v - visible_bias).square().sum(1)
