@@ -56,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipedbn.rundir import (
         Metrics,
         atomic_write,
+        check_run_dir,
         choose_run_dir,
         create_run_dir,
         layer_state_path,
@@ -69,13 +70,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_yaml(cfg))
         return 0
+    run_dir = choose_run_dir(cfg)
+    check_run_dir(run_dir)
     unit_range = registry.get(cfg.layers[0].kind).kind == "bernoulli"
     data = open_data(cfg, unit_range=unit_range)
     _data_checks(cfg, data.features)
     log.info("data: %s; %d training and %d held-out samples, %d features",
              data.source.description, len(data.train_rows), len(data.held_rows), data.features)
 
-    run_dir = create_run_dir(choose_run_dir(cfg))
+    create_run_dir(run_dir)
     cfg.run.dir = str(run_dir)
     write_config(run_dir, cfg)
     save_tensors(run_dir / PREPROCESS_FILE, data.preprocessing())
@@ -111,7 +114,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # overrides may come before or after options: `train c.yaml --print-config rbm.k=2`
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="[pipedbn] %(message)s", stream=sys.stderr,

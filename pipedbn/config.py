@@ -281,6 +281,11 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -336,7 +341,13 @@ def from_dict(raw: dict[str, Any], problems: list[str]) -> Config | None:
     rbm_fields = {f.name for f in dataclasses.fields(RBMConfig)}
     if not isinstance(shared, dict):
         shared = {}
-    shared = {k: v for k, v in shared.items() if k in rbm_fields}
+    bad: set[str] = set()
+    for key, value in shared.items():
+        if key in rbm_fields:
+            found: list[str] = []
+            _coerce(value, typing.get_type_hints(RBMConfig)[key], f"rbm.{key}", found)
+            bad.update([key] if found else [])
+    shared = {k: v for k, v in shared.items() if k in rbm_fields and k not in bad}
     merged = []
     for i, entry in enumerate(raw["layers"]):
         if isinstance(entry, int) and not isinstance(entry, bool):

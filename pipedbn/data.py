@@ -76,7 +76,8 @@ class Data:
     def preprocess(self, x: np.ndarray) -> np.ndarray:
         x *= np.float32(self.scale)
         if self.binarize is not None:
-            x = (x > self.binarize).astype(np.float32)
+            # NaN/Inf stay non-finite so that check() reports them instead of hiding them as 0/1
+            x = np.where(np.isfinite(x), x > self.binarize, np.nan).astype(np.float32)
         if self.mean is not None:
             assert self.std is not None
             x -= self.mean

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ def read_idx(path: str, labels: bool = False) -> Shard | np.ndarray:
         try:
             with gzip.open(path, "rb") as f:
                 buf = f.read()
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{name}: corrupt or truncated gzip file ({e})") from None
         size = len(buf)
     else:
@@ -284,8 +285,11 @@ def open_source(source: str, paths: list[str], labels: str | None, key: str | No
                             f"has {shards[0].features}; all shards must agree")
     y: np.ndarray | None = None
     if source == "idx" and labels is not None:
-        (lab_path,) = expand_paths([labels])
-        lab = read_idx(lab_path, labels=True)
+        lab_paths = expand_paths([labels])
+        if len(lab_paths) != 1:
+            raise DataError(f"data.labels: {labels!r} matches {len(lab_paths)} files; "
+                            "give one IDX labels file")
+        lab = read_idx(lab_paths[0], labels=True)
         assert isinstance(lab, np.ndarray)
         y = lab
     elif label_parts:

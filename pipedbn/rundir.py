@@ -33,14 +33,19 @@ def choose_run_dir(cfg: Config) -> Path:
     return path
 
 
-def create_run_dir(path: Path) -> Path:
-    """Make a new, empty run directory; refuse one that holds anything already."""
+def check_run_dir(path: Path) -> None:
+    """Refuse a run directory that holds anything already (before any work is done)."""
     if path.exists():
         if not path.is_dir():
             raise RunDirError(f"run directory {path} exists and is not a directory")
         if any(path.iterdir()):
             raise RunDirError(f"run directory {path} exists and is not empty; choose another "
                               "run.dir, or leave run.dir unset for a new timestamped one")
+
+
+def create_run_dir(path: Path) -> Path:
+    """Make a new, empty run directory and check that it is writable."""
+    check_run_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
