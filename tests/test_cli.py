@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from conftest import cli
 from safetensors import safe_open
 
 import pipedbn
 from pipedbn.rundir import layer_state_path
-from conftest import cli
 
 
 def assert_user_error(proc, *words: str) -> None:  # type: ignore[no-untyped-def]
