@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)  # one thread per process in tests, as in the subprocesses below
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -128,3 +128,12 @@ def test_gaussian_default_learning_rate_is_smaller() -> None:
     cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 5, kind: gaussian}, "
                                               "{hidden: 3}]"]))
     assert cfg.layers[0].lr == 0.01 and cfg.layers[1].lr == 0.1
+
+
+def test_config_reference_doc_is_up_to_date() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "config_docs.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
