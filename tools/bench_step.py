@@ -1,0 +1,188 @@
+"""How close one RBM layer's CD-1 ``train_step`` gets to this machine's matrix-product rate.
+
+Run from the repository root::
+
+    python tools/bench_step.py [--steps 200] [--rounds 7] [--json tools/out/bench_step.json]
+
+Setting: one Bernoulli RBM layer 784 -> 500 (the config default otherwise: CD-1, weight decay,
+momentum), micro-batch B=100 of real mnist5k data (read and converted to float32 tensors before
+timing), ONE thread. Three contenders, timed interleaved in rounds (each round times every
+contender for ``--steps`` steps, the order rotating between rounds) so machine noise hits them
+alike; the median over rounds is reported:
+
+* ``gemm``: only the five matrix products of one CD-1 step, same shapes and layouts, into
+  preallocated outputs (up, down, up again, the two gradient products) - the ceiling;
+* ``pipedbn``: ``layer.train_step(x)`` on successive micro-batches;
+* ``minimal``: a plain PyTorch CD-1 loop (sigmoid, torch.bernoulli, v0'h0 - v1'h1, momentum
+  and weight decay) - the "minimal PyTorch loop" reference.
+
+Every contender is credited 10 * B * 784 * 500 FLOPs per step; ``ratio`` is its GFLOP/s over
+gemm's (the goal for pipedbn is >= 0.85). A table goes to stdout, the details to ``--json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from pipedbn.config import load_config, resolve_defaults  # noqa: E402
+from pipedbn.data import open_data  # noqa: E402
+from pipedbn.trainer import make_layer, make_schedule  # noqa: E402
+
+Step = Callable[[torch.Tensor], object]
+N_HIDDEN = 500
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def gemm_step(n_visible: int, batch: int) -> Step:
+    """The matrix products of one CD-1 step, nothing else, into preallocated outputs."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n_visible, N_HIDDEN, generator=g).mul_(0.01)
+    h0, h1 = torch.empty(batch, N_HIDDEN), torch.empty(batch, N_HIDDEN)
+    v1 = torch.empty(batch, n_visible)
+    inc = torch.zeros(n_visible, N_HIDDEN)
+
+    def step(x: torch.Tensor) -> None:
+        torch.mm(x, w, out=h0)  # up
+        torch.mm(h0, w.T, out=v1)  # down
+        torch.mm(v1, w, out=h1)  # up again
+        inc.addmm_(x.T, h0, beta=0.9, alpha=0.001)  # positive gradient
+        inc.addmm_(v1.T, h1, alpha=-0.001)  # negative gradient
+
+    return step
+
+
+def minimal_step(n_visible: int, vbias: torch.Tensor, lr: float, mom: float, wd: float) -> Step:
+    """A straightforward PyTorch CD-1 update: the 'minimal loop' reference."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n_visible, N_HIDDEN, generator=g).mul_(0.01)
+    b, c = vbias.clone(), torch.zeros(N_HIDDEN)
+    w_inc, b_inc, c_inc = torch.zeros_like(w), torch.zeros_like(b), torch.zeros_like(c)
+
+    def step(v0: torch.Tensor) -> torch.Tensor:
+        nonlocal w, b, c, w_inc, b_inc, c_inc
+        ph0 = torch.sigmoid(v0 @ w + c)
+        h0 = torch.bernoulli(ph0, generator=g)
+        v1 = torch.sigmoid(h0 @ w.T + b)
+        ph1 = torch.sigmoid(v1 @ w + c)
+        grad_w = (v0.T @ ph0 - v1.T @ ph1) / v0.shape[0]
+        w_inc = mom * w_inc + lr * (grad_w - wd * w)
+        b_inc = mom * b_inc + lr * (v0.mean(0) - v1.mean(0))
+        c_inc = mom * c_inc + lr * (ph0.mean(0) - ph1.mean(0))
+        w, b, c = w + w_inc, b + b_inc, c + c_inc
+        return ph0
+
+    return step
+
+
+def run_steps(step: Step, batches: list[torch.Tensor], steps: int, start: int) -> float:
+    """Seconds per step over ``steps`` steps, cycling through the micro-batches."""
+    n = len(batches)
+    t0 = time.perf_counter()
+    for i in range(start, start + steps):
+        step(batches[i % n])
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200, help="timed steps per contender per round")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=30, help="untimed steps per contender first")
+    ap.add_argument("--json", type=Path, default=Path("tools/out/bench_step.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 500}]", "data.source=mnist5k"]))
+    data = open_data(cfg, unit_range=True)
+    schedule = make_schedule(cfg, data)
+    layer = make_layer(cfg, 0, data, schedule, torch.device("cpu"))
+    batch, n_visible = cfg.train.batch_size, data.features
+    batches = [torch.from_numpy(data.micro_batch(e, j)).to(torch.float32).contiguous()
+               for e in range(2) for j in range(data.batches_per_epoch)]
+    batches = [x for x in batches if x.shape[0] == batch]
+    lc = cfg.layers[0]
+    assert lc.lr is not None and lc.momentum is not None
+    contenders: dict[str, Step] = {
+        "gemm": gemm_step(n_visible, batch),
+        "pipedbn": layer.train_step,
+        "minimal": minimal_step(n_visible, layer.visible_bias, lc.lr, lc.momentum,
+                                lc.weight_decay),
+    }
+    names = list(contenders)
+    for name in names:
+        run_steps(contenders[name], batches, args.warmup, 0)
+    raw: dict[str, list[float]] = {name: [] for name in names}
+    position = args.warmup
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
+            raw[name].append(run_steps(contenders[name], batches, args.steps, position))
+        position += args.steps
+
+    flops = 10 * batch * n_visible * N_HIDDEN
+    median = {name: statistics.median(raw[name]) for name in names}
+    results: dict[str, dict[str, float]] = {}
+    for name in names:
+        results[name] = {
+            "step_ms": median[name] * 1e3,
+            "samples_per_s": batch / median[name],
+            "gflops": flops / median[name] / 1e9,
+            "ratio_to_gemm": median["gemm"] / median[name],
+            "spread_pct": 100 * (max(raw[name]) - min(raw[name])) / median[name],
+        }
+    print(f"RBM {n_visible}->{N_HIDDEN} CD-1, B={batch}, 1 thread, {args.rounds} rounds x "
+          f"{args.steps} steps, median; {cpu_model()}, torch {torch.__version__}")
+    print(f"{'contender':<10}{'step ms':>9}{'samples/s':>11}{'GFLOP/s':>9}{'ratio':>7}"
+          f"{'spread':>8}")
+    for name, row in results.items():
+        print(f"{name:<10}{row['step_ms']:>9.3f}{row['samples_per_s']:>11.0f}"
+              f"{row['gflops']:>9.1f}{row['ratio_to_gemm']:>7.3f}{row['spread_pct']:>7.1f}%")
+
+    report: dict[str, Any] = {
+        "machine": {
+            "cpu": cpu_model(), "processor": platform.processor(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl": torch.backends.mkl.is_available(),
+        },
+        "settings": {
+            "n_visible": n_visible, "n_hidden": N_HIDDEN, "batch": batch, "method": lc.method,
+            "k": lc.k, "lr": lc.lr, "momentum": lc.momentum, "weight_decay": lc.weight_decay,
+            "data": cfg.data.source, "micro_batches": len(batches), "steps": args.steps,
+            "rounds": args.rounds, "warmup": args.warmup, "flops_per_step": flops,
+        },
+        "raw_seconds_per_step": raw,
+        "results": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
