@@ -20,6 +20,7 @@ RNG stream of a layer is consumed in exactly this order):
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, ClassVar
 
@@ -49,7 +50,7 @@ def free_energy(kind: type[RBM], v: torch.Tensor, weight: torch.Tensor,
     return kind.visible_energy(v, visible_bias) - torch.nn.functional.softplus(pre).sum(1)
 
 
-class RBM:
+class RBM(abc.ABC):
     """A restricted Boltzmann machine layer: parameters, optimiser state, chains and RNG."""
 
     kind: ClassVar[str]
@@ -94,23 +95,24 @@ class RBM:
         self.step = 0
 
     # -- what a kind defines ---------------------------------------------------------------
+    @abc.abstractmethod
     def init_visible_bias(self, mean: torch.Tensor | None, n: int, **kw: Any) -> torch.Tensor:
-        raise NotImplementedError
+        """Initial visible bias given the mean of the layer's input (None above layer 0)."""
 
     @staticmethod
+    @abc.abstractmethod
     def visible_link(pre: torch.Tensor) -> torch.Tensor:
         """E[v | h] from the visible pre-activation ``h W' + vb`` (may work in place)."""
-        raise NotImplementedError
 
     @staticmethod
+    @abc.abstractmethod
     def draw_visible(mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A sample of v given its conditional mean."""
-        raise NotImplementedError
 
     @staticmethod
+    @abc.abstractmethod
     def visible_energy(v: torch.Tensor, visible_bias: torch.Tensor) -> torch.Tensor:
         """The visible-only terms of the free energy, per row."""
-        raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------
     def hidden_probs(self, v: torch.Tensor) -> torch.Tensor:

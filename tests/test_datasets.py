@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import pickle
 import struct
 import zipfile
@@ -519,7 +518,6 @@ def test_mnist5k():
     assert src.default_scale == pytest.approx(1 / 255)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="needs scikit-learn")
 def test_digits():
     src = open_source("digits", [], None, None, 0, 4, 10)
     x = src.shards[0].array
