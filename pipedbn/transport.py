@@ -1,0 +1,116 @@
+"""Point-to-point links between neighbouring stages over ``torch.distributed``.
+
+A message is a header ``int64[m, rows, kind]`` followed by a payload of the link's static shape
+``(max_rows, features)``; a partial micro-batch travels padded and the receiver slices ``rows``
+(the padding is never trained on). ``kind`` is DATA or END (end of stream). The sender keeps at
+most ``window`` messages in flight (back-pressure: it waits for the oldest before sending more);
+the receiver keeps two receives posted (double buffering), so END is sent twice. Every wait is
+bounded by ``timeout`` and a failure names the stage that saw it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+DATA, END = 0, 1
+
+
+class LinkError(RuntimeError):
+    """A neighbour stage failed, vanished or stopped answering."""
+
+
+def _wait(work: dist.Work, timeout: float, what: str) -> None:
+    try:
+        ok = work.wait(timedelta(seconds=timeout))
+    except Exception as e:  # gloo raises on a closed peer or a timeout
+        raise LinkError(f"{what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    if ok is False:
+        raise LinkError(f"{what}: no answer in {timeout:g} s")
+
+
+class Sender:
+    def __init__(self, dst: int, max_rows: int, features: int, dtype: torch.dtype,
+                 device: torch.device, window: int, timeout: float, name: str) -> None:
+        self.dst, self.max_rows, self.features = dst, max_rows, features
+        self.dtype, self.device, self.window, self.timeout = dtype, device, window, timeout
+        self.name = name
+        self._pending: deque[tuple[list[dist.Work], torch.Tensor, torch.Tensor]] = deque()
+        self.max_in_flight = 0
+        self.wait_s = 0.0
+
+    def _retire_oldest(self) -> None:
+        works, _, _ = self._pending.popleft()
+        for w in works:
+            _wait(w, self.timeout, f"{self.name}: sending")
+
+    def send(self, m: int, x: torch.Tensor, kind: int = DATA) -> None:
+        t0 = time.perf_counter()
+        while len(self._pending) >= self.window:
+            self._retire_oldest()
+        self.wait_s += time.perf_counter() - t0
+        rows = x.shape[0]
+        assert x.shape[1:] == (self.features,) and rows <= self.max_rows, (x.shape, self.features)
+        if rows < self.max_rows:
+            padded = torch.zeros(self.max_rows, self.features, dtype=self.dtype,
+                                 device=self.device)
+            padded[:rows] = x
+            x = padded
+        header = torch.tensor([m, rows, kind], dtype=torch.int64)
+        works = [dist.isend(header, self.dst), dist.isend(x.contiguous(), self.dst)]
+        self._pending.append((works, header, x))  # keep both alive until sent
+        self.max_in_flight = max(self.max_in_flight, len(self._pending))
+
+    def close(self) -> None:
+        """Send end-of-stream and wait until every message has been taken."""
+        empty = torch.zeros(0, self.features, dtype=self.dtype, device=self.device)
+        for _ in range(2):  # one for each receive the peer keeps posted
+            self.send(-1, empty, END)
+        t0 = time.perf_counter()
+        while self._pending:
+            self._retire_oldest()
+        self.wait_s += time.perf_counter() - t0
+
+
+class Receiver:
+    def __init__(self, src: int, max_rows: int, features: int, dtype: torch.dtype,
+                 device: torch.device, timeout: float, name: str) -> None:
+        self.src, self.timeout, self.name = src, timeout, name
+        self._slots = [(torch.empty(3, dtype=torch.int64),
+                        torch.empty(max_rows, features, dtype=dtype, device=device))
+                       for _ in range(2)]
+        self._works: list[list[dist.Work]] = [[], []]
+        self._next = 0
+        self.wait_s = 0.0
+        for k in range(2):
+            self._post(k)
+
+    def _post(self, k: int) -> None:
+        header, payload = self._slots[k]
+        self._works[k] = [dist.irecv(header, self.src), dist.irecv(payload, self.src)]
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yields ``(m, x)``; ``x`` is valid until the next item is requested."""
+        while True:
+            k = self._next
+            self._take(k)
+            header, payload = self._slots[k]
+            m, rows, kind = (int(v) for v in header)
+            if kind == END:
+                self._take((k + 1) % 2)  # the second END fills the receive posted ahead
+                return
+            yield m, payload[:rows]
+            self._post(k)  # the consumer is done with slot k
+            self._next = (k + 1) % 2
+
+    def _take(self, k: int) -> None:
+        t0 = time.perf_counter()
+        for w in self._works[k]:
+            _wait(w, self.timeout, f"{self.name}: receiving")
+        self.wait_s += time.perf_counter() - t0
