@@ -21,6 +21,18 @@ import torch.distributed as dist
 DATA, END = 0, 1
 
 
+def _isend(t: torch.Tensor, dst: int) -> dist.Work:
+    work = dist.isend(t, dst)
+    assert work is not None  # None only for a rank outside the group
+    return work
+
+
+def _irecv(t: torch.Tensor, src: int) -> dist.Work:
+    work = dist.irecv(t, src)
+    assert work is not None
+    return work
+
+
 class LinkError(RuntimeError):
     """A neighbour stage failed, vanished or stopped answering."""
 
@@ -63,7 +75,7 @@ class Sender:
             padded[:rows] = x
             x = padded
         header = torch.tensor([m, rows, kind], dtype=torch.int64)
-        works = [dist.isend(header, self.dst), dist.isend(x.contiguous(), self.dst)]
+        works = [_isend(header, self.dst), _isend(x.contiguous(), self.dst)]
         self._pending.append((works, header, x))  # keep both alive until sent
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
 
@@ -93,7 +105,7 @@ class Receiver:
 
     def _post(self, k: int) -> None:
         header, payload = self._slots[k]
-        self._works[k] = [dist.irecv(header, self.src), dist.irecv(payload, self.src)]
+        self._works[k] = [_irecv(header, self.src), _irecv(payload, self.src)]
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         """Yields ``(m, x)``; ``x`` is valid until the next item is requested."""
