@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         atomic_write,
         check_run_dir,
         choose_run_dir,
-        create_run_dir,
+        claim_run_dir,
         layer_state_path,
         save_tensors,
         write_config,
@@ -70,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_yaml(cfg))
         return 0
+    torch.set_num_threads(cfg.train.threads)
     run_dir = choose_run_dir(cfg)
     check_run_dir(run_dir)
     unit_range = registry.get(cfg.layers[0].kind).kind == "bernoulli"
@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("data: %s; %d training and %d held-out samples, %d features",
              data.source.description, len(data.train_rows), len(data.held_rows), data.features)
 
-    create_run_dir(run_dir)
+    run_dir = claim_run_dir(cfg)
     cfg.run.dir = str(run_dir)
     write_config(run_dir, cfg)
     save_tensors(run_dir / PREPROCESS_FILE, data.preprocessing())
@@ -125,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="[pipedbn] %(message)s", stream=sys.stderr,
     )
-    if "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     try:
         if args.command == "train":
             return cmd_train(args)

@@ -9,9 +9,11 @@ as YAML. Problems are collected, not raised one by one, so a user sees every mis
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -119,11 +121,14 @@ class TrainConfig:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available)."""
     dtype: Literal["float32", "float64"] = "float32"
     """Floating point type of weights and activations."""
+    threads: int = 1
+    """Torch intra-op threads per process. Results are bit-for-bit reproducible for a given
+    number of threads; 1 is the reference every placement reproduces (DESIGN §2)."""
     log_every: int = 50
-    """Micro-batches between metric records (reconstruction error and friends)."""
+    """A layer's updates between metric records (reconstruction error and friends)."""
     check_every: int = 100
-    """Micro-batches between full checks that all parameters are finite (activations passed up
-    are checked on every micro-batch)."""
+    """A layer's updates between full checks that all parameters are finite (activations passed
+    up are checked on every micro-batch)."""
 
 
 @dataclass
@@ -145,8 +150,11 @@ class Config:
     rbm: RBMConfig = field(default_factory=RBMConfig)
     """Training settings shared by all layers (each layer may override them)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Where samples come from and how they are prepared."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Schedule, micro-batches, device and monitoring intervals."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Where the run directory goes."""
 
     @property
     def sizes(self) -> list[int]:
@@ -173,16 +181,24 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
         if not isinstance(raw, dict):
             raise ConfigError(["the top level must be a mapping of sections"], source)
     problems: list[str] = []
+    _expand_layers(raw)
     for item in overrides:
         apply_override(raw, item, problems)
+        _expand_layers(raw)
     cfg = from_dict(raw, problems)
+    if cfg is not None:
+        problems.extend(check(cfg))
     if problems:
         raise ConfigError(problems, source)
     assert cfg is not None
-    problems.extend(check(cfg))
-    if problems:
-        raise ConfigError(problems, source)
     return cfg
+
+
+def _expand_layers(raw: dict[str, Any]) -> None:
+    """The shorthand ``layers: [500, 500]`` means ``[{hidden: 500}, {hidden: 500}]``."""
+    if isinstance(raw.get("layers"), list):
+        raw["layers"] = [{"hidden": e} if isinstance(e, int) and not isinstance(e, bool) else e
+                         for e in raw["layers"]]
 
 
 def apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None:
@@ -269,7 +285,8 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         if not isinstance(value, list):
             problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
             return None
-        return [_coerce(v, item_tp, f"{where}.{i}", problems) for i, v in enumerate(value)]
+        items = [_coerce(v, item_tp, f"{where}.{i}", problems) for i, v in enumerate(value)]
+        return [v for v in items if v is not None]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -279,13 +296,17 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            if math.isfinite(number):
+                return number
+            problems.append(f"{where}: must be a finite number, got {value!r}")
+            return None
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -305,13 +326,20 @@ def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
     for key, value in raw.items():
         if key not in hints:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(names)
             problems.append(f"{prefix}{key}: unknown key ({hint})")
             continue
-        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", problems)
+        before = len(problems)
+        coerced = _coerce(value, hints[key], f"{prefix}{key}", problems)
+        # a bad value keeps the default (or, for a required list, its good items) so that the
+        # cross-field checks still run and report everything in one go
+        if len(problems) == before or (key in required and coerced is not None):
+            kwargs[key] = coerced
     missing = [
         f.name
         for f in dataclasses.fields(cls)
@@ -424,8 +452,25 @@ def check(cfg: Config) -> list[str]:
     positive("train.offset_epochs", t.offset_epochs, strict=False)
     positive("train.log_every", t.log_every)
     positive("train.check_every", t.check_every)
-    if t.device not in ("cpu", "auto") and not t.device.startswith("cuda"):
-        p.append(f"train.device: {t.device!r} is not cpu, cuda, cuda:N or auto")
+    if cfg.seed < 0:
+        p.append(f"seed: must be >= 0, got {cfg.seed}")
+    positive("train.threads", t.threads)
+    if t.device not in ("cpu", "auto"):
+        import torch
+
+        try:
+            dev = torch.device(t.device)
+            if dev.type != "cuda":
+                raise RuntimeError
+        except RuntimeError:
+            p.append(f"train.device: {t.device!r} is not cpu, cuda, cuda:N or auto")
+        else:
+            if not torch.cuda.is_available():
+                p.append(f"train.device: {t.device!r} but this torch sees no CUDA device; "
+                         "use cpu or auto")
+            elif dev.index is not None and dev.index >= torch.cuda.device_count():
+                p.append(f"train.device: {t.device!r} but only {torch.cuda.device_count()} "
+                         "CUDA devices are visible")
     if not cfg.run.name or "/" in cfg.run.name:
         p.append(f"run.name: must be a non-empty name without '/', got {cfg.run.name!r}")
     return p

@@ -123,7 +123,7 @@ def expand_paths(patterns: list[str]) -> list[str]:
     out: list[str] = []
     for pattern in patterns:
         if any(ch in pattern for ch in "*?["):
-            hits = sorted(glob.glob(os.path.expanduser(pattern)))
+            hits = sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
             if not hits:
                 raise DataError(f"data.path: the glob {pattern!r} matches no file")
             out.extend(hits)

@@ -152,9 +152,13 @@ def load(path: str | Path) -> DBN:
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: not a pipedbn model (format {meta.get('format')!r}, "
                         f"expected {FORMAT!r})")
-    kinds = json.loads(meta["kinds"])
-    params = [{name: tensors[f"layers.{i}.{name}"]
-               for name in ("weight", "visible_bias", "hidden_bias")} for i in range(len(kinds))]
+    try:
+        kinds = json.loads(meta["kinds"])
+        params = [{name: tensors[f"layers.{i}.{name}"]
+                   for name in ("weight", "visible_bias", "hidden_bias")}
+                  for i in range(len(kinds))]
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{path}: incomplete pipedbn model (missing {e})") from None
     return DBN(kinds, params, scale=float(meta["scale"]),
                binarize=float(meta["binarize"]) if meta.get("binarize") else None,
                mean=tensors.get("preprocess.mean"), std=tensors.get("preprocess.std"),
@@ -171,7 +175,13 @@ def from_run(run_dir: str | Path, tag: str = "final") -> DBN:
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     config = (run_dir / "config.yaml").read_text()
-    kinds = [layer["kind"] for layer in yaml.safe_load(config)["layers"]]
+    try:
+        kinds = [layer["kind"] for layer in yaml.safe_load(config)["layers"]]
+    except (yaml.YAMLError, KeyError, TypeError):
+        raise UserError(f"{run_dir / 'config.yaml'}: not a pipedbn run config") from None
+    if not (run_dir / PREPROCESS_FILE).is_file():
+        raise UserError(f"{run_dir}: {PREPROCESS_FILE} is missing: the run did not start "
+                        "properly")
     params = []
     for i in range(len(kinds)):
         path = layer_state_path(run_dir, i, tag)

@@ -34,7 +34,7 @@ from pipedbn.errors import NonFiniteError
 def layer_seed(seed: int, index: int) -> int:
     """The seed of layer ``index``'s RNG stream: a pure function of (seed, index)."""
     state = np.random.SeedSequence([seed, 0x5EED, index]).generate_state(2, np.uint32)
-    return int(state[0]) << 31 ^ int(state[1])
+    return (int(state[0]) << 32 | int(state[1])) >> 1  # 63 bits
 
 
 def bernoulli(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -176,11 +176,8 @@ class RBM(abc.ABC):
         h0 = None if pcd else self.sample_hidden(ph0)
         h = self.chains if pcd else h0
         assert h is not None
-        first_vm = None
         for s in range(c.k):
             vm = self.visible_mean(h)
-            if s == 0:
-                first_vm = vm
             v = self.sample_visible(vm) if (pcd or s < c.k - 1) else vm
             ph = self.hidden_probs(v)
             if pcd or s < c.k - 1:
@@ -188,6 +185,11 @@ class RBM(abc.ABC):
         if pcd:
             self.chains = h
         n_neg = v.shape[0]
+
+        recon_error = 0.0
+        if stats is not None:  # mean-field, before the update: the same measure for CD and PCD
+            recon = self.visible_link(torch.addmm(self.visible_bias, ph0, self.weight.T))
+            recon_error = float((v0 - recon).square_().sum() / batch)
 
         # Both gradient products accumulate straight into the momentum buffer.
         self.weight_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr / batch)
@@ -213,8 +215,7 @@ class RBM(abc.ABC):
         self.step += 1
 
         if stats is not None:
-            assert first_vm is not None
-            stats["recon_error"] = float((v0 - first_vm).square().sum() / batch)
+            stats["recon_error"] = recon_error
             stats["hidden_mean"] = float(ph0_mean.mean())
             stats["lr"] = lr
             stats["momentum"] = mom

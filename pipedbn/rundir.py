@@ -1,6 +1,6 @@
 """The run directory: creation, atomic writes, and ``metrics.jsonl``.
 
-Layout (DESIGN §3): ``config.yaml`` (the resolved config), ``preprocess.safetensors`` (how raw
+Layout (DESIGN §3): ``config.yaml`` (the resolved config), ``preprocess.pt`` (how raw
 data becomes layer 0's input), ``metrics.jsonl``, ``checkpoints/final/layer-<i>.pt`` (each
 layer's full training state) and ``model.safetensors`` (the exported DBN).
 """
@@ -33,6 +33,24 @@ def choose_run_dir(cfg: Config) -> Path:
     return path
 
 
+def claim_run_dir(cfg: Config) -> Path:
+    """Create the run directory; a timestamped one is claimed atomically (parallel launches)."""
+    if cfg.run.dir:
+        return create_run_dir(Path(cfg.run.dir))
+    for _ in range(100):
+        path = choose_run_dir(cfg)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except FileExistsError:
+            continue  # another run took it in the meantime
+        except OSError as e:
+            raise RunDirError(f"cannot create the run directory {path}: {e.strerror}; "
+                              "choose a writable run.out or run.dir") from None
+        return create_run_dir(path)
+    raise RunDirError(f"could not claim a new run directory under {cfg.run.out}")
+
+
 def check_run_dir(path: Path) -> None:
     """Refuse a run directory that holds anything already (before any work is done)."""
     if path.exists():
@@ -61,6 +79,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes files private; run files are not
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

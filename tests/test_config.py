@@ -137,3 +137,34 @@ def test_config_reference_doc_is_up_to_date() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "config_docs.py"), "--check"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_type_errors_and_cross_field_errors_are_reported_together(tmp_path: Path) -> None:
+    found = problems(tmp_path, """
+layers: [{hidden: 8, k: 0, lrr: 1}, {hidden: x, momentum: 1.5}]
+data: {held_out: 2}
+seed: -1
+rbm: {epochs: .nan, weight_decay: .inf}
+""")
+    text = "\n".join(found)
+    for expected in ["layers.0.lrr: unknown key", "layers.1.hidden: expected an integer",
+                     "layers.0.k: must be >= 1", "layers.1.momentum: must be in [0, 1)",
+                     "data.held_out: a fraction", "seed: must be >= 0",
+                     "rbm.epochs: must be a finite number", "rbm.weight_decay: must be a finite"]:
+        assert expected in text, expected
+
+
+def test_layers_shorthand_takes_index_overrides() -> None:
+    cfg = load_config(None, ["layers=[32, 16]", "layers.1.hidden=8"])
+    assert cfg.sizes == [32, 8]
+
+
+def test_cuda_device_without_cuda_is_a_config_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is for machines without CUDA")
+    with pytest.raises(ConfigError, match="sees no CUDA device"):
+        load_config(None, ["layers=[4]", "train.device=cuda"])
+    with pytest.raises(ConfigError, match="is not cpu, cuda"):
+        load_config(None, ["layers=[4]", "train.device=cuda:x"])

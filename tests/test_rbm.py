@@ -111,12 +111,12 @@ def reference_update(layer: RBM, v0: torch.Tensor, g: torch.Generator) -> dict[s
 
 
 @pytest.mark.parametrize("fields", [
-    {"k": 1},
+    {"k": 1, "momentum_epochs": 0.2, "lr_schedule": "linear", "lr_final": 0.5},  # switch at 2
     {"k": 3, "weight_decay": 0.01},
     {"k": 2, "sparsity_cost": 0.5, "sparsity_target": 0.05},
 ])
 def test_cd_update_equals_hand_written_reference(fields: dict[str, object]) -> None:
-    layer = make(7, 5, lr=0.3, **fields)
+    layer = make(7, 5, lr=0.3, total=4, **fields)
     data = (torch.rand(30, 7, generator=torch.Generator().manual_seed(5)) < 0.4).double()
     for step in range(4):  # several steps, so momentum buffers and schedules take part
         v0 = data[step * 7:(step + 1) * 7]  # 7 rows: batch means must use the real size
@@ -265,3 +265,23 @@ def test_non_finite_values_are_detected_before_they_are_passed_on() -> None:
     diverging.weight[0, 0] = float("inf")
     with pytest.raises(NonFiniteError, match="layer 2: non-finite weight at micro-batch 9"):
         diverging.check_parameters(9)
+
+
+def test_pcd_metrics_with_other_chain_count_and_a_partial_batch() -> None:
+    layer = make(6, 4, method="pcd", pcd_chains=20, dtype=torch.float32)
+    for rows in (8, 3):  # the chains outnumber the batch; then a partial batch
+        stats: dict[str, float] = {}
+        v0 = (torch.rand(rows, 6) < 0.5).float()
+        expected = layer.reconstruction_error(v0)  # mean-field, before the update
+        layer.train_step(v0, stats=stats)
+        assert stats["recon_error"] == pytest.approx(expected, rel=1e-6)
+        assert 0 < stats["hidden_mean"] < 1 and stats["lr"] == 0.1
+
+
+def test_monitoring_does_not_touch_the_layer_rng() -> None:
+    a, b = make(6, 4), make(6, 4)
+    v0 = (torch.rand(8, 6, generator=torch.Generator().manual_seed(3)) < 0.5).double()
+    a.train_step(v0, stats={})
+    b.train_step(v0)
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+    assert torch.equal(a.weight, b.weight)
