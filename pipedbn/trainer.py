@@ -145,7 +145,7 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
 def summary(cfg: Config, data: Data, result: Result) -> str:
     sizes = [data.features] + cfg.sizes
     lines = [f"{'layer':>5} {'kind':>9} {'size':>11} {'updates':>8} "
-             f"{'recon start':>12} {'recon end':>10}"]
+             f"{'recon init':>12} {'recon end':>10}"]
     for i, layer in enumerate(result.layers):
         lines.append(
             f"{i:>5} {cfg.layers[i].kind:>9} {f'{sizes[i]}x{sizes[i + 1]}':>11} "
