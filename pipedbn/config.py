@@ -357,6 +357,7 @@ def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
 def from_dict(raw: dict[str, Any], problems: list[str]) -> Config | None:
     """Build a Config, merging ``rbm`` defaults into every layer entry; appends to ``problems``."""
     raw = copy.deepcopy(raw)
+    _expand_layers(raw)
     layers = raw.get("layers")
     if layers is None:
         problems.append("layers: required (a list such as [{hidden: 500}, {hidden: 500}])")
@@ -378,8 +379,6 @@ def from_dict(raw: dict[str, Any], problems: list[str]) -> Config | None:
     shared = {k: v for k, v in shared.items() if k in rbm_fields and k not in bad}
     merged = []
     for i, entry in enumerate(raw["layers"]):
-        if isinstance(entry, int) and not isinstance(entry, bool):
-            entry = {"hidden": entry}
         if not isinstance(entry, dict):
             problems.append(f"layers.{i}: expected a mapping such as {{hidden: 500}}, "
                             f"got {entry!r}")
