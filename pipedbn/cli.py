@@ -1,5 +1,8 @@
 """Command line: ``pipedbn train CONFIG [key=value ...]`` and ``pipedbn export RUN_DIR -o FILE``.
 
+``train`` runs one process per layer: under torchrun it joins the launcher's group; without a
+launcher it starts them itself (``launch.py``); ``--nproc 1`` trains in this process.
+
 A user's mistake (bad config, missing file, bad data, unusable run directory) is printed as one
 message without a traceback and exits with status 2; a run that diverges exits with status 3.
 """
@@ -8,14 +11,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pipedbn import __version__
 from pipedbn.config import Config, dump_yaml, load_config, resolve_defaults
 from pipedbn.errors import ConfigError, UserError
+from pipedbn.launch import LINK_EXIT
+from pipedbn.transport import LinkError
+
+if TYPE_CHECKING:
+    from pipedbn.data import Data
 
 log = logging.getLogger("pipedbn")
 
@@ -32,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--print-config", action="store_true",
                     help="print the resolved config and exit without training")
     tr.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
+    tr.add_argument("--nproc", type=int, default=None, metavar="N",
+                    help="without a launcher: processes to start on this machine (default: one "
+                         "per layer; 1 trains in this process)")
+    tr.add_argument("--prepared", action="store_true", help=argparse.SUPPRESS)  # local launcher
 
     ex = sub.add_parser("export", help="write a finished run's model to one safetensors file")
     ex.add_argument("run_dir", help="run directory of a finished training run")
@@ -39,50 +53,50 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _data_checks(cfg: Config, features: int) -> None:
-    problems = []
-    first = cfg.layers[0]
-    if first.visible is not None and first.visible != features:
-        problems.append(f"layers.0.visible: {first.visible}, but the data has {features} "
-                        "features per sample (remove it or fix the data)")
-    if problems:
-        raise ConfigError(problems)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipedbn.data import open_data
-    from pipedbn.model import MODEL_FILE, PREPROCESS_FILE, from_run
-    from pipedbn.rundir import (
-        Metrics,
-        atomic_write,
-        check_run_dir,
-        choose_run_dir,
-        claim_run_dir,
-        layer_state_path,
-        save_tensors,
-        write_config,
-    )
-    from pipedbn.trainer import summary, train_in_process
-    from stages import registry
+    from pipedbn.distributed import check_world, failure_record, torchrun_env, train_distributed
+    from pipedbn.rundir import record_failure, start_run
 
     cfg = resolve_defaults(load_config(args.config, args.overrides))
     if args.print_config:
         sys.stdout.write(dump_yaml(cfg))
         return 0
     torch.set_num_threads(cfg.train.threads)
-    run_dir = choose_run_dir(cfg)
-    check_run_dir(run_dir)
-    unit_range = registry.get(cfg.layers[0].kind).kind == "bernoulli"
-    data = open_data(cfg, unit_range=unit_range)
-    _data_checks(cfg, data.features)
+    if torchrun_env() is not None:
+        if args.nproc is not None:
+            raise UserError("--nproc is for runs without a launcher; under torchrun the number "
+                            "of processes is --nnodes x --nproc-per-node")
+        return train_distributed(cfg, prepared=args.prepared)
+    nproc = len(cfg.layers) if args.nproc is None else args.nproc
+    if nproc < 1:
+        raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
+    if nproc > 1:
+        check_world(cfg, nproc, f"--nproc {nproc}")
+        if cfg.train.device.startswith("cuda") and torch.cuda.device_count() < nproc:
+            raise UserError(f"--nproc {nproc} with train.device={cfg.train.device}: one GPU per "
+                            f"process is needed and {torch.cuda.device_count()} are visible")
+    run_dir, data = start_run(cfg)
     log.info("data: %s; %d training and %d held-out samples, %d features",
              data.source.description, len(data.train_rows), len(data.held_rows), data.features)
-
-    run_dir = claim_run_dir(cfg)
-    cfg.run.dir = str(run_dir)
-    write_config(run_dir, cfg)
-    save_tensors(run_dir / PREPROCESS_FILE, data.preprocessing())
     log.info("run directory: %s", run_dir)
+    if nproc > 1:
+        from pipedbn.launch import launch_local
+
+        log.info("starting %d local processes, one per layer", nproc)
+        return launch_local(run_dir, nproc, cfg.train.threads, args.quiet)
+    try:
+        _train_here(cfg, run_dir, data)
+    except BaseException as e:
+        record_failure(run_dir, failure_record(e, 0))
+        raise
+    return 0
+
+
+def _train_here(cfg: Config, run_dir: Path, data: Data) -> None:
+    from pipedbn.model import MODEL_FILE, from_run
+    from pipedbn.rundir import Metrics, atomic_write, layer_state_path, save_tensors
+    from pipedbn.trainer import summary, train_in_process
+
     metrics = Metrics(run_dir)
     try:
         result = train_in_process(cfg, data, metrics)
@@ -95,7 +109,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     atomic_write(run_dir / "summary.txt", (text + "\n").encode())
     print(text, file=sys.stderr)
     print(run_dir)
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -121,17 +134,25 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    rank = int(os.environ["RANK"]) if "RANK" in os.environ else None
+    quiet = getattr(args, "quiet", False) or (rank is not None and rank > 0)
     logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-        format="[pipedbn] %(message)s", stream=sys.stderr,
+        level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+        format="[pipedbn] %(message)s" if rank is None else f"[pipedbn stage {rank}] %(message)s",
     )
+    where = "" if rank is None else f"stage {rank}: "
     try:
         if args.command == "train":
             return cmd_train(args)
         return cmd_export(args)
     except UserError as e:
-        print(f"pipedbn: error: {e}", file=sys.stderr)
+        # every rank finds the same config mistake; rank 0 alone reports it
+        if not (isinstance(e, ConfigError) and rank):
+            print(f"pipedbn: error: {where}{e}", file=sys.stderr)
         return e.exit_code
+    except LinkError as e:  # its message names this stage and the peer it lost
+        print(f"pipedbn: error: {e}", file=sys.stderr)
+        return LINK_EXIT
     except KeyboardInterrupt:
         print("pipedbn: interrupted", file=sys.stderr)
         return 130

@@ -132,6 +132,33 @@ class TrainConfig:
 
 
 @dataclass
+class PipelineConfig:
+    window: int = 4
+    """Micro-batches a stage may have sent that the next stage has not yet taken; a stage that
+    gets this far ahead waits (back-pressure), so memory stays bounded whatever the speeds."""
+    timeout: float = 300.0
+    """Seconds any wait on another process may last (a receive, a send, setup, the final
+    gather) before the run stops with an error naming the stage that did not answer. A stage
+    that dies is noticed at once; this bounds the wait on one that hangs."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """``torch.distributed`` backend: ``auto`` is nccl for CUDA devices and gloo otherwise."""
+
+
+@dataclass
+class StragglerConfig:
+    """A stand-in for a slower device: a sleep per micro-batch, which costs no CPU."""
+
+    layer: int | None = None
+    """Slow down this layer (wherever it runs) ..."""
+    rank: int | None = None
+    """... or every layer on this rank (distributed runs only)."""
+    sleep_s: float = 0.0
+    """Seconds of sleep after each micro-batch the slowed layer handles."""
+    after: int = 0
+    """First micro-batch of the stream that is slowed (a device that slows down mid-run)."""
+
+
+@dataclass
 class RunConfig:
     name: str = "dbn"
     """Experiment name: the run directory is ``<out>/<name>/<timestamp>/``."""
@@ -153,6 +180,10 @@ class Config:
     """Where samples come from and how they are prepared."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Schedule, micro-batches, device and monitoring intervals."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """How stages talk to each other in a distributed run."""
+    straggler: StragglerConfig = field(default_factory=StragglerConfig)
+    """Optional artificial slowdown of one layer or rank (to study balancing on a small machine)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where the run directory goes."""
 
@@ -470,6 +501,17 @@ def check(cfg: Config) -> list[str]:
             elif dev.index is not None and dev.index >= torch.cuda.device_count():
                 p.append(f"train.device: {t.device!r} but only {torch.cuda.device_count()} "
                          "CUDA devices are visible")
+    pl = cfg.pipeline
+    if pl.window < 1:
+        p.append(f"pipeline.window: must be >= 1, got {pl.window}")
+    positive("pipeline.timeout", pl.timeout)
+    st = cfg.straggler
+    if st.layer is not None and not 0 <= st.layer < len(cfg.layers):
+        p.append(f"straggler.layer: {st.layer} is not a layer index (0..{len(cfg.layers) - 1})")
+    if st.rank is not None and st.rank < 0:
+        p.append(f"straggler.rank: must be >= 0, got {st.rank}")
+    positive("straggler.sleep_s", st.sleep_s, strict=False)
+    positive("straggler.after", st.after, strict=False)
     if not cfg.run.name or "/" in cfg.run.name:
         p.append(f"run.name: must be a non-empty name without '/', got {cfg.run.name!r}")
     return p

@@ -2,7 +2,9 @@
 
 Layout (DESIGN §3): ``config.yaml`` (the resolved config), ``preprocess.pt`` (how raw
 data becomes layer 0's input), ``metrics.jsonl``, ``checkpoints/final/layer-<i>.pt`` (each
-layer's full training state) and ``model.safetensors`` (the exported DBN).
+layer's full training state), ``model.safetensors`` (the exported DBN), ``stages.json`` (each
+pipeline stage's timings) and, for a run that failed, ``failure.json`` (the first stage to fail
+and why).
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pipedbn.config import Config, dump_yaml
 from pipedbn.errors import RunDirError
+
+if TYPE_CHECKING:
+    from pipedbn.data import Data
+
+FAILURE_FILE = "failure.json"
 
 
 def choose_run_dir(cfg: Config) -> Path:
@@ -129,3 +136,51 @@ class Metrics:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
+    """Open and check the data, then claim the run directory and write ``config.yaml`` and the
+    preprocessing; nothing is written before every check has passed. ``prepared``: the local
+    launcher has done this already (``cfg.run.dir`` holds its config) and only the data is
+    opened again."""
+    from pipedbn.data import open_data
+    from pipedbn.errors import ConfigError
+    from pipedbn.model import PREPROCESS_FILE
+    from stages import registry
+
+    run_dir = Path(cfg.run.dir) if prepared and cfg.run.dir else choose_run_dir(cfg)
+    if prepared:
+        if not (run_dir / "config.yaml").is_file():
+            raise RunDirError(f"{run_dir}: not a prepared run directory (no config.yaml)")
+    else:
+        check_run_dir(run_dir)
+    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+    first = cfg.layers[0]
+    if first.visible is not None and first.visible != data.features:
+        raise ConfigError([f"layers.0.visible: {first.visible}, but the data has "
+                           f"{data.features} features per sample (remove it or fix the data)"])
+    if prepared:
+        return run_dir, data
+    run_dir = claim_run_dir(cfg)
+    cfg.run.dir = str(run_dir)
+    write_config(run_dir, cfg)
+    save_tensors(run_dir / PREPROCESS_FILE, data.preprocessing())
+    return run_dir, data
+
+
+def record_failure(run_dir: Path, record: dict[str, Any]) -> None:
+    """Write ``failure.json`` unless a stage wrote it first: it names the first stage to fail."""
+    try:
+        fd = os.open(run_dir / FAILURE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:
+        return  # another stage got there first, or the directory is gone: nothing to add
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+        f.write("\n")
+
+
+def read_failure(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((run_dir / FAILURE_FILE).read_text()))
+    except (OSError, ValueError):
+        return None

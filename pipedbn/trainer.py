@@ -22,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pipedbn.config import Config
@@ -41,23 +42,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_schedule(cfg: Config, data: Data) -> Schedule:
-    return build_schedule(cfg.train.schedule, data.batches_per_epoch,
+def dtype_of(cfg: Config) -> torch.dtype:
+    return _DTYPES[cfg.train.dtype]
+
+
+def make_schedule(cfg: Config, batches_per_epoch: int) -> Schedule:
+    return build_schedule(cfg.train.schedule, batches_per_epoch,
                           [layer.epochs for layer in cfg.layers], cfg.train.offset_epochs)
 
 
-def make_layer(cfg: Config, i: int, data: Data, schedule: Schedule, device: torch.device) -> RBM:
-    """Layer i, freshly initialised: a pure function of (config, seed, i) and the data mean."""
+def make_layer(cfg: Config, i: int, features: int, schedule: Schedule, device: torch.device,
+               visible_mean: np.ndarray | None = None) -> RBM:
+    """Layer i, freshly initialised: a pure function of (config, seed, i) and, for layer 0, the
+    data mean (``visible_mean``), so any process can build any layer."""
     from stages import registry
 
-    sizes = [data.features] + cfg.sizes
+    assert (i == 0) == (visible_mean is not None)
+    sizes = [features] + cfg.sizes
     lc = cfg.layers[i]
     return registry.get(lc.kind)(
         sizes[i], sizes[i + 1], lc, seed=cfg.seed, index=i,
         steps_per_epoch=schedule.batches_per_epoch, total_steps=schedule.steps(i),
-        device=device, dtype=_DTYPES[cfg.train.dtype],
-        visible_mean=torch.from_numpy(data.feature_mean) if i == 0 else None,
+        device=device, dtype=dtype_of(cfg),
+        visible_mean=torch.from_numpy(visible_mean) if visible_mean is not None else None,
     )
+
+
+def make_layers(cfg: Config, data: Data, schedule: Schedule, device: torch.device) -> list[RBM]:
+    return [make_layer(cfg, i, data.features, schedule, device,
+                       data.feature_mean if i == 0 else None) for i in range(len(cfg.layers))]
+
+
+class Straggler:
+    """``straggler`` config: sleep after a chosen layer (or rank) handles a micro-batch."""
+
+    def __init__(self, cfg: Config, rank: int | None = None) -> None:
+        st = cfg.straggler
+        self.after, self.sleep_s = st.after, st.sleep_s
+        self.layer = st.layer if st.sleep_s > 0 else None
+        self.whole_rank = st.sleep_s > 0 and rank is not None and st.rank == rank
+
+    def after_layer(self, i: int, m: int) -> None:
+        if i == self.layer and m >= self.after:
+            time.sleep(self.sleep_s)
+
+    def after_micro_batch(self, m: int) -> None:
+        if self.whole_rank and m >= self.after:
+            time.sleep(self.sleep_s)
 
 
 def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Config,
@@ -92,6 +123,15 @@ def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None 
     return out
 
 
+def monitor_data(data: Data, device: torch.device, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out samples (training ones if there are none) and a training reference sample of the
+    same size, for ``evaluate``."""
+    held = torch.from_numpy(data.held_out() if len(data.held_rows) else data.train_sample(1000))
+    ref = torch.from_numpy(data.train_sample(min(len(held), len(data.train_rows))))
+    return held.to(device=device, dtype=dtype), ref.to(device=device, dtype=dtype)
+
+
 @dataclass
 class Result:
     layers: list[RBM]
@@ -104,15 +144,13 @@ class Result:
 def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
     """Train every layer in this process, in the reference order of operations."""
     device = resolve_device(cfg.train.device)
-    dtype = _DTYPES[cfg.train.dtype]
-    schedule = make_schedule(cfg, data)
+    dtype = dtype_of(cfg)
+    schedule = make_schedule(cfg, data.batches_per_epoch)
     log.info("%s", schedule.describe())
-    layers = [make_layer(cfg, i, data, schedule, device) for i in range(len(cfg.layers))]
+    layers = make_layers(cfg, data, schedule, device)
+    straggler = Straggler(cfg)
 
-    held = torch.from_numpy(data.held_out() if len(data.held_rows) else data.train_sample(1000))
-    held = held.to(device=device, dtype=dtype)
-    ref = torch.from_numpy(data.train_sample(min(len(held), len(data.train_rows))))
-    ref = ref.to(device=device, dtype=dtype)
+    held, ref = monitor_data(data, device, dtype)
     start = evaluate(layers, held, ref)
     for i, row in enumerate(start):
         metrics.scalars(0, i, row, "eval")
@@ -127,6 +165,7 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
             samples += x.shape[0]
             for i in range(schedule.top(m) + 1):
                 x = layer_step(layers[i], x, m, schedule, cfg, metrics)
+                straggler.after_layer(i, m)
             now = time.perf_counter()
             if now - last_log > 10:
                 log.info("micro-batch %d/%d, %.0f samples/s", m + 1, schedule.length,

@@ -2,23 +2,27 @@
 
 A message is a header ``int64[m, rows, kind]`` followed by a payload of the link's static shape
 ``(max_rows, features)``; a partial micro-batch travels padded and the receiver slices ``rows``
-(the padding is never trained on). ``kind`` is DATA or END (end of stream). The sender keeps at
+(the padding is never trained on). ``kind`` is DATA, END (end of stream) or BEAT: a link that has
+carried nothing for a quarter of the timeout carries a heartbeat instead, so a stage that waits a
+long time for its first micro-batch (the greedy schedule, a long streaming offset) can tell a
+quiet peer from a hung one; a stage that is itself waiting passes heartbeats on. The sender keeps at
 most ``window`` messages in flight (back-pressure: it waits for the oldest before sending more);
 the receiver keeps two receives posted (double buffering), so END is sent twice. Every wait is
-bounded by ``timeout`` and a failure names the stage that saw it.
+bounded by ``timeout``; a failure raises ``LinkError`` naming both the stage that saw it and the
+peer it lost. Headers live on the payload's device, so the same code runs on gloo and NCCL.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-DATA, END = 0, 1
+DATA, END, BEAT = 0, 1, 2
 
 
 def _isend(t: torch.Tensor, dst: int) -> dist.Work:
@@ -34,17 +38,23 @@ def _irecv(t: torch.Tensor, src: int) -> dist.Work:
 
 
 class LinkError(RuntimeError):
-    """A neighbour stage failed, vanished or stopped answering."""
+    """A neighbour stage failed, vanished or stopped answering; ``peer`` is its rank."""
+
+    def __init__(self, message: str, peer: int) -> None:
+        super().__init__(message)
+        self.peer = peer
 
 
-def _wait(work: dist.Work, timeout: float, what: str) -> None:
+def _wait(work: dist.Work, timeout: float, what: str, peer: int) -> None:
     try:
         ok = work.wait(timedelta(seconds=timeout))
     except Exception as e:  # gloo raises on a closed peer or a timeout
-        raise LinkError(f"{what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "timed out" in first.lower() or "timeout" in first.lower():
+            first = f"no answer in {timeout:g} s (is it hung?): {first}"
+        raise LinkError(f"{what}: {first}", peer) from None
     if ok is False:
-        raise LinkError(f"{what}: no answer in {timeout:g} s")
+        raise LinkError(f"{what}: no answer in {timeout:g} s (is it hung?)", peer)
 
 
 class Sender:
@@ -56,11 +66,28 @@ class Sender:
         self._pending: deque[tuple[list[dist.Work], torch.Tensor, torch.Tensor]] = deque()
         self.max_in_flight = 0
         self.wait_s = 0.0
+        self.beat_every = timeout / 4
+        self._last_send = time.monotonic()
+
+    @property
+    def in_flight(self) -> int:
+        """Messages sent that the peer has not taken yet (finished ones are retired first)."""
+        while self._pending and all(w.is_completed() for w in self._pending[0][0]):
+            self._retire_oldest()
+        return len(self._pending)
+
+    def beat_if_quiet(self) -> None:
+        """Send a heartbeat if the link has been quiet for ``beat_every`` and nothing is pending
+        (pending messages mean the peer has work it has not taken: it is not waiting on us)."""
+        if time.monotonic() - self._last_send > self.beat_every and self.in_flight == 0:
+            self.send(-1, torch.zeros(0, self.features, dtype=self.dtype, device=self.device),
+                      BEAT)
 
     def _retire_oldest(self) -> None:
         works, _, _ = self._pending.popleft()
         for w in works:
-            _wait(w, self.timeout, f"{self.name}: sending")
+            _wait(w, self.timeout, f"{self.name}: lost stage {self.dst} while sending",
+                  self.dst)
 
     def send(self, m: int, x: torch.Tensor, kind: int = DATA) -> None:
         t0 = time.perf_counter()
@@ -74,9 +101,10 @@ class Sender:
                                  device=self.device)
             padded[:rows] = x
             x = padded
-        header = torch.tensor([m, rows, kind], dtype=torch.int64)
+        header = torch.tensor([m, rows, kind], dtype=torch.int64, device=self.device)
         works = [_isend(header, self.dst), _isend(x.contiguous(), self.dst)]
         self._pending.append((works, header, x))  # keep both alive until sent
+        self._last_send = time.monotonic()
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
 
     def close(self) -> None:
@@ -92,9 +120,10 @@ class Sender:
 
 class Receiver:
     def __init__(self, src: int, max_rows: int, features: int, dtype: torch.dtype,
-                 device: torch.device, timeout: float, name: str) -> None:
-        self.src, self.timeout, self.name = src, timeout, name
-        self._slots = [(torch.empty(3, dtype=torch.int64),
+                 device: torch.device, timeout: float, name: str,
+                 on_beat: Callable[[], None] | None = None) -> None:
+        self.src, self.timeout, self.name, self.on_beat = src, timeout, name, on_beat
+        self._slots = [(torch.empty(3, dtype=torch.int64, device=device),
                         torch.empty(max_rows, features, dtype=dtype, device=device))
                        for _ in range(2)]
         self._works: list[list[dist.Work]] = [[], []]
@@ -113,16 +142,21 @@ class Receiver:
             k = self._next
             self._take(k)
             header, payload = self._slots[k]
-            m, rows, kind = (int(v) for v in header)
+            m, rows, kind = header.tolist()
             if kind == END:
                 self._take((k + 1) % 2)  # the second END fills the receive posted ahead
                 return
-            yield m, payload[:rows]
+            if kind == BEAT:
+                if self.on_beat is not None:
+                    self.on_beat()
+            else:
+                yield m, payload[:rows]
             self._post(k)  # the consumer is done with slot k
             self._next = (k + 1) % 2
 
     def _take(self, k: int) -> None:
         t0 = time.perf_counter()
         for w in self._works[k]:
-            _wait(w, self.timeout, f"{self.name}: receiving")
+            _wait(w, self.timeout, f"{self.name}: lost stage {self.src} while receiving",
+                  self.src)
         self.wait_s += time.perf_counter() - t0

@@ -88,5 +88,5 @@ def test_a_slow_receiver_never_lets_more_than_the_window_pile_up(tmp_path: Path)
 def test_a_dead_receiver_fails_the_sender_with_a_message(tmp_path: Path) -> None:
     t0 = time.monotonic()
     sent, _ = _run(tmp_path, window=1, die_after=1)
-    assert "stage 0: sending" in sent.get("error", ""), sent
+    assert "stage 0: lost stage 1 while sending" in sent.get("error", ""), sent
     assert time.monotonic() - t0 < 30

@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 500}]", "data.source=mnist5k"]))
     data = open_data(cfg, unit_range=True)
-    schedule = make_schedule(cfg, data)
-    layer = make_layer(cfg, 0, data, schedule, torch.device("cpu"))
+    schedule = make_schedule(cfg, data.batches_per_epoch)
+    layer = make_layer(cfg, 0, data.features, schedule, torch.device("cpu"),
+                       data.feature_mean)
     batch, n_visible = cfg.train.batch_size, data.features
     batches = [torch.from_numpy(data.micro_batch(e, j)).to(torch.float32).contiguous()
                for e in range(2) for j in range(data.batches_per_epoch)]
