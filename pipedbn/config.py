@@ -137,9 +137,13 @@ class PipelineConfig:
     """Micro-batches a stage may have sent that the next stage has not yet taken; a stage that
     gets this far ahead waits (back-pressure), so memory stays bounded whatever the speeds."""
     timeout: float = 300.0
-    """Seconds any wait on another process may last (a receive, a send, setup, the final
-    gather) before the run stops with an error naming the stage that did not answer. A stage
-    that dies is noticed at once; this bounds the wait on one that hangs."""
+    """Seconds a stage may wait on a neighbour (a receive, a send) once the stream has begun
+    before the run stops with an error naming the stage that did not answer. A stage that dies
+    is noticed at once; this bounds the wait on one that hangs. Quiet links carry heartbeats,
+    so a long wait for the first micro-batch (greedy schedule) is not a hang."""
+    setup_timeout: float = 900.0
+    """Seconds to wait for every process to join, for stage 0 to check the data and start the
+    stream, and for the final gather of results."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """``torch.distributed`` backend: ``auto`` is nccl for CUDA devices and gloo otherwise."""
 
@@ -505,6 +509,7 @@ def check(cfg: Config) -> list[str]:
     if pl.window < 1:
         p.append(f"pipeline.window: must be >= 1, got {pl.window}")
     positive("pipeline.timeout", pl.timeout)
+    positive("pipeline.setup_timeout", pl.setup_timeout)
     st = cfg.straggler
     if st.layer is not None and not 0 <= st.layer < len(cfg.layers):
         p.append(f"straggler.layer: {st.layer} is not a layer index (0..{len(cfg.layers) - 1})")

@@ -97,7 +97,7 @@ def train_distributed(cfg: Config, prepared: bool) -> int:
     rank, world, local_rank = env
     check_world(cfg, world, "the launcher")
     device, backend = stage_device(cfg, local_rank)
-    dist.init_process_group(backend, timeout=timedelta(seconds=cfg.pipeline.timeout))
+    dist.init_process_group(backend, timeout=timedelta(seconds=cfg.pipeline.setup_timeout))
     run_dir: Path | None = None
     try:
         cfg, run_dir, data, features, batches = _setup(cfg, rank, prepared)
@@ -180,11 +180,11 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
             result = Result(everything, start, [], 0.0, 0)
             positions = [(m, *schedule.data_position(m)) for m in schedule.micro_batches(0)]
             source: Prefetcher | Receiver = Prefetcher(data, positions, cfg.data.prefetch, dtype,
-                                                       timeout=pl.timeout)
+                                                       timeout=pl.setup_timeout)
         else:
             layers = [make_layer(cfg, rank, features, schedule, device)]
             source = Receiver(rank - 1, cfg.train.batch_size, sizes[rank], dtype, device,
-                              pl.timeout, name,
+                              pl.timeout, name, first_timeout=pl.setup_timeout,
                               on_beat=sender.beat_if_quiet if sender is not None else None)
         t0 = time.perf_counter()
         try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -46,8 +46,6 @@ class StageStats:
     active_s: float = 0.0
     max_in_flight: int = 0
     """Most micro-batches this stage had sent that its successor had not yet taken."""
-    in_flight_trace: list[int] = field(default_factory=list)
-    """In-flight count right after each send (the recorded queue depth)."""
 
     @property
     def busy_frac(self) -> float:
@@ -59,7 +57,6 @@ class StageStats:
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
-        del out["in_flight_trace"]
         out["busy_frac"], out["samples_per_s"] = self.busy_frac, self.samples_per_s
         return out
 
@@ -103,6 +100,8 @@ def run_stage(cfg: Config, stage: int, layers: list[RBM], schedule: Schedule,
     expected = iter(schedule.micro_batches(first))
     interval: _Interval | None = None
     began = ended = time.perf_counter()
+    if first == 0 and sender is not None:
+        sender.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
     for m, x, t_wait, t_got in _timed(source):
         want = next(expected, None)
         if m != want:  # the neighbour runs a different schedule: configs differ between ranks
@@ -128,9 +127,7 @@ def run_stage(cfg: Config, stage: int, layers: list[RBM], schedule: Schedule,
         if sender is not None:
             if top > last:
                 sender.send(m, x)
-                depth = sender.in_flight
-                stats.in_flight_trace.append(depth)
-                interval.depth = max(interval.depth, depth)
+                interval.depth = max(interval.depth, sender.in_flight)
             else:
                 sender.beat_if_quiet()
         ended = time.perf_counter()

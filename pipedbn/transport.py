@@ -14,6 +14,8 @@ peer it lost. Headers live on the payload's device, so the same code runs on glo
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -25,18 +27,6 @@ import torch.distributed as dist
 DATA, END, BEAT = 0, 1, 2
 
 
-def _isend(t: torch.Tensor, dst: int) -> dist.Work:
-    work = dist.isend(t, dst)
-    assert work is not None  # None only for a rank outside the group
-    return work
-
-
-def _irecv(t: torch.Tensor, src: int) -> dist.Work:
-    work = dist.irecv(t, src)
-    assert work is not None
-    return work
-
-
 class LinkError(RuntimeError):
     """A neighbour stage failed, vanished or stopped answering; ``peer`` is its rank."""
 
@@ -45,11 +35,30 @@ class LinkError(RuntimeError):
         self.peer = peer
 
 
+def _reason(e: Exception) -> str:
+    """The gist of a backend error: gloo's says e.g. ``[.../pair.cc:537] Read error [127.0.0.1]:
+    44759: Connection reset by peer. This is typically caused by ...``."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". This is typically")[0]
+
+
+def _post(op: Callable[..., dist.Work | None], t: torch.Tensor, peer: int, what: str
+          ) -> dist.Work:
+    """``dist.isend``/``dist.irecv``, which raise at once when the peer is already gone."""
+    try:
+        work = op(t, peer)
+    except Exception as e:
+        raise LinkError(f"{what}: {_reason(e)}", peer) from None
+    assert work is not None  # None only for a rank outside the group
+    return work
+
+
 def _wait(work: dist.Work, timeout: float, what: str, peer: int) -> None:
     try:
         ok = work.wait(timedelta(seconds=timeout))
     except Exception as e:  # gloo raises on a closed peer or a timeout
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _reason(e)
         if "timed out" in first.lower() or "timeout" in first.lower():
             first = f"no answer in {timeout:g} s (is it hung?): {first}"
         raise LinkError(f"{what}: {first}", peer) from None
@@ -67,19 +76,21 @@ class Sender:
         self.max_in_flight = 0
         self.wait_s = 0.0
         self.beat_every = timeout / 4
-        self._last_send = time.monotonic()
+        self._last_send = -math.inf  # the first call to beat_if_quiet says the stream began
 
     @property
     def in_flight(self) -> int:
-        """Messages sent that the peer has not taken yet (finished ones are retired first)."""
+        """Messages sent that are not known to be taken by the peer. gloo confirms a send only
+        when it is waited on, so on gloo this is an upper bound: the window's worth at most."""
         while self._pending and all(w.is_completed() for w in self._pending[0][0]):
             self._retire_oldest()
         return len(self._pending)
 
     def beat_if_quiet(self) -> None:
-        """Send a heartbeat if the link has been quiet for ``beat_every`` and nothing is pending
-        (pending messages mean the peer has work it has not taken: it is not waiting on us)."""
-        if time.monotonic() - self._last_send > self.beat_every and self.in_flight == 0:
+        """Send a heartbeat if the link has been quiet for ``beat_every``. A stage calls this
+        when it has nothing else to send: usually the peer is waiting for it and the window
+        holds only earlier heartbeats, already taken; otherwise it waits like any send."""
+        if time.monotonic() - self._last_send > self.beat_every:
             self.send(-1, torch.zeros(0, self.features, dtype=self.dtype, device=self.device),
                       BEAT)
 
@@ -102,7 +113,9 @@ class Sender:
             padded[:rows] = x
             x = padded
         header = torch.tensor([m, rows, kind], dtype=torch.int64, device=self.device)
-        works = [_isend(header, self.dst), _isend(x.contiguous(), self.dst)]
+        what = f"{self.name}: lost stage {self.dst} while sending"
+        works = [_post(dist.isend, header, self.dst, what),
+                 _post(dist.isend, x.contiguous(), self.dst, what)]
         self._pending.append((works, header, x))  # keep both alive until sent
         self._last_send = time.monotonic()
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
@@ -121,8 +134,12 @@ class Sender:
 class Receiver:
     def __init__(self, src: int, max_rows: int, features: int, dtype: torch.dtype,
                  device: torch.device, timeout: float, name: str,
-                 on_beat: Callable[[], None] | None = None) -> None:
+                 on_beat: Callable[[], None] | None = None,
+                 first_timeout: float | None = None) -> None:
+        """``first_timeout`` bounds the wait for the first message (the peer may still be
+        setting up); ``timeout`` every later one."""
         self.src, self.timeout, self.name, self.on_beat = src, timeout, name, on_beat
+        self._first_timeout = first_timeout if first_timeout is not None else timeout
         self._slots = [(torch.empty(3, dtype=torch.int64, device=device),
                         torch.empty(max_rows, features, dtype=dtype, device=device))
                        for _ in range(2)]
@@ -134,7 +151,9 @@ class Receiver:
 
     def _post(self, k: int) -> None:
         header, payload = self._slots[k]
-        self._works[k] = [_irecv(header, self.src), _irecv(payload, self.src)]
+        what = f"{self.name}: lost stage {self.src} while receiving"
+        self._works[k] = [_post(dist.irecv, header, self.src, what),
+                          _post(dist.irecv, payload, self.src, what)]
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         """Yields ``(m, x)``; ``x`` is valid until the next item is requested."""
@@ -156,7 +175,7 @@ class Receiver:
 
     def _take(self, k: int) -> None:
         t0 = time.perf_counter()
+        timeout, self._first_timeout = self._first_timeout, self.timeout
         for w in self._works[k]:
-            _wait(w, self.timeout, f"{self.name}: lost stage {self.src} while receiving",
-                  self.src)
+            _wait(w, timeout, f"{self.name}: lost stage {self.src} while receiving", self.src)
         self.wait_s += time.perf_counter() - t0

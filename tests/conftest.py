@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "pipedbn", *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
+                          text=True, cwd=cwd or ROOT, env=env1(), timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +32,48 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
     return run_dir
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for a rendezvous several launchers must agree on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def workers(marker: str) -> dict[int, int]:
+    """{rank: pid} of the live pipeline workers whose command line mentions ``marker``."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            env = (d / "environ").read_bytes().split(b"\0")
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        rank = [e[5:] for e in env if e.startswith(b"RANK=")]
+        if rank and state != "Z" and any(marker.encode() in c for c in cmd):
+            found[int(rank[0])] = int(d.name)
+    return found
+
+
+def kill_workers(marker: str) -> None:
+    for pid in workers(marker).values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    """Poll until ``predicate()`` is true; returns the seconds it took, fails after ``timeout``."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def env1() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -1,0 +1,127 @@
+"""Starting and stopping the local pipeline: process counts, and a stage that fails, dies or
+hangs makes every process exit non-zero with a message naming it, within the timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, cli, env1, kill_workers, wait_for, workers
+
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def last_error(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("pipedbn: error:")]
+    assert errors, stderr
+    return errors[-1]
+
+
+def test_nproc_that_does_not_match_the_layers_is_refused_before_anything_starts(
+        tmp_path: Path) -> None:
+    proc = cli("train", TINY, f"run.dir={tmp_path / 'run'}", "--nproc", "2")
+    assert proc.returncode == 2, proc.stderr
+    assert "--nproc 2 starts 2 processes" in proc.stderr and "has 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_nproc_1_trains_in_this_process(tmp_path: Path) -> None:
+    proc = cli("train", TINY, f"run.dir={tmp_path / 'run'}", "--nproc", "1", "rbm.epochs=0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "stage" not in proc.stderr  # no pipeline, no per-stage table
+    assert not (tmp_path / "run" / "stages.json").exists()
+
+
+def test_torchrun_with_the_wrong_process_count_reports_once(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "pipedbn", "train", TINY, f"run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=env1(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    mine = [line for line in proc.stderr.splitlines() if line.startswith("pipedbn: error:")]
+    assert len(mine) == 1 and "launcher starts 2 processes" in proc.stderr, proc.stderr
+
+
+def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    t0 = time.monotonic()
+    proc = cli("train", TINY, f"run.dir={run_dir}", "layers.2.lr=1e38", timeout=120)
+    assert proc.returncode == 3, proc.stderr  # the stage's own status: training diverged
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert last_error(proc.stderr).startswith(
+        "pipedbn: error: the run stopped: stage 2 (layer 2) failed: layer 2: non-finite")
+    assert json.loads((run_dir / "failure.json").read_text())["stage"] == 2
+    assert not (run_dir / "model.safetensors").exists()
+    assert workers(str(run_dir)) == {}
+    assert time.monotonic() - t0 < 60
+
+
+def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipedbn", "train", TINY, f"run.dir={run_dir}", "rbm.epochs=200",
+         *overrides], cwd=ROOT, env=env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def _streaming(run_dir: Path) -> dict[int, int]:
+    """Wait until every stage has trained, then return {rank: pid}."""
+    def all_training() -> bool:
+        path = run_dir / "metrics.jsonl"
+        if not path.exists():
+            return False
+        stages = {json.loads(line)["stage"] for line in path.read_text().splitlines() if line}
+        return stages >= {0, 1, 2} and len(workers(str(run_dir))) == 3
+    wait_for(all_training, 120, "all three stages to train")
+    return workers(str(run_dir))
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_a_killed_stage_stops_every_stage_and_is_named(tmp_path: Path, rank: int) -> None:
+    run_dir = tmp_path / "run"
+    p = _start(run_dir)
+    try:
+        pids = _streaming(run_dir)
+        t0 = time.monotonic()
+        os.kill(pids[rank], signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        p.kill()
+        kill_workers(str(run_dir))
+    assert p.returncode == 1, err
+    assert last_error(err).startswith(
+        f"pipedbn: error: the run stopped: stage {rank} (layer {rank}) failed: killed by SIGKILL")
+    assert "Traceback" not in err, err
+    assert workers(str(run_dir)) == {}
+    assert took < 10  # a dead peer is noticed at once, far within pipeline.timeout (300 s)
+
+
+def test_a_hung_stage_is_named_within_the_timeout(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    p = _start(run_dir, "pipeline.timeout=2")
+    try:
+        pids = _streaming(run_dir)
+        os.kill(pids[1], signal.SIGSTOP)  # alive but silent
+        took = wait_for(lambda: (run_dir / "failure.json").exists(), 30, "a stage to give up")
+        record = json.loads((run_dir / "failure.json").read_text())
+        # the agent's SIGTERM is pending on the stopped process: let it act (a real hang that
+        # SIGTERM ends; a stopped process would be killed only after torch's 30 s grace)
+        os.kill(pids[1], signal.SIGCONT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+        kill_workers(str(run_dir))
+    assert record["stage"] == 1 and record["seen_by"] in (0, 2), record
+    assert "no answer in 2 s" in record["message"]
+    assert 1 <= took < 2 + 5
+    assert p.returncode == 1, err
+    assert "stage 1 (layer 1) failed" in last_error(err)
+    assert "Traceback" not in err, err
+    assert workers(str(run_dir)) == {}
