@@ -54,8 +54,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipedbn.distributed import check_world, failure_record, torchrun_env, train_distributed
-    from pipedbn.rundir import record_failure, start_run
+    from pipedbn.distributed import (
+        check_world,
+        failure_record,
+        torchrun_env,
+        train_distributed,
+        wants_cuda,
+    )
+    from pipedbn.rundir import record_failure, start_run, write_root_failure
 
     cfg = resolve_defaults(load_config(args.config, args.overrides))
     if args.print_config:
@@ -72,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
     if nproc > 1:
         check_world(cfg, nproc, f"--nproc {nproc}")
-        if cfg.train.device.startswith("cuda") and torch.cuda.device_count() < nproc:
+        if wants_cuda(cfg) and torch.cuda.device_count() < nproc:
             raise UserError(f"--nproc {nproc} with train.device={cfg.train.device}: one GPU per "
                             f"process is needed and {torch.cuda.device_count()} are visible")
     run_dir, data = start_run(cfg)
@@ -88,6 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _train_here(cfg, run_dir, data)
     except BaseException as e:
         record_failure(run_dir, failure_record(e, 0))
+        write_root_failure(run_dir)
         raise
     return 0
 

@@ -6,9 +6,9 @@
 3. Rank r runs stage r (``runner.py``), which owns layer r, and saves that layer's final state.
 4. Rank 0 gathers every stage's timings, evaluates, exports the model and prints the summary.
 
-On an error a rank records it in the run directory's ``failure.json`` (the first record wins, so
-it names the stage that failed first, or the peer a stage lost), leaves the process group and
-exits non-zero. Every wait on another rank is bounded by ``pipeline.timeout``.
+On an error a rank records it in the run directory's ``failures/`` (its own error, or the peer it
+lost and how), leaves the process group and exits non-zero; ``rundir.root_failure`` works out
+from the records which stage failed first. Every wait on another rank is bounded by a timeout.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -71,21 +73,29 @@ def check_world(cfg: Config, world: int, how: str) -> None:
                            "process with --nproc 1"])
 
 
+def wants_cuda(cfg: Config) -> bool:
+    return cfg.train.device.startswith("cuda") or (
+        cfg.train.device == "auto" and torch.cuda.is_available())
+
+
 def stage_device(cfg: Config, local_rank: int) -> tuple[torch.device, str]:
     """This rank's device and the process group backend."""
-    want_cuda = cfg.train.device.startswith("cuda") or (
-        cfg.train.device == "auto" and torch.cuda.is_available())
+    want_cuda = wants_cuda(cfg)
     backend = cfg.pipeline.backend
     if backend == "auto":
         backend = "nccl" if want_cuda else "gloo"
     if not want_cuda:
         if backend == "nccl":
-            raise ConfigError(["pipeline.backend: nccl needs train.device=cuda"])
+            raise UserError("pipeline.backend: nccl needs train.device=cuda")
         return torch.device("cpu"), backend
+    if backend == "gloo":
+        raise UserError("pipeline.backend: gloo cannot send CUDA tensors between stages; use "
+                        "nccl (or auto) with train.device=cuda")
     if local_rank >= torch.cuda.device_count():
-        raise ConfigError([f"train.device: {cfg.train.device}, but local rank {local_rank} has no "
-                           f"GPU of its own ({torch.cuda.device_count()} visible): start at most "
-                           "one process per GPU on each node"])
+        # only some ranks get here: a plain UserError, which every rank prints
+        raise UserError(f"train.device: {cfg.train.device}, but local rank {local_rank} has no "
+                        f"GPU of its own ({torch.cuda.device_count()} visible): start at most "
+                        "one process per GPU on each node")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank), backend
 
@@ -97,6 +107,7 @@ def train_distributed(cfg: Config, prepared: bool) -> int:
     rank, world, local_rank = env
     check_world(cfg, world, "the launcher")
     device, backend = stage_device(cfg, local_rank)
+    _exit_with_parent()
     dist.init_process_group(backend, timeout=timedelta(seconds=cfg.pipeline.setup_timeout))
     run_dir: Path | None = None
     try:
@@ -113,13 +124,39 @@ def train_distributed(cfg: Config, prepared: bool) -> int:
     return 0
 
 
+def _exit_with_parent() -> None:
+    """End this worker if its launcher dies (SIGKILL, OOM): the elastic agent starts workers
+    in their own sessions, so nothing else would stop them."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="pipedbn-parent-watch").start()
+
+
 def failure_record(e: BaseException, rank: int) -> dict[str, object]:
     if isinstance(e, LinkError):
         return {"stage": e.peer, "seen_by": rank, "exit_code": 4,
-                "message": f"stage {e.peer} stopped answering ({e})"}
+                "kind": "timeout" if e.timed_out else "closed",
+                "message": f"stage {e.peer} stopped answering ({e})", "time": time.time()}
     code = e.exit_code if isinstance(e, UserError) else 1
     text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-    return {"stage": rank, "seen_by": rank, "exit_code": code, "message": text}
+    return {"stage": rank, "seen_by": rank, "exit_code": code, "kind": "own", "message": text,
+            "time": time.time()}
+
+
+def graded_timeouts(timeout: float, rank: int, world: int) -> tuple[float, float]:
+    """(send, receive) timeouts of a stage. When a stage hangs, the stages below it block on
+    their sends (back-pressure) and the stages above it starve; each of them would blame its own
+    neighbour. Waits grow by a quarter of the timeout per hop away from the hang's neighbours
+    (sends towards stage 0, receives towards the last stage), so the hung stage's own neighbours
+    give up first and name it in ``failure.json``."""
+    send_hops = max(0, world - 2 - rank)
+    recv_hops = max(0, rank - 1)
+    return timeout * (1 + send_hops / 4), timeout * (1 + recv_hops / 4)
 
 
 class SetupFailed(UserError):
@@ -163,11 +200,13 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
     sizes = [features] + cfg.sizes
     pl = cfg.pipeline
     name = f"stage {rank}"
+    send_timeout, recv_timeout = graded_timeouts(pl.timeout, rank, world)
     metrics = Metrics(run_dir, stage=rank)
     result = None
     try:
         sender = (Sender(rank + 1, cfg.train.batch_size, sizes[rank + 1], dtype, device,
-                         pl.window, pl.timeout, name) if rank + 1 < world else None)
+                         pl.window, send_timeout, name, beat_every=pl.timeout / 4)
+                  if rank + 1 < world else None)
         if rank == 0:
             assert data is not None
             log.info("%s", schedule.describe())
@@ -184,7 +223,7 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
         else:
             layers = [make_layer(cfg, rank, features, schedule, device)]
             source = Receiver(rank - 1, cfg.train.batch_size, sizes[rank], dtype, device,
-                              pl.timeout, name, first_timeout=pl.setup_timeout,
+                              recv_timeout, name, first_timeout=pl.setup_timeout,
                               on_beat=sender.beat_if_quiet if sender is not None else None)
         t0 = time.perf_counter()
         try:

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipedbn.rundir import read_failure
+from pipedbn.rundir import write_root_failure
 
 LINK_EXIT = 4
 """Exit status of a stage that stopped because a neighbour failed (not a root cause)."""
@@ -84,10 +84,10 @@ def _how(exitcode: int) -> str:
 def root_cause(run_dir: Path, failures: dict[int, Any]) -> tuple[int, int, str]:
     """(stage, exit status for this process, message) of the failure that stopped the run.
 
-    ``failure.json`` names it when a stage could say (its own error, or the peer it lost);
-    otherwise the first worker to die of something other than the agent's SIGTERM or a lost
-    neighbour is taken."""
-    record = read_failure(run_dir)
+    The stages' records name it when one could say (``rundir.root_failure``); otherwise the
+    first worker to die of something other than the agent's SIGTERM or a lost neighbour is
+    taken."""
+    record = write_root_failure(run_dir)
     if record is not None:
         stage = int(record["stage"])
         message = str(record["message"])

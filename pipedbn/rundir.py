@@ -3,12 +3,13 @@
 Layout (DESIGN §3): ``config.yaml`` (the resolved config), ``preprocess.pt`` (how raw
 data becomes layer 0's input), ``metrics.jsonl``, ``checkpoints/final/layer-<i>.pt`` (each
 layer's full training state), ``model.safetensors`` (the exported DBN), ``stages.json`` (each
-pipeline stage's timings) and, for a run that failed, ``failure.json`` (the first stage to fail
-and why).
+pipeline stage's timings) and, for a run that failed, ``failures/stage-<r>.json`` (what each stage
+saw) and ``failure.json`` (the stage that failed first and why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from pipedbn.data import Data
 
 FAILURE_FILE = "failure.json"
+FAILURES_DIR = "failures"
 
 
 def choose_run_dir(cfg: Config) -> Path:
@@ -169,18 +171,49 @@ def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
 
 
 def record_failure(run_dir: Path, record: dict[str, Any]) -> None:
-    """Write ``failure.json`` unless a stage wrote it first: it names the first stage to fail."""
-    try:
-        fd = os.open(run_dir / FAILURE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except OSError:
-        return  # another stage got there first, or the directory is gone: nothing to add
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-        f.write("\n")
+    """Keep a stage's failure in ``failures/stage-<seen_by>.json`` (best effort)."""
+    with contextlib.suppress(OSError):  # else the stage's own message still says it
+        atomic_write(run_dir / FAILURES_DIR / f"stage-{record['seen_by']}.json",
+                     (json.dumps(record) + "\n").encode())
 
 
-def read_failure(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return dict(json.loads((run_dir / FAILURE_FILE).read_text()))
-    except (OSError, ValueError):
+def root_failure(run_dir: Path) -> dict[str, Any] | None:
+    """The failure that stopped the run, from every stage's record.
+
+    A stage's own error wins (the earliest). Otherwise every record blames a neighbour, and
+    blame is followed from stage to stage until a stage that recorded nothing (it died or hung):
+    along timeouts first (a stage that timed out waited on a silent neighbour; gloo then closes
+    its links, so its other neighbour sees "connection closed" and blames it wrongly), and along
+    closed connections when there was no timeout."""
+    records = []
+    for path in sorted((run_dir / FAILURES_DIR).glob("stage-*.json")):
+        try:
+            records.append(dict(json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    if not records:
         return None
+    records.sort(key=lambda r: r.get("time", 0.0))
+    own = [r for r in records if r["kind"] == "own"]
+    if own:
+        return own[0]
+    for kind in ("timeout", "closed"):
+        chain = {r["seen_by"]: r for r in records if r["kind"] == kind}
+        if not chain:
+            continue
+        record = next(r for r in records if r["kind"] == kind)
+        seen = {record["seen_by"]}
+        while record["stage"] in chain and record["stage"] not in seen:
+            seen.add(record["stage"])
+            record = chain[record["stage"]]
+        return record
+    return records[0]
+
+
+def write_root_failure(run_dir: Path) -> dict[str, Any] | None:
+    """Resolve the failure and keep it in ``failure.json``."""
+    root = root_failure(run_dir)
+    if root is not None:
+        with contextlib.suppress(OSError):
+            atomic_write(run_dir / FAILURE_FILE, (json.dumps(root) + "\n").encode())
+    return root

@@ -30,9 +30,10 @@ DATA, END, BEAT = 0, 1, 2
 class LinkError(RuntimeError):
     """A neighbour stage failed, vanished or stopped answering; ``peer`` is its rank."""
 
-    def __init__(self, message: str, peer: int) -> None:
+    def __init__(self, message: str, peer: int, timed_out: bool = False) -> None:
         super().__init__(message)
         self.peer = peer
+        self.timed_out = timed_out
 
 
 def _reason(e: Exception) -> str:
@@ -59,23 +60,25 @@ def _wait(work: dist.Work, timeout: float, what: str, peer: int) -> None:
         ok = work.wait(timedelta(seconds=timeout))
     except Exception as e:  # gloo raises on a closed peer or a timeout
         first = _reason(e)
-        if "timed out" in first.lower() or "timeout" in first.lower():
+        timed_out = "timed out" in first.lower() or "timeout" in first.lower()
+        if timed_out:
             first = f"no answer in {timeout:g} s (is it hung?): {first}"
-        raise LinkError(f"{what}: {first}", peer) from None
+        raise LinkError(f"{what}: {first}", peer, timed_out) from None
     if ok is False:
-        raise LinkError(f"{what}: no answer in {timeout:g} s (is it hung?)", peer)
+        raise LinkError(f"{what}: no answer in {timeout:g} s (is it hung?)", peer, True)
 
 
 class Sender:
     def __init__(self, dst: int, max_rows: int, features: int, dtype: torch.dtype,
-                 device: torch.device, window: int, timeout: float, name: str) -> None:
+                 device: torch.device, window: int, timeout: float, name: str,
+                 beat_every: float | None = None) -> None:
         self.dst, self.max_rows, self.features = dst, max_rows, features
         self.dtype, self.device, self.window, self.timeout = dtype, device, window, timeout
         self.name = name
         self._pending: deque[tuple[list[dist.Work], torch.Tensor, torch.Tensor]] = deque()
         self.max_in_flight = 0
         self.wait_s = 0.0
-        self.beat_every = timeout / 4
+        self.beat_every = timeout / 4 if beat_every is None else beat_every
         self._last_send = -math.inf  # the first call to beat_if_quiet says the stream began
 
     @property
