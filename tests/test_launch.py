@@ -60,7 +60,7 @@ def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path) ->
         "pipedbn: error: the run stopped: stage 2 (layer 2) failed: layer 2: non-finite")
     assert json.loads((run_dir / "failure.json").read_text())["stage"] == 2
     assert not (run_dir / "model.safetensors").exists()
-    assert workers(str(run_dir)) == {}
+    wait_for(lambda: workers(str(run_dir)) == {}, 10, "every worker to be gone")
     assert time.monotonic() - t0 < 60
 
 
