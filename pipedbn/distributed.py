@@ -259,9 +259,10 @@ def _finish(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None
     held, ref = monitor_data(data, device, dtype_of(cfg))
     result.end = evaluate(result.layers, held, ref)
     metrics = Metrics(run_dir, stage=0)
+    end = make_schedule(cfg, data.batches_per_epoch).length
     for i, row in enumerate(result.end):
-        metrics.scalars(make_schedule(cfg, data.batches_per_epoch).length, i, row, "eval")
-    metrics.scalar(0, 0, "throughput/end_to_end_samples_per_s", result.samples / result.seconds)
+        metrics.scalars(end, i, row, "eval")
+    metrics.scalar(end, 0, "throughput/end_to_end_samples_per_s", result.samples / result.seconds)
     metrics.close()
     atomic_write(run_dir / STAGES_FILE, (json.dumps(gathered, indent=1) + "\n").encode())
     from_run(run_dir).save(run_dir / MODEL_FILE)
