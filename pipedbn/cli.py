@@ -100,9 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_here(cfg: Config, run_dir: Path, data: Data) -> None:
-    from pipedbn.model import MODEL_FILE, from_run
-    from pipedbn.rundir import Metrics, atomic_write, layer_state_path, save_tensors
-    from pipedbn.trainer import summary, train_in_process
+    from pipedbn.rundir import Metrics, layer_state_path, save_tensors
+    from pipedbn.trainer import finish_run, summary, train_in_process
 
     metrics = Metrics(run_dir)
     try:
@@ -111,11 +110,7 @@ def _train_here(cfg: Config, run_dir: Path, data: Data) -> None:
         metrics.close()
     for layer in result.layers:
         save_tensors(layer_state_path(run_dir, layer.index), layer.state_dict())
-    from_run(run_dir).save(run_dir / MODEL_FILE)
-    text = summary(cfg, data, result)
-    atomic_write(run_dir / "summary.txt", (text + "\n").encode())
-    print(text, file=sys.stderr)
-    print(run_dir)
+    finish_run(run_dir, summary(cfg, data, result))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

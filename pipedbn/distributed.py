@@ -17,9 +17,9 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +29,6 @@ import torch.distributed as dist
 from pipedbn.config import Config
 from pipedbn.data import Data, Prefetcher
 from pipedbn.errors import ConfigError, UserError
-from pipedbn.model import MODEL_FILE, from_run
 from pipedbn.rbm import RBM
 from pipedbn.rundir import (
     Metrics,
@@ -43,11 +42,12 @@ from pipedbn.runner import StageStats, run_stage
 from pipedbn.trainer import (
     Result,
     dtype_of,
-    evaluate,
+    finish_run,
     make_layer,
     make_layers,
     make_schedule,
     monitor_data,
+    record_eval,
     summary,
 )
 from pipedbn.transport import LinkError, Receiver, Sender
@@ -112,9 +112,9 @@ def train_distributed(cfg: Config, prepared: bool) -> int:
     run_dir: Path | None = None
     try:
         cfg, run_dir, data, features, batches = _setup(cfg, rank, prepared)
-        stats, layers, result = _train(cfg, rank, world, run_dir, data, features, batches,
-                                       device)
-        _finish(cfg, rank, world, run_dir, data, stats, layers, result, device)
+        stats, layers, result, monitor = _train(cfg, rank, world, run_dir, data, features,
+                                                batches, device)
+        _finish(cfg, rank, world, run_dir, data, stats, layers, result, monitor, device)
     except BaseException as e:
         if run_dir is not None:
             record_failure(run_dir, failure_record(e, rank))
@@ -194,7 +194,7 @@ def _setup(cfg: Config, rank: int, prepared: bool
 
 def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
            features: int, batches: int, device: torch.device
-           ) -> tuple[StageStats, list[RBM], Result | None]:
+           ) -> tuple[StageStats, list[RBM], Result | None, _Monitor | None]:
     schedule = make_schedule(cfg, batches)
     dtype = dtype_of(cfg)
     sizes = [features] + cfg.sizes
@@ -202,7 +202,7 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
     name = f"stage {rank}"
     send_timeout, recv_timeout = graded_timeouts(pl.timeout, rank, world)
     metrics = Metrics(run_dir, stage=rank)
-    result = None
+    result, monitor = None, None
     try:
         sender = (Sender(rank + 1, cfg.train.batch_size, sizes[rank + 1], dtype, device,
                          pl.window, send_timeout, name, beat_every=pl.timeout / 4)
@@ -212,11 +212,10 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
             log.info("%s", schedule.describe())
             everything = make_layers(cfg, data, schedule, device)
             held, ref = monitor_data(data, device, dtype)
-            start = evaluate(everything, held, ref)
-            for i, row in enumerate(start):
-                metrics.scalars(0, i, row, "eval")
+            start = record_eval(everything, held, ref, metrics, 0)
             layers = everything[:1]
             result = Result(everything, start, [], 0.0, 0)
+            monitor = _Monitor(held, ref, schedule.length)
             positions = [(m, *schedule.data_position(m)) for m in schedule.micro_batches(0)]
             source: Prefetcher | Receiver = Prefetcher(data, positions, cfg.data.prefetch, dtype,
                                                        timeout=pl.setup_timeout)
@@ -238,38 +237,41 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
             result.seconds = time.perf_counter() - t0  # completed in _finish
     finally:
         metrics.close()
-    return stats, layers, result
+    return stats, layers, result, monitor
+
+
+@dataclass
+class _Monitor:
+    """Rank 0's held-out and reference samples, read once for both evaluations."""
+
+    held: torch.Tensor
+    ref: torch.Tensor
+    length: int
 
 
 def _finish(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
             stats: StageStats, layers: list[RBM], result: Result | None,
-            device: torch.device) -> None:
+            monitor: _Monitor | None, device: torch.device) -> None:
     t0 = time.perf_counter()
     gathered: list[object] | None = [None] * world if rank == 0 else None
     dist.gather_object(stats.as_dict(), gathered, dst=0)  # every stage has saved its layers
     if rank != 0:
         return
-    assert data is not None and result is not None and gathered is not None
+    assert data is not None and result is not None and monitor is not None
+    assert gathered is not None
     result.seconds += time.perf_counter() - t0  # until the last stage is done
     for i, layer in enumerate(result.layers):
         if i >= len(layers):
             state = torch.load(layer_state_path(run_dir, i), map_location=device,
                                weights_only=True)
             layer.load_state_dict(state)
-    held, ref = monitor_data(data, device, dtype_of(cfg))
-    result.end = evaluate(result.layers, held, ref)
     metrics = Metrics(run_dir, stage=0)
-    end = make_schedule(cfg, data.batches_per_epoch).length
-    for i, row in enumerate(result.end):
-        metrics.scalars(end, i, row, "eval")
-    metrics.scalar(end, 0, "throughput/end_to_end_samples_per_s", result.samples / result.seconds)
+    result.end = record_eval(result.layers, monitor.held, monitor.ref, metrics, monitor.length)
+    metrics.scalar(monitor.length, 0, "throughput/end_to_end_samples_per_s",
+                   result.samples / result.seconds)
     metrics.close()
     atomic_write(run_dir / STAGES_FILE, (json.dumps(gathered, indent=1) + "\n").encode())
-    from_run(run_dir).save(run_dir / MODEL_FILE)
-    text = summary(cfg, data, result) + "\n" + stage_table(gathered)
-    atomic_write(run_dir / "summary.txt", (text + "\n").encode())
-    print(text, file=sys.stderr)
-    print(run_dir, flush=True)
+    finish_run(run_dir, summary(cfg, data, result) + "\n" + stage_table(gathered))
 
 
 def stage_table(stages: list[object]) -> str:

@@ -19,8 +19,10 @@ Monitoring (metrics, held-out evaluation) never touches a layer's generator.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ import torch
 from pipedbn.config import Config
 from pipedbn.data import Data, Prefetcher
 from pipedbn.rbm import RBM
-from pipedbn.rundir import Metrics
+from pipedbn.rundir import Metrics, atomic_write
 from pipedbn.schedule import Schedule, build_schedule
 
 log = logging.getLogger("pipedbn")
@@ -123,6 +125,26 @@ def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None 
     return out
 
 
+def record_eval(layers: list[RBM], held: torch.Tensor, ref: torch.Tensor, metrics: Metrics,
+                step: int) -> list[dict[str, float]]:
+    """``evaluate`` and write its rows to ``metrics`` as ``eval/*`` at ``step``."""
+    rows = evaluate(layers, held, ref)
+    for i, row in enumerate(rows):
+        metrics.scalars(step, i, row, "eval")
+    return rows
+
+
+def finish_run(run_dir: Path, text: str) -> None:
+    """Export the model from the saved layer states, keep the summary, print it and the run
+    directory (the last line of stdout, for scripts)."""
+    from pipedbn.model import MODEL_FILE, from_run
+
+    from_run(run_dir).save(run_dir / MODEL_FILE)
+    atomic_write(run_dir / "summary.txt", (text + "\n").encode())
+    print(text, file=sys.stderr)
+    print(run_dir, flush=True)
+
+
 def monitor_data(data: Data, device: torch.device, dtype: torch.dtype
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out samples (training ones if there are none) and a training reference sample of the
@@ -151,9 +173,7 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
     straggler = Straggler(cfg)
 
     held, ref = monitor_data(data, device, dtype)
-    start = evaluate(layers, held, ref)
-    for i, row in enumerate(start):
-        metrics.scalars(0, i, row, "eval")
+    start = record_eval(layers, held, ref, metrics, 0)
 
     positions = [(m, *schedule.data_position(m)) for m in schedule.micro_batches(0)]
     reader = Prefetcher(data, positions, cfg.data.prefetch, dtype)
@@ -174,9 +194,7 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
     finally:
         reader.close()
     seconds = time.perf_counter() - t0
-    end = evaluate(layers, held, ref)
-    for i, row in enumerate(end):
-        metrics.scalars(schedule.length, i, row, "eval")
+    end = record_eval(layers, held, ref, metrics, schedule.length)
     metrics.scalar(schedule.length, 0, "throughput/samples_per_s", samples / seconds)
     return Result(layers, start, end, seconds, samples)
 
