@@ -117,8 +117,11 @@ def test_a_hung_stage_is_named_within_the_timeout(tmp_path: Path, layers: str, h
         os.kill(pids[hung], signal.SIGSTOP)  # alive but silent
         took = wait_for(lambda: any((run_dir / "failures").glob("stage-*.json")), 30,
                         "a stage to give up")
-        # the agent's SIGTERM is pending on the stopped process: let it act (a real hang that
-        # SIGTERM ends; a stopped process would be killed only after torch's 30 s grace)
+        # once the agent has stopped the others, its SIGTERM is pending on the stopped process:
+        # let it act (a real hang that SIGTERM ends; a stopped process would be killed only
+        # after torch's 30 s grace). Continuing it earlier would wake it into timeouts of its
+        # own, which a hung process never gets to report.
+        wait_for(lambda: set(workers(str(run_dir))) <= {hung}, 30, "the other stages to stop")
         os.kill(pids[hung], signal.SIGCONT)
         _, err = p.communicate(timeout=60)
     finally:
