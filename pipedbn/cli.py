@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
                          "per layer; 1 trains in this process)")
     tr.add_argument("--prepared", action="store_true", help=argparse.SUPPRESS)  # local launcher
 
+    pl = sub.add_parser("plan", help="print the plan the balancer makes for a config on N ranks")
+    pl.add_argument("config", help="YAML config file (see configs/)")
+    pl.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
+    pl.add_argument("--world-size", type=int, required=True, metavar="N",
+                    help="number of ranks (processes) to plan for")
+    pl.add_argument("--profile", action="store_true",
+                    help="time a few real steps of every layer here instead of counting FLOPs")
+
     ex = sub.add_parser("export", help="write a finished run's model to one safetensors file")
     ex.add_argument("run_dir", help="run directory of a finished training run")
     ex.add_argument("-o", "--output", required=True, help="output file (.safetensors)")
@@ -61,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_distributed,
         wants_cuda,
     )
-    from pipedbn.rundir import record_failure, start_run, write_root_failure
+    from pipedbn.rundir import discard_run_dir, record_failure, start_run, write_root_failure
 
     cfg = resolve_defaults(load_config(args.config, args.overrides))
     if args.print_config:
@@ -73,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("--nproc is for runs without a launcher; under torchrun the number "
                             "of processes is --nnodes x --nproc-per-node")
         return train_distributed(cfg, prepared=args.prepared)
-    nproc = len(cfg.layers) if args.nproc is None else args.nproc
+    nproc = default_nproc(cfg) if args.nproc is None else args.nproc
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
     if nproc > 1:
@@ -86,9 +94,16 @@ def cmd_train(args: argparse.Namespace) -> int:
              data.source.description, len(data.train_rows), len(data.held_rows), data.features)
     log.info("run directory: %s", run_dir)
     if nproc > 1:
+        from pipedbn.balance import first_plan
         from pipedbn.launch import launch_local
 
-        log.info("starting %d local processes, one per layer", nproc)
+        try:  # a plan the world cannot run is reported once, here, before any process starts
+            plan, _ = first_plan(cfg, data.features, nproc)
+        except UserError:
+            discard_run_dir(run_dir)
+            raise
+        log.info("starting %d local processes; plan%s: %s", nproc,
+                 " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
         return launch_local(run_dir, nproc, cfg.train.threads, args.quiet)
     try:
         _train_here(cfg, run_dir, data)
@@ -97,6 +112,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         write_root_failure(run_dir)
         raise
     return 0
+
+
+def default_nproc(cfg: Config) -> int:
+    """Processes to start without a launcher: the ranks an explicit plan names, else one per
+    layer."""
+    from pipedbn.balancer import Plan
+
+    if cfg.balancer.plan == "auto":
+        return len(cfg.layers)
+    plan = Plan.parse(cfg.balancer.plan, 1 << 16, len(cfg.layers))
+    return max(r for st in plan.stages for r in st.ranks) + 1
 
 
 def _train_here(cfg: Config, run_dir: Path, data: Data) -> None:
@@ -111,6 +137,47 @@ def _train_here(cfg: Config, run_dir: Path, data: Data) -> None:
     for layer in result.layers:
         save_tensors(layer_state_path(run_dir, layer.index), layer.state_dict())
     finish_run(run_dir, summary(cfg, data, result))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipedbn.balance import first_plan, problem_for, profile_layers
+    from pipedbn.balancer import describe, evaluate, one_per_layer, solve
+    from pipedbn.data import open_data
+    from pipedbn.trainer import resolve_device
+    from stages import registry
+
+    cfg = resolve_defaults(load_config(args.config, args.overrides))
+    if args.world_size < 1:
+        raise UserError(f"--world-size {args.world_size}: give a number of ranks >= 1")
+    torch.set_num_threads(cfg.train.threads)
+    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+    n = args.world_size
+    if args.profile:
+        times = profile_layers(cfg, data.features, resolve_device(cfg.train.device))
+        problem = problem_for(cfg, data.features, n, costs=times)
+        how = "profiled here: " + ", ".join(f"layer {i} {t * 1e3:.2f} ms"
+                                            for i, t in enumerate(times))
+    else:
+        problem = problem_for(cfg, data.features, n)
+        how = f"modelled: FLOPs at balancer.flops = {cfg.balancer.flops:.3g} per second"
+    plan, _ = first_plan(cfg, data.features, n)
+    if cfg.balancer.plan == "auto":
+        try:
+            solution = solve(problem)
+        except ValueError as e:
+            raise ConfigError([f"balancer: {e}"]) from None
+    else:
+        from pipedbn.balancer import Solution
+
+        times = evaluate(problem, plan)
+        solution = Solution(plan, times, max(times))
+    print(f"plan for {len(cfg.layers)} layers on {n} ranks (costs {how})")
+    print(describe(solution, cfg.train.batch_size))
+    if n >= len(cfg.layers) and cfg.balancer.plan == "auto":
+        base = max(evaluate(problem, one_per_layer(len(cfg.layers), n)))
+        print(f"one rank per layer: {base:.4g} s per micro-batch; this plan is "
+              f"{base / solution.bottleneck:.2f}x faster")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -132,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # overrides may come before or after options: `train c.yaml --print-config rbm.k=2`
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    if args.command in ("train", "plan") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -146,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "plan":
+            return cmd_plan(args)
         return cmd_export(args)
     except UserError as e:
         # every rank finds the same config mistake; rank 0 alone reports it

@@ -149,6 +149,53 @@ class PipelineConfig:
 
 
 @dataclass
+class BalancerConfig:
+    """How ranks are given to layers (the plan), how replicas of a layer stay in sync, and when
+    the plan changes during a run. See docs/balancer.md."""
+
+    plan: str = "auto"
+    """``auto`` (the exact planner over measured or modelled costs) or an explicit plan: stages
+    separated by ``|``, each ``LAYERS`` or ``LAYERSxREPLICAS`` (ranks in order, e.g.
+    ``0-1|2x2|3``) or ``LAYERS@RANKS`` (``0-1@0|2@1,2|3@3``)."""
+    costs: Literal["model", "profile"] = "model"
+    """What ``auto`` plans with: ``model`` counts FLOPs (``(6 + 4k) n_in n_out`` per sample of a
+    CD-k step), so the plan is a pure function of config and world size; ``profile`` times a few
+    real steps of every layer on every rank first (unequal devices get speed factors; the plan
+    then depends on the timings)."""
+    max_replicas: int | None = None
+    """Most ranks one stage may use. 1 = no replicas: the weights are then bit-for-bit the same
+    whatever the world size. Default: no limit."""
+    sync: Literal["bsp", "ssp", "adaptive"] = "bsp"
+    """How replicas of a layer combine their updates: ``bsp`` (all wait, then apply every
+    replica's update in replica order: deterministic), ``ssp`` (apply updates as they come; a
+    replica waits only when it is more than ``staleness`` syncs ahead of another), ``adaptive``
+    (SSP whose staleness follows the replicas' measured speeds, with a full barrier once the
+    slowest replica has done ``barrier_every`` micro-batches)."""
+    sync_every: int = 4
+    """Micro-batches a replica trains on between two syncs (one *clock* tick)."""
+    staleness: int = 2
+    """``ssp``: the most clock ticks a replica may run ahead of the slowest one; ``adaptive``:
+    the upper limit of its adjusted staleness."""
+    barrier_every: int = 64
+    """``adaptive``: micro-batches of the slowest replica between full barriers."""
+    replan: bool = False
+    """Watch the stages' step times and re-plan during the run when the plan in use is more than
+    ``threshold`` slower than the best plan for the measured costs (a straggler, a slowed
+    device). Off by default: a re-plan depends on timing, so with replicas the weights do too."""
+    check_every: int = 40
+    """Micro-batches between two looks at the measured step times."""
+    threshold: float = 0.25
+    """Re-plan when the plan in use, on measured costs, is this much slower than the best plan."""
+    flops: float = 2e10
+    """``model`` costs: floating-point operations per second assumed for one rank."""
+    bandwidth: float = 1e9
+    """Bytes per second assumed for one link when pricing replica syncs."""
+    memory_mb: float | None = None
+    """Memory one rank may use for its layers, in MiB (default: no limit); the planner groups
+    and places layers within it."""
+
+
+@dataclass
 class StragglerConfig:
     """A stand-in for a slower device: a sleep per micro-batch, which costs no CPU."""
 
@@ -186,6 +233,8 @@ class Config:
     """Schedule, micro-batches, device and monitoring intervals."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """How stages talk to each other in a distributed run."""
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    """Plan of ranks per layer, replica sync and re-planning."""
     straggler: StragglerConfig = field(default_factory=StragglerConfig)
     """Optional artificial slowdown of one layer or rank (to study balancing on a small machine)."""
     run: RunConfig = field(default_factory=RunConfig)
@@ -510,6 +559,23 @@ def check(cfg: Config) -> list[str]:
         p.append(f"pipeline.window: must be >= 1, got {pl.window}")
     positive("pipeline.timeout", pl.timeout)
     positive("pipeline.setup_timeout", pl.setup_timeout)
+    b = cfg.balancer
+    if b.plan != "auto":
+        from pipedbn.balancer import Plan
+
+        try:  # the world size is checked at launch; here only the form and the layers
+            Plan.parse(b.plan, world=1 << 16, layers=len(cfg.layers))
+        except ValueError as e:
+            p.append(f"balancer.plan: {e}")
+    positive("balancer.max_replicas", b.max_replicas)
+    positive("balancer.sync_every", b.sync_every)
+    positive("balancer.staleness", b.staleness, strict=False)
+    positive("balancer.barrier_every", b.barrier_every)
+    positive("balancer.check_every", b.check_every)
+    positive("balancer.threshold", b.threshold)
+    positive("balancer.flops", b.flops)
+    positive("balancer.bandwidth", b.bandwidth)
+    positive("balancer.memory_mb", b.memory_mb)
     st = cfg.straggler
     if st.layer is not None and not 0 <= st.layer < len(cfg.layers):
         p.append(f"straggler.layer: {st.layer} is not a layer index (0..{len(cfg.layers) - 1})")

@@ -19,17 +19,33 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipedbn.balance import (
+    Coordinator,
+    Reporter,
+    first_plan,
+    get,
+    get_forever,
+    profile_layers,
+    put,
+    store,
+)
+from pipedbn.balancer import Plan, Problem
 from pipedbn.config import Config
-from pipedbn.data import Data, Prefetcher
+from pipedbn.data import Data, Prefetcher, open_data
 from pipedbn.errors import ConfigError, UserError
+from pipedbn.links import Inbox, Outbox
 from pipedbn.rbm import RBM
+from pipedbn.replicas import ReplicaSync, replica_generator
 from pipedbn.rundir import (
     Metrics,
     atomic_write,
@@ -38,7 +54,8 @@ from pipedbn.rundir import (
     save_tensors,
     start_run,
 )
-from pipedbn.runner import StageStats, run_stage
+from pipedbn.runner import Role, StageStats, run_stage
+from pipedbn.schedule import Schedule
 from pipedbn.trainer import (
     Result,
     dtype_of,
@@ -50,7 +67,8 @@ from pipedbn.trainer import (
     record_eval,
     summary,
 )
-from pipedbn.transport import LinkError, Receiver, Sender
+from pipedbn.transport import END, LinkError
+from stages import registry
 
 log = logging.getLogger("pipedbn")
 
@@ -66,11 +84,15 @@ def torchrun_env() -> tuple[int, int, int] | None:
 
 
 def check_world(cfg: Config, world: int, how: str) -> None:
-    layers = len(cfg.layers)
-    if world != layers:
-        raise ConfigError([f"{how} starts {world} processes, but a pipeline runs one per layer "
-                           f"and this config has {layers}: start {layers}, or train in one "
-                           "process with --nproc 1"])
+    """Whether ``world`` processes can run this config's plan (an explicit plan names its
+    ranks; the planner fits any world, within ``balancer.memory_mb``)."""
+    if cfg.balancer.plan == "auto":
+        return
+    try:
+        Plan.parse(cfg.balancer.plan, world, len(cfg.layers))
+    except ValueError as e:
+        raise ConfigError([f"balancer.plan: {e} ({how} starts {world} processes; start as "
+                           "many as the plan uses, or set balancer.plan=auto)"]) from None
 
 
 def wants_cuda(cfg: Config) -> bool:
@@ -111,10 +133,9 @@ def train_distributed(cfg: Config, prepared: bool) -> int:
     dist.init_process_group(backend, timeout=timedelta(seconds=cfg.pipeline.setup_timeout))
     run_dir: Path | None = None
     try:
-        cfg, run_dir, data, features, batches = _setup(cfg, rank, prepared)
-        stats, layers, result, monitor = _train(cfg, rank, world, run_dir, data, features,
-                                                batches, device)
-        _finish(cfg, rank, world, run_dir, data, stats, layers, result, monitor, device)
+        cfg, run_dir, data, setup = _setup(cfg, rank, world, prepared, device)
+        stats, result, monitor = _train(cfg, rank, world, run_dir, data, setup, device)
+        _finish(cfg, rank, world, run_dir, data, stats, result, monitor, device)
     except BaseException as e:
         if run_dir is not None:
             record_failure(run_dir, failure_record(e, rank))
@@ -163,8 +184,10 @@ class SetupFailed(UserError):
     """Rank 0 could not prepare the run; it reports why, the other ranks just stop."""
 
 
-def _setup(cfg: Config, rank: int, prepared: bool
-           ) -> tuple[Config, Path, Data | None, int, int]:
+def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.device
+           ) -> tuple[Config, Path, Data | None, dict[str, Any]]:
+    """Rank 0 prepares the run and chooses the first plan; every rank gets the config, the run
+    directory, the stream's shape and the plan."""
     box: list[object] = [None]
     data = None
     if rank == 0:
@@ -178,7 +201,8 @@ def _setup(cfg: Config, rank: int, prepared: bool
                  data.features)
         log.info("run directory: %s", run_dir)
         box = [{"config": cfg, "run_dir": str(run_dir), "features": data.features,
-                "batches": data.batches_per_epoch}]
+                "batches": data.batches_per_epoch,
+                "feature_mean": data.feature_mean.tolist()}]
     dist.broadcast_object_list(box, src=0)
     msg = box[0]
     assert isinstance(msg, dict)
@@ -186,58 +210,207 @@ def _setup(cfg: Config, rank: int, prepared: bool
         raise SetupFailed(f"stage 0 could not prepare the run: {msg['error']}")
     run_dir = Path(msg["run_dir"])
     if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"stage {rank} on {os.uname().nodename}: the run directory {run_dir} "
+        raise UserError(f"rank {rank} on {os.uname().nodename}: the run directory {run_dir} "
                         "is not visible here; runs on several nodes need run.out on a "
                         "filesystem that every node shares")
-    return msg["config"], run_dir, data, msg["features"], msg["batches"]
+    cfg = msg["config"]
+    profile: list[object] | None = None
+    if cfg.balancer.plan == "auto" and cfg.balancer.costs == "profile":
+        profile = [None] * world
+        dist.all_gather_object(profile, profile_layers(cfg, msg["features"], device))
+    box = [None]
+    if rank == 0:
+        try:
+            plan, problem = first_plan(cfg, msg["features"], world, profile)  # type: ignore
+            box = [{"plan": plan.to_dict(), "problem": problem}]
+        except UserError as e:
+            box = [{"error": str(e)}]
+    dist.broadcast_object_list(box, src=0)
+    planned = box[0]
+    assert isinstance(planned, dict)
+    if "error" in planned:
+        if rank == 0:
+            raise UserError(planned["error"])
+        raise SetupFailed(f"stage 0 could not plan the run: {planned['error']}")
+    msg.update(planned)
+    return cfg, run_dir, data, msg
 
 
 def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
-           features: int, batches: int, device: torch.device
-           ) -> tuple[StageStats, list[RBM], Result | None, _Monitor | None]:
+           setup: dict[str, Any], device: torch.device
+           ) -> tuple[StageStats, Result | None, _Monitor | None]:
+    """This rank's part of the stream, one segment (plan) after another."""
+    features, batches = setup["features"], setup["batches"]
     schedule = make_schedule(cfg, batches)
-    dtype = dtype_of(cfg)
-    sizes = [features] + cfg.sizes
-    pl = cfg.pipeline
-    name = f"stage {rank}"
-    send_timeout, recv_timeout = graded_timeouts(pl.timeout, rank, world)
+    plan, problem = Plan.from_dict(setup["plan"]), setup["problem"]
     metrics = Metrics(run_dir, stage=rank)
+    kv = store()
     result, monitor = None, None
+    stats = StageStats(rank, None, [])
+    held: dict[int, RBM] = {}  # the layers this rank trains in the current segment
+    segment, begin = 0, 0
     try:
-        sender = (Sender(rank + 1, cfg.train.batch_size, sizes[rank + 1], dtype, device,
-                         pl.window, send_timeout, name, beat_every=pl.timeout / 4)
-                  if rank + 1 < world else None)
         if rank == 0:
             assert data is not None
             log.info("%s", schedule.describe())
             everything = make_layers(cfg, data, schedule, device)
-            held, ref = monitor_data(data, device, dtype)
-            start = record_eval(everything, held, ref, metrics, 0)
-            layers = everything[:1]
+            held_x, ref = monitor_data(data, device, dtype_of(cfg))
+            start = record_eval(everything, held_x, ref, metrics, 0)
             result = Result(everything, start, [], 0.0, 0)
-            monitor = _Monitor(held, ref, schedule.length)
-            positions = [(m, *schedule.data_position(m)) for m in schedule.micro_batches(0)]
-            source: Prefetcher | Receiver = Prefetcher(data, positions, cfg.data.prefetch, dtype,
-                                                       timeout=pl.setup_timeout)
-        else:
-            layers = [make_layer(cfg, rank, features, schedule, device)]
-            source = Receiver(rank - 1, cfg.train.batch_size, sizes[rank], dtype, device,
-                              recv_timeout, name, first_timeout=pl.setup_timeout,
-                              on_beat=sender.beat_if_quiet if sender is not None else None)
+            monitor = _Monitor(held_x, ref, schedule.length)
+            log.info("plan: %s", plan.describe())
+            metrics.event(0, 0, "balancer/plan", {"at": 0, "plan": plan.describe(),
+                                                  "spec": plan.spec()})
+        mean = np.asarray(setup["feature_mean"], dtype=np.float32)
+        held = _initial_layers(cfg, plan, rank, features, schedule, device, mean)
         t0 = time.perf_counter()
-        try:
-            stats = run_stage(cfg, rank, layers, schedule, source, sender, metrics, device)
-        finally:
-            if isinstance(source, Prefetcher):
-                source.close()
-        for layer in layers:
-            save_tensors(layer_state_path(run_dir, layer.index), layer.state_dict())
+        while True:
+            role_of = plan.role(rank)
+            if role_of is None:
+                outcome = get_forever(kv, f"segment/{segment}")
+            else:
+                role = Role(plan, role_of[0], role_of[1], segment, begin)
+                end = _run_segment(cfg, rank, world, run_dir, role, held, schedule, features,
+                                   device, metrics, stats, kv, problem, data)
+                stop = schedule.length if end[0] == END else end[1]
+                for i, layer in held.items():  # a replica saw only some of the updates
+                    layer.step = max(0, min(stop, schedule.ends[i]) - schedule.starts[i])
+                if rank == plan.owner(0) and end[0] == END:
+                    put(kv, f"segment/{segment}", {"end": True})
+                outcome = ({"end": True} if end[0] == END
+                           else get(kv, f"segment/{segment}", cfg.pipeline.timeout))
+            if outcome.get("end"):
+                break
+            new_plan = Plan.from_dict(outcome["plan"])
+            begin = outcome["at"]
+            held = _move_layers(cfg, plan, new_plan, rank, held, features, schedule, device,
+                                begin)
+            plan, segment = new_plan, segment + 1
+            if rank == 0:
+                log.info("re-planned at micro-batch %d: %s", begin, plan.describe())
+                metrics.event(begin, 0, "balancer/plan", {"at": begin, "plan": plan.describe(),
+                                                          "spec": plan.spec()})
+        for i, layer in held.items():
+            if plan.owner(i) == rank:
+                save_tensors(layer_state_path(run_dir, i), layer.state_dict())
+        role_of = plan.role(rank)
+        stats.stage, stats.replica = (role_of if role_of is not None else (None, 0))
+        stats.layers = sorted(held)
         if result is not None:
-            result.samples = stats.samples
             result.seconds = time.perf_counter() - t0  # completed in _finish
     finally:
         metrics.close()
-    return stats, layers, result, monitor
+    return stats, result, monitor
+
+
+def _initial_layers(cfg: Config, plan: Plan, rank: int, features: int, schedule: Schedule,
+                    device: torch.device, mean: np.ndarray) -> dict[int, RBM]:
+    role = plan.role(rank)
+    if role is None:
+        return {}
+    out = {}
+    for i in plan.stages[role[0]].layers:
+        layer = make_layer(cfg, i, features, schedule, device, mean if i == 0 else None)
+        if role[1] > 0:
+            layer.generator = replica_generator(cfg.seed, i, role[1], 0, device)
+        out[i] = layer
+    return out
+
+
+def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
+                 held: dict[int, RBM], schedule: Schedule, features: int, device: torch.device,
+                 metrics: Metrics, stats: StageStats, kv: dist.Store, problem: Problem,
+                 data: Data | None) -> tuple[int, int]:
+    plan, stage = role.plan, role.plan.stages[role.stage]
+    layers = [held[i] for i in stage.layers]
+    sizes = [features] + cfg.sizes
+    dtype, pl, b = dtype_of(cfg), cfg.pipeline, cfg.balancer
+    name = f"stage {role.stage}" + (f" replica {role.replica}" if stage.replicas > 1 else "")
+    send_timeout, recv_timeout = graded_timeouts(pl.timeout, role.stage, len(plan.stages))
+    first, last = stage.layers[0], stage.layers[-1]
+    outbox = (Outbox(plan, role.stage, role.replica, cfg.train.batch_size, sizes[last + 1],
+                     dtype, device, pl.window, send_timeout, name, beat_every=pl.timeout / 4)
+              if role.stage + 1 < len(plan.stages) else None)
+    sync = None
+    if stage.replicas > 1:
+        trained = [m for m in schedule.micro_batches(first, role.begin)
+                   if any(schedule.trains(i, m) for i in stage.layers)]
+        rnd = b.sync_every * stage.replicas
+        sync = ReplicaSync(layers, stage.ranks, role.replica, b, trained[rnd::rnd], pl.timeout,
+                           name, metrics)
+    reporter = Reporter(kv, rank, role.segment) if b.replan else None
+    decide = None
+    source: Prefetcher | Inbox
+    if role.stage == 0:
+        if data is None:  # a replica of stage 0 on another rank reads the data too
+            data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+        positions = [(m, *schedule.data_position(m)) for m in role.micro_batches(schedule, 0)]
+        source = Prefetcher(data, positions, cfg.data.prefetch, dtype, timeout=pl.setup_timeout)
+        if b.replan:
+            decide = _decider(cfg, kv, role, problem, metrics, rank)
+    else:
+        source = Inbox(plan, role.stage, role.replica, cfg.train.batch_size, sizes[first],
+                       dtype, device, recv_timeout, name, first_timeout=pl.setup_timeout,
+                       on_beat=outbox.beat_if_quiet if outbox is not None else None)
+    stats.segments.append(role.segment)
+    try:
+        return run_stage(cfg, rank, role, layers, schedule, source, outbox, sync, metrics,
+                         device, stats, decide, reporter)
+    finally:
+        if isinstance(source, Prefetcher):
+            source.close()
+
+
+def _decider(cfg: Config, kv: dist.Store, role: Role, problem: Problem, metrics: Metrics,
+             rank: int) -> Callable[[int], bool]:
+    """Stage 0's answer at check ``q``: the coordinator decides and writes the decision; the
+    other replicas of stage 0 read it, so all of them stop at the same micro-batch."""
+    coordinator = (Coordinator(cfg, kv, role.plan, problem, role.segment, metrics)
+                   if role.replica == 0 else None)
+
+    def decide(q: int) -> bool:
+        if coordinator is not None:
+            new = coordinator.decide(q, q * cfg.balancer.check_every)
+            if new is not None:
+                put(kv, f"segment/{role.segment}", {"at": q * cfg.balancer.check_every,
+                                                    "plan": new.to_dict()})
+            return new is not None
+        return bool(get(kv, f"decision/{q}", cfg.pipeline.timeout)["replan"])
+
+    return decide
+
+
+def _move_layers(cfg: Config, old: Plan, new: Plan, rank: int, held: dict[int, RBM],
+                 features: int, schedule: Schedule, device: torch.device, begin: int
+                 ) -> dict[int, RBM]:
+    """Give every layer's state (weights, momentum, chains, generator, counters) to its owners
+    under the new plan; every rank takes part. A layer's state is its first replica's (all
+    replicas hold every update after the segment's final sync). New replicas beyond the first
+    start with no velocity, so that the momentum carried over is counted once, and draw from a
+    stream of their own."""
+    role = new.role(rank)
+    mine = set(new.stages[role[0]].layers) if role is not None else set()
+    out: dict[int, RBM] = {}
+    for i in range(new.layers):
+        src = old.owner(i)
+        s_old, s_new = old.stages[old.stage_of_layer(i)], new.stages[new.stage_of_layer(i)]
+        if s_old.ranks == s_new.ranks == (src,):
+            if i in mine:
+                out[i] = held[i]
+            continue
+        box = [{k: v.cpu() for k, v in held[i].state_dict().items()} if rank == src else None]
+        dist.broadcast_object_list(box, src=src)
+        if i in mine:
+            assert role is not None and box[0] is not None
+            layer = held.get(i) or make_layer(cfg, i, features, schedule, device,
+                                              np.zeros(features, np.float32) if i == 0 else None)
+            layer.load_state_dict(box[0])
+            if role[1] > 0:
+                layer.generator = replica_generator(cfg.seed, i, role[1], begin, device)
+                for t in (layer.weight_inc, layer.visible_bias_inc, layer.hidden_bias_inc):
+                    t.zero_()
+            out[i] = layer
+    return out
 
 
 @dataclass
@@ -250,21 +423,21 @@ class _Monitor:
 
 
 def _finish(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
-            stats: StageStats, layers: list[RBM], result: Result | None,
-            monitor: _Monitor | None, device: torch.device) -> None:
+            stats: StageStats, result: Result | None, monitor: _Monitor | None,
+            device: torch.device) -> None:
     t0 = time.perf_counter()
     gathered: list[object] | None = [None] * world if rank == 0 else None
-    dist.gather_object(stats.as_dict(), gathered, dst=0)  # every stage has saved its layers
+    dist.gather_object(stats.as_dict(), gathered, dst=0)  # every owner has saved its layers
     if rank != 0:
         return
     assert data is not None and result is not None and monitor is not None
     assert gathered is not None
     result.seconds += time.perf_counter() - t0  # until the last stage is done
+    result.samples = sum(s["samples"] for s in gathered  # type: ignore[index,misc]
+                         if s["stage"] == 0)  # type: ignore[index]
     for i, layer in enumerate(result.layers):
-        if i >= len(layers):
-            state = torch.load(layer_state_path(run_dir, i), map_location=device,
-                               weights_only=True)
-            layer.load_state_dict(state)
+        layer.load_state_dict(torch.load(layer_state_path(run_dir, i), map_location=device,
+                                         weights_only=True))
     metrics = Metrics(run_dir, stage=0)
     result.end = record_eval(result.layers, monitor.held, monitor.ref, metrics, monitor.length)
     metrics.scalar(monitor.length, 0, "throughput/end_to_end_samples_per_s",
@@ -275,12 +448,16 @@ def _finish(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None
 
 
 def stage_table(stages: list[object]) -> str:
-    lines = [f"{'stage':>5} {'layers':>6} {'batches':>8} {'busy':>6} {'compute s':>10} "
-             f"{'recv wait s':>11} {'send wait s':>11} {'samples/s':>10} {'in flight':>9}"]
+    lines = [f"{'rank':>4} {'stage':>5} {'layers':>6} {'batches':>8} {'busy':>6} "
+             f"{'compute s':>10} {'recv wait s':>11} {'send wait s':>11} {'sync s':>7} "
+             f"{'samples/s':>10} {'in flight':>9}"]
     for s in stages:
         assert isinstance(s, dict)
+        stage = "idle" if s["stage"] is None else (
+            f"{s['stage']}.{s['replica']}" if s["layers"] and s["replica"] else str(s["stage"]))
         lines.append(
-            f"{s['stage']:>5} {','.join(map(str, s['layers'])):>6} {s['micro_batches']:>8} "
-            f"{s['busy_frac']:>6.1%} {s['compute_s']:>10.2f} {s['recv_wait_s']:>11.2f} "
-            f"{s['send_wait_s']:>11.2f} {s['samples_per_s']:>10.0f} {s['max_in_flight']:>9}")
+            f"{s['rank']:>4} {stage:>5} {','.join(map(str, s['layers'])):>6} "
+            f"{s['micro_batches']:>8} {s['busy_frac']:>6.1%} {s['compute_s']:>10.2f} "
+            f"{s['recv_wait_s']:>11.2f} {s['send_wait_s']:>11.2f} {s['sync_wait_s']:>7.2f} "
+            f"{s['samples_per_s']:>10.0f} {s['max_in_flight']:>9}")
     return "\n".join(lines)

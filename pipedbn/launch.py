@@ -62,8 +62,8 @@ def launch_local(run_dir: Path, nproc: int, threads: int, quiet: bool,
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as e:
         stage, code, message = root_cause(run_dir, e.failures)
-        print(f"pipedbn: error: the run stopped: stage {stage} (layer {stage}) failed: "
-              f"{message}", file=sys.stderr)
+        print(f"pipedbn: error: the run stopped: rank {stage} failed: {message}",
+              file=sys.stderr)
         return code
     except SignalException as e:
         print(f"pipedbn: interrupted ({signal.Signals(e.sigval).name}); the stages were stopped",

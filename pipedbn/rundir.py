@@ -60,6 +60,21 @@ def claim_run_dir(cfg: Config) -> Path:
     raise RunDirError(f"could not claim a new run directory under {cfg.run.out}")
 
 
+def discard_run_dir(path: Path) -> None:
+    """Remove a run directory this process has just claimed, when the run cannot start after
+    all; it holds only what ``start_run`` wrote (an empty ``run.dir`` given by the user stays)."""
+    import shutil
+
+    for child in path.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    with contextlib.suppress(OSError):
+        if path.parent.name != "" and not any(path.iterdir()):
+            path.rmdir()
+
+
 def check_run_dir(path: Path) -> None:
     """Refuse a run directory that holds anything already (before any work is done)."""
     if path.exists():
@@ -128,6 +143,13 @@ class Metrics:
         if self._f is not None:
             rec = {"step": step, "stage": self.stage, "layer": layer, "tag": tag,
                    "value": value, "wall_time": time.time()}
+            self._f.write(json.dumps(rec) + "\n")
+
+    def event(self, step: int, layer: int, tag: str, data: dict[str, Any]) -> None:
+        """A decision or other event: ``data`` is kept whole under ``"data"``."""
+        if self._f is not None:
+            rec = {"step": step, "stage": self.stage, "layer": layer, "tag": tag, "data": data,
+                   "wall_time": time.time()}
             self._f.write(json.dumps(rec) + "\n")
 
     def scalars(self, step: int, layer: int, values: dict[str, float], prefix: str) -> None:

@@ -21,29 +21,40 @@ wait before that is the schedule's own (a layer that starts later), not a pipeli
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from pipedbn.balance import Reporter
+from pipedbn.balancer import Plan
 from pipedbn.config import Config
+from pipedbn.links import Inbox, Outbox
 from pipedbn.rbm import RBM
+from pipedbn.replicas import ReplicaSync
 from pipedbn.rundir import Metrics
 from pipedbn.schedule import Schedule
 from pipedbn.trainer import Straggler, layer_step
-from pipedbn.transport import Sender
+from pipedbn.transport import END, PLAN
 
 
 @dataclass
 class StageStats:
-    stage: int
+    """One rank's timings over the whole run (its stage and layers: those of the last plan)."""
+
+    rank: int
+    stage: int | None
     layers: list[int]
+    replica: int = 0
     micro_batches: int = 0
     samples: int = 0
     compute_s: float = 0.0
     recv_wait_s: float = 0.0
     send_wait_s: float = 0.0
+    sync_wait_s: float = 0.0
+    """Time spent exchanging updates with the other replicas of the stage."""
     active_s: float = 0.0
+    segments: list[int] = field(default_factory=list)
     max_in_flight: int = 0
     """Most micro-batches this stage had sent that its successor had not yet taken."""
 
@@ -77,35 +88,71 @@ class _Interval:
         metrics.scalar(m, layer, "throughput/samples_per_s", self.samples / wall)
 
 
-def _timed(source: Iterable[tuple[int, torch.Tensor]]
-           ) -> Iterator[tuple[int, torch.Tensor, float, float]]:
-    """Items of ``source`` with the time the wait for each began and ended."""
-    it = iter(source)
-    while True:
-        t0 = time.perf_counter()
-        item = next(it, None)
-        t1 = time.perf_counter()
-        if item is None:
-            return
-        yield item[0], item[1], t0, t1
+@dataclass
+class Role:
+    """What one rank does in one part of the stream (a *segment*: from micro-batch ``begin`` to
+    the end of the stream or to the next re-plan)."""
+
+    plan: Plan
+    stage: int
+    replica: int
+    segment: int
+    begin: int
+
+    @property
+    def replicas(self) -> int:
+        return self.plan.stages[self.stage].replicas
+
+    def micro_batches(self, schedule: Schedule, first: int) -> list[int]:
+        """The micro-batches this replica handles, in order."""
+        r = self.replicas
+        return [m for m in schedule.micro_batches(first, self.begin) if m % r == self.replica]
 
 
-def run_stage(cfg: Config, stage: int, layers: list[RBM], schedule: Schedule,
-              source: Iterable[tuple[int, torch.Tensor]], sender: Sender | None,
-              metrics: Metrics, device: torch.device) -> StageStats:
-    """Stream every micro-batch of ``source`` through ``layers``; returns the stage's timings."""
+def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: Schedule,
+              source: Iterable[tuple[int, torch.Tensor]] | Inbox, outbox: Outbox | None,
+              sync: ReplicaSync | None, metrics: Metrics, device: torch.device,
+              stats: StageStats, decide: Callable[[int], bool] | None = None,
+              reporter: Reporter | None = None) -> tuple[int, int]:
+    """Stream this replica's micro-batches of the segment through ``layers``; adds the timings
+    to ``stats`` and returns how the segment ended: ``(END, -1)`` or ``(PLAN, m)``.
+
+    ``source`` is the data (stage 0) or the ``Inbox`` from the stage below. ``decide(q)`` (stage
+    0 with re-planning on) says whether the run re-plans at micro-batch ``q * check_every``."""
     first, last = layers[0].index, layers[-1].index
-    stats = StageStats(stage, [layer.index for layer in layers])
-    straggler = Straggler(cfg, rank=stage)
-    expected = iter(schedule.micro_batches(first))
+    straggler = Straggler(cfg, rank=rank)
+    check_every = cfg.balancer.check_every
+    mine = role.micro_batches(schedule, first)
+    reads = iter(source) if not isinstance(source, Inbox) else None
     interval: _Interval | None = None
     began = ended = time.perf_counter()
-    if first == 0 and sender is not None:
-        sender.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
-    for m, x, t_wait, t_got in _timed(source):
-        want = next(expected, None)
-        if m != want:  # the neighbour runs a different schedule: configs differ between ranks
-            raise RuntimeError(f"stage {stage}: received micro-batch {m}, expected {want}")
+    end: tuple[int, int] = (END, -1)
+    next_check = (role.begin // check_every + 1) * check_every
+    if first == 0 and outbox is not None:
+        outbox.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
+    for m in mine:
+        if decide is not None and m >= next_check:
+            q, next_check = next_check // check_every, (m // check_every + 1) * check_every
+            if decide(q):
+                end = (PLAN, q * check_every)
+                break
+        if sync is not None:
+            t0 = time.perf_counter()
+            sync.before_micro_batch(m)
+            stats.sync_wait_s += time.perf_counter() - t0
+        t_wait = time.perf_counter()
+        if reads is not None:
+            got, x = next(reads)
+            if got != m:
+                raise RuntimeError(f"stage {role.stage}: read micro-batch {got}, expected {m}")
+        else:
+            assert isinstance(source, Inbox)
+            taken = source.take(m)
+            if taken is None:
+                end = (source.end_kind, source.end_at)
+                break
+            x = taken
+        t_got = time.perf_counter()
         if interval is None:
             began = t_got
             interval = _Interval(t_got)
@@ -115,40 +162,53 @@ def run_stage(cfg: Config, stage: int, layers: list[RBM], schedule: Schedule,
         x = x.to(device, non_blocking=True)
         rows = x.shape[0]
         top = schedule.top(m)
+        layer_s: dict[int, float] = {}
+        t_layer = t_got
         for layer in layers:
             if layer.index > top:
                 break
             x = layer_step(layer, x, m, schedule, cfg, metrics)
             straggler.after_layer(layer.index, m)
+            now = time.perf_counter()
+            layer_s[layer.index], t_layer = now - t_layer, now
         straggler.after_micro_batch(m)
-        t_done = time.perf_counter()
+        t_done = t_synced = time.perf_counter()
+        if reporter is not None:
+            reporter.add(layer_s, t_done - t_layer)
         interval.compute += t_done - t_got
         stats.compute_s += t_done - t_got
-        if sender is not None:
+        if outbox is not None:
             if top > last:
-                sender.send(m, x)
-                interval.depth = max(interval.depth, sender.in_flight)
+                outbox.send(m, x)
+                interval.depth = max(interval.depth, outbox.in_flight)
             else:
-                sender.beat_if_quiet()
+                outbox.beat_if_quiet()
         ended = time.perf_counter()
-        interval.send += ended - t_done
-        stats.send_wait_s += ended - t_done
+        interval.send += ended - t_synced
+        stats.send_wait_s += ended - t_synced
         stats.micro_batches += 1
         stats.samples += rows
         interval.samples += rows
         if stats.micro_batches % cfg.train.log_every == 0:
             interval.record(metrics, m, first, ended)
             interval = _Interval(ended)
-    missing = next(expected, None)
-    if missing is not None:
-        raise RuntimeError(f"stage {stage}: the stream ended before micro-batch {missing}")
-    if sender is not None:
-        t0 = time.perf_counter()
-        sender.close()
+        if reporter is not None and reporter.count >= check_every // 2:
+            reporter.publish()
+    else:
+        if isinstance(source, Inbox):
+            source.finish()
+            end = (source.end_kind, source.end_at)
+    t0 = time.perf_counter()
+    if outbox is not None:
+        outbox.close(*end)
+        stats.max_in_flight = max(stats.max_in_flight, outbox.max_in_flight)
+    ended = time.perf_counter()
+    stats.send_wait_s += ended - t0
+    if sync is not None:
+        sync.finish()
+        stats.sync_wait_s += time.perf_counter() - ended
         ended = time.perf_counter()
-        stats.send_wait_s += ended - t0
-        stats.max_in_flight = sender.max_in_flight
     if interval is not None and interval.samples:
-        interval.record(metrics, schedule.length, first, ended)
-    stats.active_s = ended - began
-    return stats
+        interval.record(metrics, schedule.length if end[0] == END else end[1], first, ended)
+    stats.active_s += ended - began
+    return end

@@ -99,6 +99,7 @@ def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Con
     i = layer.index
     if not schedule.trains(i, m):
         return layer.forward(x, m)
+    layer.step = m - schedule.starts[i]  # the same count on a replica that saw only some
     stats: dict[str, float] | None = {} if layer.step % cfg.train.log_every == 0 else None
     y = layer.train_step(x, m, stats)
     if stats:

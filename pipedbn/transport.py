@@ -2,14 +2,15 @@
 
 A message is a header ``int64[m, rows, kind]`` followed by a payload of the link's static shape
 ``(max_rows, features)``; a partial micro-batch travels padded and the receiver slices ``rows``
-(the padding is never trained on). ``kind`` is DATA, END (end of stream) or BEAT: a link that has
+(the padding is never trained on). ``kind`` is DATA, END (end of stream), PLAN (end of this
+plan's part of the stream: the run re-plans at micro-batch ``m``) or BEAT: a link that has
 carried nothing for a quarter of the timeout carries a heartbeat instead, so a stage that waits a
 long time for its first micro-batch (the greedy schedule, a long streaming offset) can tell a
 quiet peer from a hung one; a stage that is itself waiting passes heartbeats on. The sender keeps at
 most ``window`` messages in flight (back-pressure: it waits for the oldest before sending more);
-the receiver keeps two receives posted (double buffering), so END is sent twice. Every wait is
-bounded by ``timeout``; a failure raises ``LinkError`` naming both the stage that saw it and the
-peer it lost. Headers live on the payload's device, so the same code runs on gloo and NCCL.
+the receiver keeps two receives posted (double buffering), so END and PLAN are sent twice. Every
+wait is bounded by ``timeout``; a failure raises ``LinkError`` naming both the stage that saw it
+and the peer it lost. Headers live on the payload's device, so the same code runs on gloo and NCCL.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-DATA, END, BEAT = 0, 1, 2
+DATA, END, BEAT, PLAN = 0, 1, 2, 3
+TERMINAL = (END, PLAN)
 
 
 class LinkError(RuntimeError):
@@ -80,6 +82,8 @@ class Sender:
         self.wait_s = 0.0
         self.beat_every = timeout / 4 if beat_every is None else beat_every
         self._last_send = -math.inf  # the first call to beat_if_quiet says the stream began
+        self.max_beats: int | None = None
+        self._beats = 0
 
     @property
     def in_flight(self) -> int:
@@ -92,8 +96,13 @@ class Sender:
     def beat_if_quiet(self) -> None:
         """Send a heartbeat if the link has been quiet for ``beat_every``. A stage calls this
         when it has nothing else to send: usually the peer is waiting for it and the window
-        holds only earlier heartbeats, already taken; otherwise it waits like any send."""
+        holds only earlier heartbeats, already taken; otherwise it waits like any send. With
+        ``max_beats`` set, at most that many heartbeats follow one another, so that a peer that
+        reads another link meanwhile (a replicated stage feeds it) never makes this stage wait."""
+        if self.max_beats is not None and self._beats >= self.max_beats:
+            return
         if time.monotonic() - self._last_send > self.beat_every:
+            self._beats += 1
             self.send(-1, torch.zeros(0, self.features, dtype=self.dtype, device=self.device),
                       BEAT)
 
@@ -108,6 +117,8 @@ class Sender:
         while len(self._pending) >= self.window:
             self._retire_oldest()
         self.wait_s += time.perf_counter() - t0
+        if kind != BEAT:
+            self._beats = 0
         rows = x.shape[0]
         assert x.shape[1:] == (self.features,) and rows <= self.max_rows, (x.shape, self.features)
         if rows < self.max_rows:
@@ -123,11 +134,13 @@ class Sender:
         self._last_send = time.monotonic()
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
 
-    def close(self) -> None:
-        """Send end-of-stream and wait until every message has been taken."""
+    def close(self, kind: int = END, m: int = -1) -> None:
+        """Send end-of-stream (or PLAN at micro-batch ``m``) and wait until every message has
+        been taken."""
+        assert kind in TERMINAL
         empty = torch.zeros(0, self.features, dtype=self.dtype, device=self.device)
         for _ in range(2):  # one for each receive the peer keeps posted
-            self.send(-1, empty, END)
+            self.send(m, empty, kind)
         t0 = time.perf_counter()
         while self._pending:
             self._retire_oldest()
@@ -148,6 +161,7 @@ class Receiver:
                        for _ in range(2)]
         self._works: list[list[dist.Work]] = [[], []]
         self._next = 0
+        self._pending_repost: int | None = None
         self.wait_s = 0.0
         for k in range(2):
             self._post(k)
@@ -158,23 +172,42 @@ class Receiver:
         self._works[k] = [_post(dist.irecv, header, self.src, what),
                           _post(dist.irecv, payload, self.src, what)]
 
-    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yields ``(m, x)``; ``x`` is valid until the next item is requested."""
+    def get(self) -> tuple[int, int, torch.Tensor | None]:
+        """The next message that is not a heartbeat: ``(DATA, m, x)``, with ``x`` valid until
+        the next call, or ``(END | PLAN, m, None)``, after which the link is done."""
+        self._flush()
         while True:
             k = self._next
             self._take(k)
             header, payload = self._slots[k]
             m, rows, kind = header.tolist()
-            if kind == END:
-                self._take((k + 1) % 2)  # the second END fills the receive posted ahead
-                return
+            if kind in TERMINAL:
+                self._take((k + 1) % 2)  # the second copy fills the receive posted ahead
+                return kind, m, None
             if kind == BEAT:
                 if self.on_beat is not None:
                     self.on_beat()
-            else:
-                yield m, payload[:rows]
-            self._post(k)  # the consumer is done with slot k
-            self._next = (k + 1) % 2
+                self._repost(k)
+                continue
+            self._pending_repost = k  # the consumer is done with slot k at the next call
+            return DATA, m, payload[:rows]
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yields ``(m, x)`` until the end of the stream."""
+        while True:
+            kind, m, x = self.get()
+            if x is None:
+                return
+            yield m, x
+
+    def _flush(self) -> None:
+        if self._pending_repost is not None:
+            self._repost(self._pending_repost)
+            self._pending_repost = None
+
+    def _repost(self, k: int) -> None:
+        self._post(k)
+        self._next = (k + 1) % 2
 
     def _take(self, k: int) -> None:
         t0 = time.perf_counter()

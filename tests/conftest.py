@@ -17,6 +17,8 @@ import torch
 torch.set_num_threads(1)  # one thread per process in tests, as in the subprocesses below
 
 ROOT = Path(__file__).resolve().parents[1]
+ONE_PER_LAYER = "balancer.max_replicas=1"
+"""With as many ranks as layers and no replicas allowed, the planner gives each layer a rank."""
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

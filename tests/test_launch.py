@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli, env1, kill_workers, wait_for, workers
+from conftest import ONE_PER_LAYER, ROOT, cli, env1, kill_workers, wait_for, workers
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
@@ -24,11 +24,12 @@ def last_error(stderr: str) -> str:
     return errors[-1]
 
 
-def test_nproc_that_does_not_match_the_layers_is_refused_before_anything_starts(
+def test_nproc_that_does_not_fit_the_plan_is_refused_before_anything_starts(
         tmp_path: Path) -> None:
-    proc = cli("train", TINY, f"run.dir={tmp_path / 'run'}", "--nproc", "2")
+    proc = cli("train", TINY, f"run.dir={tmp_path / 'run'}", "--nproc", "2",
+               "balancer.plan=0|1|2")
     assert proc.returncode == 2, proc.stderr
-    assert "--nproc 2 starts 2 processes" in proc.stderr and "has 3" in proc.stderr
+    assert "--nproc 2 starts 2 processes" in proc.stderr and "needs 3 ranks" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
 
@@ -43,7 +44,8 @@ def test_nproc_1_trains_in_this_process(tmp_path: Path) -> None:
 def test_torchrun_with_the_wrong_process_count_reports_once(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "pipedbn", "train", TINY, f"run.dir={tmp_path / 'run'}"],
+         "-m", "pipedbn", "train", TINY, f"run.dir={tmp_path / 'run'}",
+         "balancer.plan=0|1|2"],
         cwd=ROOT, env=env1(), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     mine = [line for line in proc.stderr.splitlines() if line.startswith("pipedbn: error:")]
@@ -53,11 +55,12 @@ def test_torchrun_with_the_wrong_process_count_reports_once(tmp_path: Path) -> N
 def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     t0 = time.monotonic()
-    proc = cli("train", TINY, f"run.dir={run_dir}", "layers.2.lr=1e38", timeout=120)
+    proc = cli("train", TINY, f"run.dir={run_dir}", "layers.2.lr=1e38", ONE_PER_LAYER,
+               timeout=120)
     assert proc.returncode == 3, proc.stderr  # the stage's own status: training diverged
     assert "Traceback" not in proc.stderr, proc.stderr
     assert last_error(proc.stderr).startswith(
-        "pipedbn: error: the run stopped: stage 2 (layer 2) failed: layer 2: non-finite")
+        "pipedbn: error: the run stopped: rank 2 failed: layer 2: non-finite")
     assert json.loads((run_dir / "failure.json").read_text())["stage"] == 2
     assert not (run_dir / "model.safetensors").exists()
     wait_for(lambda: workers(str(run_dir)) == {}, 10, "every worker to be gone")
@@ -67,8 +70,8 @@ def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path) ->
 def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pipedbn", "train", TINY, f"run.dir={run_dir}", "rbm.epochs=200",
-         *overrides], cwd=ROOT, env=env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+         ONE_PER_LAYER, *overrides], cwd=ROOT, env=env1(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
 
 
 def _streaming(run_dir: Path, n: int = 3) -> dict[int, int]:
@@ -98,7 +101,7 @@ def test_a_killed_stage_stops_every_stage_and_is_named(tmp_path: Path, rank: int
         kill_workers(str(run_dir))
     assert p.returncode == 1, err
     assert last_error(err).startswith(
-        f"pipedbn: error: the run stopped: stage {rank} (layer {rank}) failed: killed by SIGKILL")
+        f"pipedbn: error: the run stopped: rank {rank} failed: killed by SIGKILL")
     assert "Traceback" not in err, err
     wait_for(lambda: workers(str(run_dir)) == {}, 10, "every worker to be gone")
     assert took < 10  # a dead peer is noticed at once, far within pipeline.timeout (300 s)
@@ -133,6 +136,6 @@ def test_a_hung_stage_is_named_within_the_timeout(tmp_path: Path, layers: str, h
     assert re.search(r"no answer in (2|2\.5) s", record["message"]), record  # graded by hops
     assert 1 <= took < 2.5 + 10, (took, err)
     assert p.returncode == 1, err
-    assert f"stage {hung} (layer {hung}) failed" in last_error(err), err
+    assert f"rank {hung} failed" in last_error(err), err
     assert "Traceback" not in err, err
     wait_for(lambda: workers(str(run_dir)) == {}, 10, "every worker to be gone")

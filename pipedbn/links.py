@@ -1,0 +1,117 @@
+"""Links between two stages of a plan, whatever their replica counts.
+
+Micro-batch ``m`` is handled by replica ``m mod r`` of a stage with ``r`` replicas, so the
+replica of stage s-1 that sends ``m`` and the replica of stage s that receives it are both known
+from ``m`` alone. A replica keeps one ``Receiver`` per replica below that can send to it and one
+``Sender`` per replica above; it takes its micro-batches in stream order, each from the link it
+must come on. Every sender handles its micro-batches in stream order too, so no link ever holds
+a micro-batch that its receiver needs later than one it needs now: the smallest micro-batch not
+yet taken can always move, and the routing cannot deadlock.
+
+A link ends with END (the stream is over) or PLAN (the run re-plans at micro-batch ``m``: every
+micro-batch before it has been sent, none after it will be); a replica's input ends when every
+one of its links has ended the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pipedbn.balancer import Plan
+from pipedbn.transport import DATA, END, Receiver, Sender
+
+
+def feeds(senders: int, receivers: int, i: int, j: int) -> bool:
+    """Whether replica ``i`` of a stage with ``senders`` replicas ever sends to replica ``j``
+    of the next stage (``receivers`` replicas): some ``m`` has ``m % senders == i`` and
+    ``m % receivers == j``, i.e. ``i`` and ``j`` agree modulo their gcd."""
+    g = math.gcd(senders, receivers)
+    return i % g == j % g
+
+
+class Inbox:
+    """A replica's input from the replicas of the stage below, in stream order."""
+
+    def __init__(self, plan: Plan, stage: int, replica: int, max_rows: int, features: int,
+                 dtype: torch.dtype, device: torch.device, timeout: float, name: str,
+                 first_timeout: float, on_beat: object = None) -> None:
+        below = plan.stages[stage - 1]
+        self.upstream = below.replicas
+        self.receivers: dict[int, Receiver] = {}
+        for i, rank in enumerate(below.ranks):
+            if feeds(below.replicas, plan.stages[stage].replicas, i, replica):
+                self.receivers[i] = Receiver(rank, max_rows, features, dtype, device, timeout,
+                                             name, on_beat=on_beat,  # type: ignore[arg-type]
+                                             first_timeout=first_timeout)
+        self.end_kind = END
+        self.end_at = -1
+
+    def take(self, m: int) -> torch.Tensor | None:
+        """Micro-batch ``m`` (valid until the next call), or None if the input ended before it;
+        ``end_kind``/``end_at`` then say how and where."""
+        kind, got, x = self.receivers[m % self.upstream].get()
+        if kind == DATA:
+            if got != m:  # the neighbour runs a different schedule: configs differ
+                raise RuntimeError(f"received micro-batch {got}, expected {m}")
+            assert x is not None
+            return x
+        self._ended(kind, got, first=m % self.upstream)
+        return None
+
+    def finish(self) -> None:
+        """After the last expected micro-batch: every link must end."""
+        self._ended(END, -1, first=None)
+
+    def _ended(self, kind: int, at: int, first: int | None) -> None:
+        ends = {} if first is None else {first: (kind, at)}
+        for i, receiver in self.receivers.items():
+            if i not in ends:
+                k, got, x = receiver.get()
+                if x is not None:
+                    raise RuntimeError(f"received micro-batch {got} after the end of the input")
+                ends[i] = (k, got)
+        kinds = set(ends.values())
+        if len(kinds) != 1:
+            raise RuntimeError(f"the replicas below ended their streams differently: {ends}")
+        (self.end_kind, self.end_at), = kinds
+
+
+class Outbox:
+    """A replica's output to the replicas of the stage above: ``m`` goes to replica ``m % r``."""
+
+    def __init__(self, plan: Plan, stage: int, replica: int, max_rows: int, features: int,
+                 dtype: torch.dtype, device: torch.device, window: int, timeout: float,
+                 name: str, beat_every: float) -> None:
+        above = plan.stages[stage + 1]
+        self.downstream = above.replicas
+        self.senders: dict[int, Sender] = {}
+        for j, rank in enumerate(above.ranks):
+            if feeds(plan.stages[stage].replicas, above.replicas, replica, j):
+                s = Sender(rank, max_rows, features, dtype, device, window, timeout, name,
+                           beat_every=beat_every)
+                if plan.stages[stage].replicas > 1:
+                    # the replica above reads another link while this one is quiet: never
+                    # wait on a heartbeat it has not taken (its two posted receives hold two)
+                    s.max_beats = 2
+                self.senders[j] = s
+
+    def send(self, m: int, x: torch.Tensor) -> None:
+        self.senders[m % self.downstream].send(m, x)
+
+    def beat_if_quiet(self) -> None:
+        for s in self.senders.values():
+            s.beat_if_quiet()
+
+    @property
+    def in_flight(self) -> int:
+        return max(s.in_flight for s in self.senders.values())
+
+    @property
+    def max_in_flight(self) -> int:
+        return max(s.max_in_flight for s in self.senders.values())
+
+    def close(self, kind: int = END, m: int = -1) -> None:
+        for s in self.senders.values():
+            s.close(kind, m)

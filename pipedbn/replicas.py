@@ -1,0 +1,199 @@
+"""Replicas of one stage combine their updates: the seed's data-parallel sync policies.
+
+A stage with ``r`` replicas trains replica ``m mod r`` on micro-batch ``m``. The stream is cut
+into *rounds* of ``sync_every * r`` micro-batches the stage trains on (about ``sync_every`` per
+replica), and every replica ticks its clock before it handles its first micro-batch of the next
+round: a round boundary is a point of the stream, so replicas that see different micro-batches
+(a layer frozen on some of them, a partial round at the end) still tick together, and a replica
+that waits at a boundary holds back nothing that its peers need to reach it. At each tick it
+sends its peers
+its own update since its last tick (the change of every parameter, the way a worker pushes its
+update to a parameter server) and adds the updates it receives to its parameters, so each
+micro-batch's update is applied once on every replica. Velocities (momentum), persistent chains,
+sparsity statistics and random streams stay with their replica.
+
+- ``bsp``: at tick ``c`` every replica waits for every peer's tick ``c``, then sets its
+  parameters to (parameters at the last sync) + the updates of all replicas *in replica order*.
+  Replicas are bit-for-bit equal after each sync and the run is deterministic.
+- ``ssp``: at tick ``c`` a replica takes its peers' updates up to their tick ``c - s`` (waiting
+  only for a peer more than ``s`` ticks behind) and goes on: no replica runs more than ``s``
+  ticks ahead of the slowest. Taking exactly the ``s``-stale updates keeps it reproducible for a
+  given plan, although replicas differ in rounding until the end of the stream.
+- ``adaptive``: SSP whose staleness follows the measured speeds: a replica ``rho`` times faster
+  than its slowest peer may run ``ceil(rho) - 1`` ticks ahead (at most ``staleness``), and every
+  ``barrier_every`` micro-batches all replicas meet (staleness 0).
+
+At the end of its part of the stream a replica sends its last update marked FINAL and takes
+every peer's remaining updates, so all replicas end with every update; replica 0's state is the
+layer's state from then on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+import torch
+import torch.distributed as dist
+
+from pipedbn.config import BalancerConfig
+from pipedbn.rbm import RBM
+from pipedbn.rundir import Metrics
+from pipedbn.transport import _post, _wait
+
+TICK, FINAL = 0, 1
+_PARAMS = ("weight", "visible_bias", "hidden_bias")
+
+
+class ReplicaSync:
+    def __init__(self, layers: list[RBM], ranks: tuple[int, ...], replica: int,
+                 cfg: BalancerConfig, boundaries: list[int], timeout: float, name: str,
+                 metrics: Metrics) -> None:
+        """``boundaries``: the first micro-batch of each round after the first."""
+        self.layers, self.ranks, self.replica = layers, ranks, replica
+        self.policy, self.every, self.max_stale = cfg.sync, cfg.sync_every, cfg.staleness
+        self.barrier = max(1, math.ceil(cfg.barrier_every / cfg.sync_every))
+        self.timeout, self.name, self.metrics = timeout, name, metrics
+        self.peers = [k for k in range(len(ranks)) if k != replica]
+        self.snapshot = self._flat()
+        self.clock = 0
+        self.boundaries = deque(boundaries)
+        self.handled = 0
+        self.peer_clock = {k: 0 for k in self.peers}
+        self.peer_speed = {k: 0.0 for k in self.peers}
+        self.finished: set[int] = set()
+        self._sent: deque[tuple[list[dist.Work], torch.Tensor, torch.Tensor]] = deque()
+        self._t_tick = time.perf_counter()
+        self.speed = 0.0  # seconds per micro-batch of this replica since its last tick
+        self.wait_s = 0.0
+        self.ticks: list[dict[str, float]] = []
+
+    def _views(self) -> list[torch.Tensor]:
+        return [getattr(layer, n) for layer in self.layers for n in _PARAMS]
+
+    def _flat(self) -> torch.Tensor:
+        return torch.cat([v.reshape(-1) for v in self._views()])
+
+    def _add(self, delta: torch.Tensor) -> None:
+        i = 0
+        for v in self._views():
+            v.add_(delta[i:i + v.numel()].view_as(v))
+            i += v.numel()
+
+    def _set(self, flat: torch.Tensor) -> None:
+        i = 0
+        for v in self._views():
+            v.copy_(flat[i:i + v.numel()].view_as(v))
+            i += v.numel()
+
+    def before_micro_batch(self, m: int) -> None:
+        """Call before handling micro-batch ``m``: ticks for every round boundary up to it."""
+        while self.boundaries and self.boundaries[0] <= m:
+            self._tick(self.boundaries.popleft())
+        self.handled += 1
+
+    def _tick(self, m: int) -> None:
+        now = time.perf_counter()
+        if self.handled:
+            self.speed = (now - self._t_tick) / self.handled
+        self._t_tick, self.handled = now, 0
+        self.clock += 1
+        own = self._flat() - self.snapshot
+        self._send(TICK, own)
+        t0 = time.perf_counter()
+        if self.policy == "bsp":
+            deltas = {self.replica: own}
+            for k in self.peers:
+                if k not in self.finished:
+                    deltas[k] = self._receive(k)
+            total = self.snapshot.clone()
+            for k in sorted(deltas):
+                total += deltas[k]
+            self._set(total)
+            self.snapshot = total
+            stale = 0
+        else:
+            stale = self._staleness()
+            for k in self.peers:
+                while k not in self.finished and self.peer_clock[k] < self.clock - stale:
+                    self._apply(self._receive(k))
+            self.snapshot = self._flat()
+        wait = time.perf_counter() - t0
+        self.wait_s += wait
+        behind = [self.peer_clock[k] for k in self.peers if k not in self.finished]
+        drift = self.clock - min(behind) if behind else 0
+        rec = {"clock": self.clock, "drift": drift, "staleness": stale, "wait_s": wait}
+        self.ticks.append(rec)
+        layer = self.layers[0].index
+        self.metrics.scalars(m, layer, {f"replica{self.replica}_{k}": float(v)
+                                        for k, v in rec.items()}, "replica")
+
+    def _staleness(self) -> int:
+        if self.policy == "ssp":
+            return self.max_stale
+        if self.clock % self.barrier == 0:
+            return 0  # the slowest replica has done barrier_every micro-batches: all meet
+        slowest = max([self.peer_speed[k] for k in self.peers if k not in self.finished],
+                      default=0.0)
+        if self.speed <= 0 or slowest <= 0:
+            return min(1, self.max_stale)
+        return max(0, min(self.max_stale, math.ceil(slowest / self.speed) - 1))
+
+    def _apply(self, delta: torch.Tensor) -> None:
+        self._add(delta)
+
+    def finish(self) -> None:
+        """End of this replica's part of the stream: exchange every remaining update."""
+        own = self._flat() - self.snapshot
+        self._send(FINAL, own)
+        for k in self.peers:
+            while k not in self.finished:
+                self._apply(self._receive(k))
+        self.snapshot = self._flat()
+        while self._sent:
+            self._retire()
+
+    def _send(self, kind: int, delta: torch.Tensor) -> None:
+        header = torch.tensor([kind, self.clock, int(self.speed * 1e9)], dtype=torch.int64,
+                              device=delta.device)
+        works: list[dist.Work] = []
+        for k in self.peers:  # a finished peer still takes updates until this one's FINAL
+            what = f"{self.name}: lost replica {k} (rank {self.ranks[k]}) while syncing"
+            works += [_post(dist.isend, header, self.ranks[k], what),
+                      _post(dist.isend, delta, self.ranks[k], what)]
+        self._sent.append((works, header, delta))
+        while len(self._sent) > 2 * self.max_stale + 4:  # a peer s behind takes ours 2s late
+            self._retire()
+
+    def _retire(self) -> None:
+        works, _, _ = self._sent.popleft()
+        for w in works:
+            _wait(w, self.timeout, f"{self.name}: a replica stopped taking updates", -1)
+
+    def _receive(self, k: int) -> torch.Tensor:
+        """Peer k's next update (its clock and speed recorded; FINAL marks it finished)."""
+        rank = self.ranks[k]
+        what = f"{self.name}: lost replica {k} (rank {rank}) while syncing"
+        header = torch.empty(3, dtype=torch.int64, device=self.snapshot.device)
+        delta = torch.empty_like(self.snapshot)
+        works = [_post(dist.irecv, header, rank, what), _post(dist.irecv, delta, rank, what)]
+        for w in works:
+            _wait(w, self.timeout, what, rank)
+        kind, clock, speed_ns = header.tolist()
+        self.peer_clock[k] = clock
+        self.peer_speed[k] = speed_ns / 1e9
+        if kind == FINAL:
+            self.finished.add(k)
+            self.peer_clock[k] = 1 << 62
+        return delta
+
+
+def replica_generator(seed: int, layer: int, replica: int, begin: int,
+                      device: torch.device) -> torch.Generator:
+    """Replica ``replica`` (>= 1) of a layer draws from its own stream, a pure function of the
+    seed, the layer, the replica and the micro-batch where the replica began."""
+    from pipedbn.rbm import layer_seed
+
+    s = layer_seed(seed, layer) ^ (0x9E3779B97F4A7C15 * (replica + 1) + begin) % (1 << 63)
+    return torch.Generator(device).manual_seed(s % (1 << 63))
