@@ -10,9 +10,11 @@
   stream reaches a multiple of ``check_every`` and writes its decision under ``decision/<q>``;
   the other replicas of stage 0 read it there, so every replica of stage 0 stops at the same
   micro-batch. A re-plan happens when the plan in use, priced with the measured costs, is more
-  than ``threshold`` slower than the best plan for them. Stage 0 then ends its stream with PLAN
-  at that micro-batch, the marker flows up the pipeline behind the last micro-batch of the old
-  plan, and every rank moves layer state to the new owners (``distributed.py``).
+  than ``threshold`` slower than the best plan for them, and the time it would save over the
+  rest of the stream exceeds what the re-plan costs (a drain of the pipeline, the state moves).
+  Stage 0 then ends its stream with PLAN at that micro-batch, the marker flows up the pipeline
+  behind the last micro-batch of the old plan, and every rank moves layer state to the new
+  owners (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from pipedbn.errors import ConfigError
 from pipedbn.rundir import Metrics
 
 log = logging.getLogger("pipedbn")
+
+REPLAN_S = 0.2
+"""Fixed cost of a re-plan beyond the drain (state moves, new links), about what it takes on
+loopback gloo for small layers."""
 
 
 def problem_for(cfg: Config, features: int, world: int,
@@ -158,8 +164,9 @@ class Coordinator:
     """Decides at each check whether the run re-plans (runs on stage 0's first replica)."""
 
     def __init__(self, cfg: Config, kv: dist.Store, plan: Plan, problem: Problem, segment: int,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, length: int) -> None:
         self.cfg, self.kv, self.plan, self.problem = cfg, kv, plan, problem
+        self.length = length
         self.segment, self.metrics = segment, metrics
         self.extra = list(problem.extra) if problem.extra else [0.0] * problem.world
 
@@ -175,8 +182,13 @@ class Coordinator:
             decision.update(current_s=current, best_s=best.bottleneck)
             self.metrics.scalars(m, 0, {"current_s": current, "best_s": best.bottleneck},
                                  "balancer")
+            # a re-plan drains the pipeline and moves state: worth it only if the time it
+            # saves over the rest of the stream pays for that
+            cost = (len(self.plan.stages) + self.cfg.pipeline.window) * current + REPLAN_S
+            gain = (current - best.bottleneck) * (self.length - m)
+            decision.update(gain_s=gain, cost_s=cost)
             if (current > (1 + self.cfg.balancer.threshold) * best.bottleneck
-                    and best.plan != self.plan):
+                    and gain > cost and best.plan != self.plan):
                 decision.update(replan=True, plan=best.plan.to_dict(), costs=costs, extra=extra)
                 log.info("re-plan at micro-batch %d: the plan in use takes %.4f s per "
                          "micro-batch on measured costs, the best %.4f s; new plan: %s",

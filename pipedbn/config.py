@@ -171,9 +171,11 @@ class BalancerConfig:
     replica waits only when it is more than ``staleness`` syncs ahead of another), ``adaptive``
     (SSP whose staleness follows the replicas' measured speeds, with a full barrier once the
     slowest replica has done ``barrier_every`` micro-batches)."""
-    sync_every: int = 4
-    """Micro-batches a replica trains on between two syncs (one *clock* tick)."""
-    staleness: int = 2
+    sync_every: int = 1
+    """Micro-batches a replica trains on between two syncs (one *clock* tick). Every update a
+    replica has not yet seen is a stale one: with Hinton's momentum (0.9) staleness costs
+    quality fast (docs/balancer.md), so the default syncs after every micro-batch."""
+    staleness: int = 1
     """``ssp``: the most clock ticks a replica may run ahead of the slowest one; ``adaptive``:
     the upper limit of its adjusted staleness."""
     barrier_every: int = 64
@@ -186,8 +188,10 @@ class BalancerConfig:
     """Micro-batches between two looks at the measured step times."""
     threshold: float = 0.25
     """Re-plan when the plan in use, on measured costs, is this much slower than the best plan."""
-    flops: float = 2e10
-    """``model`` costs: floating-point operations per second assumed for one rank."""
+    flops: float = 6e10
+    """``model`` costs: floating-point operations per second assumed for one rank (one CPU core
+    doing the CD step's float32 matrix products reached ~8e10 here; use ``profile`` for GPUs
+    or mixed devices)."""
     bandwidth: float = 1e9
     """Bytes per second assumed for one link when pricing replica syncs."""
     memory_mb: float | None = None

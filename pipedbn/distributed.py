@@ -347,7 +347,7 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
         positions = [(m, *schedule.data_position(m)) for m in role.micro_batches(schedule, 0)]
         source = Prefetcher(data, positions, cfg.data.prefetch, dtype, timeout=pl.setup_timeout)
         if b.replan:
-            decide = _decider(cfg, kv, role, problem, metrics, rank)
+            decide = _decider(cfg, kv, role, problem, metrics, schedule.length)
     else:
         source = Inbox(plan, role.stage, role.replica, cfg.train.batch_size, sizes[first],
                        dtype, device, recv_timeout, name, first_timeout=pl.setup_timeout,
@@ -362,10 +362,10 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
 
 
 def _decider(cfg: Config, kv: dist.Store, role: Role, problem: Problem, metrics: Metrics,
-             rank: int) -> Callable[[int], bool]:
+             length: int) -> Callable[[int], bool]:
     """Stage 0's answer at check ``q``: the coordinator decides and writes the decision; the
     other replicas of stage 0 read it, so all of them stop at the same micro-batch."""
-    coordinator = (Coordinator(cfg, kv, role.plan, problem, role.segment, metrics)
+    coordinator = (Coordinator(cfg, kv, role.plan, problem, role.segment, metrics, length)
                    if role.replica == 0 else None)
 
     def decide(q: int) -> bool:

@@ -87,10 +87,18 @@ class ReplicaSync:
             v.copy_(flat[i:i + v.numel()].view_as(v))
             i += v.numel()
 
+    @property
+    def next_boundary(self) -> float:
+        return self.boundaries[0] if self.boundaries else math.inf
+
+    def tick(self) -> None:
+        """The clock tick at ``next_boundary`` (the caller has handled everything before it)."""
+        self._tick(self.boundaries.popleft())
+
     def before_micro_batch(self, m: int) -> None:
         """Call before handling micro-batch ``m``: ticks for every round boundary up to it."""
-        while self.boundaries and self.boundaries[0] <= m:
-            self._tick(self.boundaries.popleft())
+        while self.next_boundary <= m:
+            self.tick()
         self.handled += 1
 
     def _tick(self, m: int) -> None:
@@ -126,8 +134,7 @@ class ReplicaSync:
         rec = {"clock": self.clock, "drift": drift, "staleness": stale, "wait_s": wait}
         self.ticks.append(rec)
         layer = self.layers[0].index
-        self.metrics.scalars(m, layer, {f"replica{self.replica}_{k}": float(v)
-                                        for k, v in rec.items()}, "replica")
+        self.metrics.scalars(m, layer, {k: float(v) for k, v in rec.items()}, "replica")
 
     def _staleness(self) -> int:
         if self.policy == "ssp":

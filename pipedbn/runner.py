@@ -20,6 +20,7 @@ wait before that is the schedule's own (a layer that starts later), not a pipeli
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -120,7 +121,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
     ``source`` is the data (stage 0) or the ``Inbox`` from the stage below. ``decide(q)`` (stage
     0 with re-planning on) says whether the run re-plans at micro-batch ``q * check_every``."""
     first, last = layers[0].index, layers[-1].index
-    straggler = Straggler(cfg, rank=rank)
+    straggler = Straggler(cfg, rank=rank, metrics=metrics)
     check_every = cfg.balancer.check_every
     mine = role.micro_batches(schedule, first)
     reads = iter(source) if not isinstance(source, Inbox) else None
@@ -131,15 +132,28 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
     if first == 0 and outbox is not None:
         outbox.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
     for m in mine:
-        if decide is not None and m >= next_check:
-            q, next_check = next_check // check_every, (m // check_every + 1) * check_every
-            if decide(q):
-                end = (PLAN, q * check_every)
+        # the boundaries passed before m, in stream order: every replica meets them in the
+        # same order, so a replica waiting at one never holds back one its peers wait at
+        stop = False
+        while not stop:
+            tick = sync.next_boundary if sync is not None else math.inf
+            check = next_check if decide is not None else math.inf
+            if min(tick, check) > m:
                 break
-        if sync is not None:
             t0 = time.perf_counter()
-            sync.before_micro_batch(m)
+            if tick <= check:
+                assert sync is not None
+                sync.tick()
+            else:
+                assert decide is not None
+                q, next_check = next_check // check_every, next_check + check_every
+                stop = decide(q)
             stats.sync_wait_s += time.perf_counter() - t0
+        if stop:
+            end = (PLAN, (next_check - check_every))
+            break
+        if sync is not None:
+            sync.before_micro_batch(m)
         t_wait = time.perf_counter()
         if reads is not None:
             got, x = next(reads)

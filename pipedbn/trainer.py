@@ -76,21 +76,30 @@ def make_layers(cfg: Config, data: Data, schedule: Schedule, device: torch.devic
 
 
 class Straggler:
-    """``straggler`` config: sleep after a chosen layer (or rank) handles a micro-batch."""
+    """``straggler`` config: sleep after a chosen layer (or rank) handles a micro-batch. The
+    first sleep is recorded in ``metrics`` (``straggler/onset``) to time the balancer."""
 
-    def __init__(self, cfg: Config, rank: int | None = None) -> None:
+    def __init__(self, cfg: Config, rank: int | None = None,
+                 metrics: Metrics | None = None) -> None:
         st = cfg.straggler
         self.after, self.sleep_s = st.after, st.sleep_s
         self.layer = st.layer if st.sleep_s > 0 else None
         self.whole_rank = st.sleep_s > 0 and rank is not None and st.rank == rank
+        self.metrics, self.started = metrics, False
+
+    def _sleep(self, m: int, layer: int) -> None:
+        if not self.started and self.metrics is not None:
+            self.metrics.event(m, layer, "straggler/onset", {"sleep_s": self.sleep_s})
+        self.started = True
+        time.sleep(self.sleep_s)
 
     def after_layer(self, i: int, m: int) -> None:
         if i == self.layer and m >= self.after:
-            time.sleep(self.sleep_s)
+            self._sleep(m, i)
 
     def after_micro_batch(self, m: int) -> None:
         if self.whole_rank and m >= self.after:
-            time.sleep(self.sleep_s)
+            self._sleep(m, -1)
 
 
 def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Config,

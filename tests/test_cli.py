@@ -109,3 +109,21 @@ def test_divergence_stops_with_layer_and_micro_batch(tmp_path: Path) -> None:
 def test_python_m_and_version() -> None:
     proc = cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("pipedbn ")
+
+
+def test_plan_prints_the_balancers_plan_and_its_prediction() -> None:
+    proc = cli("plan", "configs/quickstart.yaml", "--world-size", "5")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "plan for 3 layers on 5 ranks" in out and "predicted" in out and "samples/s" in out
+    assert "x faster" in out  # against one rank per layer
+    proc = cli("plan", "configs/quickstart.yaml", "--world-size", "2", "balancer.plan=0-1|2")
+    assert proc.returncode == 0 and "0-1" in proc.stdout
+
+
+def test_plan_refuses_what_cannot_run() -> None:
+    assert_user_error(cli("plan", "configs/tiny.yaml", "--world-size", "0"), "--world-size 0")
+    assert_user_error(cli("plan", "configs/tiny.yaml", "--world-size", "2",
+                          "balancer.plan=0|1|2"), "needs 3 ranks")
+    assert_user_error(cli("plan", "configs/tiny.yaml", "--world-size", "3",
+                          "balancer.memory_mb=0.01"), "MiB")

@@ -1,0 +1,220 @@
+"""The balancer on a 4-layer DBN whose layer 2 is the clear bottleneck, on 4 to 8 ranks.
+
+Run from the repository root::
+
+    python tools/bench_balancer.py [--ranks 5 6 8] [--epochs 12] [--write-docs]
+
+Layer 2 sleeps ``--sleep`` seconds per micro-batch (the config's ``straggler``: a stand-in for a
+slower device that costs no CPU, so 8 ranks fit on 2 cores). Every layer trains on every
+micro-batch (``offset_epochs=0``): the same work in every run. One thread per process.
+
+1. *costs*: each layer's standalone CD step time (in this process), layer 2's plus the sleep;
+2. *one rank per layer* (4 ranks): the whole run's samples/s;
+3. for each ``--ranks`` N: the exact planner on those costs gives a plan and its predicted
+   samples/s (``batch / bottleneck``); the run with that plan gives the measured samples/s;
+   the ideal is ``batch * N / sum(costs)`` (total work spread evenly over the ranks);
+4. *re-planning*: N ranks, one rank per layer and the rest idle, the straggler starting at
+   micro-batch ``--onset`` and ``balancer.replan`` on: the time from the straggler's first sleep
+   to the re-plan decision, and the pipeline's input rate (stage 0's samples/s) before and after.
+
+Results go to ``tools/out/bench_balancer.json`` and a table to stdout; ``--write-docs`` replaces
+the balancer section of ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import date  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from pipedbn.balance import problem_for  # noqa: E402
+from pipedbn.balancer import Plan, evaluate, one_per_layer, solve  # noqa: E402
+from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
+from pipedbn.data import open_data  # noqa: E402
+from pipedbn.trainer import make_layers, make_schedule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "tiny.yaml"
+BEGIN, END = "<!-- bench_balancer:begin -->", "<!-- bench_balancer:end -->"
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    return ["layers=[48,40,32,16]", f"rbm.epochs={args.epochs}", "train.offset_epochs=0",
+            "straggler.layer=2", f"straggler.sleep_s={args.sleep}", "train.log_every=10"]
+
+
+def config(args: argparse.Namespace, *extra: str) -> Config:
+    return resolve_defaults(load_config(CONFIG, [*overrides(args), *extra]))
+
+
+def step_times(cfg: Config, steps: int = 200) -> list[float]:
+    """Median seconds of one CD step per layer on inputs passed up by fresh layers."""
+    torch.set_num_threads(1)
+    data = open_data(cfg, unit_range=True)
+    layers = make_layers(cfg, data, make_schedule(cfg, data.batches_per_epoch),
+                         torch.device("cpu"))
+    xs = [torch.from_numpy(data.micro_batch(0, j)) for j in range(8)]
+    out = []
+    for layer in layers:
+        times = []
+        for s in range(steps + 10):
+            t0 = time.perf_counter()
+            layer.train_step(xs[s % len(xs)], s)
+            if s >= 10:
+                times.append(time.perf_counter() - t0)
+        out.append(statistics.median(times))
+        xs = [layer.hidden_probs(x) for x in xs]
+    return out
+
+
+def train(run_dir: Path, nproc: int, args: argparse.Namespace, *extra: str
+          ) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pipedbn", "train", str(CONFIG), f"run.dir={run_dir}",
+           "--nproc", str(nproc), "-q", *overrides(args), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rate = [r["value"] for r in metrics if r["tag"] == "throughput/end_to_end_samples_per_s"]
+    return {"command": "pipedbn " + " ".join(cmd[3:]).replace(str(ROOT) + "/", ""),
+            "wall_s": time.perf_counter() - t0, "samples_per_s": rate[-1], "metrics": metrics}
+
+
+def input_rate(metrics: list[dict[str, Any]], ranks: set[int], t0: float, t1: float) -> float:
+    """Samples/s entering the pipeline between wall times t0 and t1 (stage 0's intervals)."""
+    total = 0.0
+    for rank in ranks:
+        rates = [r["value"] for r in metrics if r["tag"] == "throughput/samples_per_s"
+                 and r["stage"] == rank and r["layer"] == 0 and t0 <= r["wall_time"] <= t1]
+        total += statistics.median(rates) if rates else 0.0
+    return total
+
+
+def replan_run(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    r = train(tmp / f"replan-{n}", n, args, "balancer.plan=0|1|2|3", "balancer.replan=true",
+              f"straggler.after={args.onset}", "balancer.check_every=20")
+    m = r.pop("metrics")
+    onset = min(x["wall_time"] for x in m if x["tag"] == "straggler/onset")
+    replans = [x for x in m if x["tag"] == "balancer/replan" and x["wall_time"] > onset]
+    if not replans:
+        return {"command": r["command"], "replanned": False}
+    first = replans[0]
+    plans = [x for x in m if x["tag"] == "balancer/plan"]
+    end = max(x["wall_time"] for x in m)
+    new = next(x for x in plans if x["step"] == first["data"]["at"])
+    stage0 = set(Plan.parse(new["data"]["spec"], n, 4).stages[0].ranks)
+    settle = 0.3
+    return {
+        "command": r["command"], "replanned": True, "at": first["data"]["at"],
+        "onset_to_replan_s": first["wall_time"] - onset,
+        "before_samples_per_s": input_rate(m, {0}, onset + settle, first["wall_time"]),
+        "after_samples_per_s": input_rate(m, stage0, first["wall_time"] + settle, end),
+        "new_plan": first["data"]["to"], "whole_run_samples_per_s": r["samples_per_s"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[5, 6, 8])
+    ap.add_argument("--epochs", type=float, default=12)
+    ap.add_argument("--sleep", type=float, default=0.02)
+    ap.add_argument("--onset", type=int, default=100)
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    cfg = config(args)
+    costs = step_times(cfg)
+    costs[2] += args.sleep
+    batch = cfg.train.batch_size
+    results: dict[str, Any] = {"date": str(date.today()), "costs_s": costs,
+                               "machine": f"{os.cpu_count()} cores, torch {torch.__version__}"}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        base = train(tmp / "one", 4, args, "balancer.plan=0|1|2|3")
+        base.pop("metrics")
+        base["predicted_samples_per_s"] = batch / max(
+            evaluate(problem_for(cfg, 64, 4, costs), one_per_layer(4)))
+        results["one_per_layer"] = base
+        rows = []
+        for n in args.ranks:
+            sol = solve(problem_for(cfg, 64, n, costs))
+            r = train(tmp / f"plan-{n}", n, args, f"balancer.plan={sol.plan.spec()}")
+            r.pop("metrics")
+            rows.append({"ranks": n, "plan": sol.plan.describe(), "spec": sol.plan.spec(),
+                         "predicted_samples_per_s": sol.samples_per_s(batch),
+                         "ideal_samples_per_s": batch * n / sum(costs), **r})
+        results["balanced"] = rows
+        results["replan"] = replan_run(tmp, max(args.ranks), args)
+    out = ROOT / "tools" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_balancer.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = report(results, args)
+    print(text)
+    if args.write_docs:
+        path = ROOT / "docs" / "benchmarks.md"
+        doc = path.read_text()
+        if BEGIN in doc:
+            doc = doc[:doc.index(BEGIN)] + BEGIN + "\n" + text + "\n" + doc[doc.index(END):]
+        else:
+            doc = doc.rstrip("\n") + "\n\n" + BEGIN + "\n" + text + "\n" + END + "\n"
+        path.write_text(doc)
+
+
+def report(r: dict[str, Any], args: argparse.Namespace) -> str:
+    one = r["one_per_layer"]
+    lines = [
+        f"Measured {r['date']} on {r['machine']}, one thread per process: "
+        f"`python tools/bench_balancer.py --ranks {' '.join(map(str, args.ranks))} "
+        f"--epochs {args.epochs:g} --sleep {args.sleep:g} --onset {args.onset}`.",
+        "",
+        f"4-layer DBN 64-48-40-32-16 on digits, batch 50, every layer on every micro-batch; "
+        f"layer 2 sleeps {args.sleep * 1e3:g} ms per micro-batch (a slower device). Step costs "
+        "(ms): " + ", ".join(f"{c * 1e3:.2f}" for c in r["costs_s"]) + ".",
+        "",
+        "| ranks | plan | predicted samples/s | measured | measured / predicted "
+        "| vs one rank per layer | ideal (work / ranks) | measured / ideal |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| 4 | one rank per layer | {one['predicted_samples_per_s']:,.0f} | "
+        f"{one['samples_per_s']:,.0f} | {one['samples_per_s'] / one['predicted_samples_per_s']:.2f}"
+        " | 1.00x | | |",
+    ]
+    for row in r["balanced"]:
+        lines.append(
+            f"| {row['ranks']} | `{row['spec']}` | {row['predicted_samples_per_s']:,.0f} | "
+            f"{row['samples_per_s']:,.0f} | "
+            f"{row['samples_per_s'] / row['predicted_samples_per_s']:.2f} | "
+            f"{row['samples_per_s'] / one['samples_per_s']:.2f}x | "
+            f"{row['ideal_samples_per_s']:,.0f} | "
+            f"{row['samples_per_s'] / row['ideal_samples_per_s']:.2f} |")
+    rp = r["replan"]
+    lines.append("")
+    if rp.get("replanned"):
+        lines.append(
+            f"Re-planning on {max(args.ranks)} ranks (start: one rank per layer, the rest idle; "
+            f"the straggler starts at micro-batch {args.onset}): re-planned at micro-batch "
+            f"{rp['at']}, {rp['onset_to_replan_s']:.2f} s after the straggler's first sleep, to "
+            f"`{rp['new_plan']}`; input rate {rp['before_samples_per_s']:,.0f} samples/s before, "
+            f"{rp['after_samples_per_s']:,.0f} after "
+            f"({rp['after_samples_per_s'] / max(rp['before_samples_per_s'], 1e-9):.2f}x).")
+    else:
+        lines.append("Re-planning: no re-plan happened (see tools/out/bench_balancer.json).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
