@@ -162,9 +162,12 @@ class BalancerConfig:
     CD-k step), so the plan is a pure function of config and world size; ``profile`` times a few
     real steps of every layer on every rank first (unequal devices get speed factors; the plan
     then depends on the timings)."""
-    max_replicas: int | None = None
-    """Most ranks one stage may use. 1 = no replicas: the weights are then bit-for-bit the same
-    whatever the world size. Default: no limit."""
+    max_replicas: int | None = 1
+    """Most ranks one stage may use; ``null`` = no limit. The default, 1, keeps the weights
+    bit-for-bit the same whatever the world size. Replicas speed up a slow layer but train on
+    stale weights (a replica misses its peers' latest updates), which lowers the largest
+    learning rate a layer tolerates (docs/balancer.md), so they are an explicit choice. An
+    explicit ``plan`` is taken as written."""
     sync: Literal["bsp", "ssp", "adaptive"] = "bsp"
     """How replicas of a layer combine their updates: ``bsp`` (all wait, then apply every
     replica's update in replica order: deterministic), ``ssp`` (apply updates as they come; a

@@ -93,6 +93,7 @@ class RBM(abc.ABC):
         self.chains = torch.zeros(cfg.pcd_chains or 0, n_hidden, **kw)
         self.hidden_activity = torch.full((n_hidden,), cfg.sparsity_target, **kw)
         self.step = 0
+        self.replicas = 1  # set by a replicated stage (replicas.py); not part of the state
 
     # -- what a kind defines ---------------------------------------------------------------
     @abc.abstractmethod
@@ -169,6 +170,12 @@ class RBM(abc.ABC):
         pcd = c.method == "pcd"
         t = self.step
         lr, mom = self.lr_at(t), self.momentum_at(t)
+        if self.replicas > 1 and mom > 0:
+            # one of r replicas steps every r-th micro-batch: its velocity decays mom**r per
+            # step (as one velocity would over those r micro-batches), and lr grows so that a
+            # gradient's total effect lr / (1 - mom) stays the same
+            mom_r = mom ** self.replicas
+            lr, mom = lr * (1 - mom_r) / (1 - mom), mom_r
         batch = v0.shape[0]
 
         ph0 = self.hidden_probs(v0)

@@ -56,6 +56,8 @@ class ReplicaSync:
         self.barrier = max(1, math.ceil(cfg.barrier_every / cfg.sync_every))
         self.timeout, self.name, self.metrics = timeout, name, metrics
         self.peers = [k for k in range(len(ranks)) if k != replica]
+        for layer in layers:
+            layer.replicas = len(ranks)
         self.snapshot = self._flat()
         self.clock = 0
         self.boundaries = deque(boundaries)
@@ -160,7 +162,8 @@ class ReplicaSync:
         self.snapshot = self._flat()
         while self._sent:
             self._retire()
-
+        for layer in self.layers:
+            layer.replicas = 1
     def _send(self, kind: int, delta: torch.Tensor) -> None:
         header = torch.tensor([kind, self.clock, int(self.speed * 1e9)], dtype=torch.int64,
                               device=delta.device)

@@ -128,6 +128,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
     interval: _Interval | None = None
     began = ended = time.perf_counter()
     end: tuple[int, int] = (END, -1)
+    exhausted = False  # every micro-batch of the segment handled (no re-plan cut it short)
     next_check = (role.begin // check_every + 1) * check_every
     if first == 0 and outbox is not None:
         outbox.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
@@ -164,6 +165,9 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             taken = source.take(m)
             if taken is None:
                 end = (source.end_kind, source.end_at)
+                if end[0] == END:  # the neighbour runs a different schedule: configs differ
+                    raise RuntimeError(f"stage {role.stage}: the stream ended before "
+                                       f"micro-batch {m}")
                 break
             x = taken
         t_got = time.perf_counter()
@@ -209,19 +213,22 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         if reporter is not None and reporter.count >= check_every // 2:
             reporter.publish()
     else:
-        if isinstance(source, Inbox):
-            source.finish()
-            end = (source.end_kind, source.end_at)
+        exhausted = True
+    if sync is not None:
+        # before waiting for the input's end: a peer with micro-batches left may be waiting at
+        # a round boundary that this replica, having none, would otherwise never reach
+        t0 = time.perf_counter()
+        sync.finish()
+        stats.sync_wait_s += time.perf_counter() - t0
+    if exhausted and isinstance(source, Inbox):
+        source.finish()
+        end = (source.end_kind, source.end_at)
     t0 = time.perf_counter()
     if outbox is not None:
         outbox.close(*end)
         stats.max_in_flight = max(stats.max_in_flight, outbox.max_in_flight)
     ended = time.perf_counter()
     stats.send_wait_s += ended - t0
-    if sync is not None:
-        sync.finish()
-        stats.sync_wait_s += time.perf_counter() - ended
-        ended = time.perf_counter()
     if interval is not None and interval.samples:
         interval.record(metrics, schedule.length if end[0] == END else end[1], first, ended)
     stats.active_s += ended - began

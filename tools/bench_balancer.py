@@ -54,7 +54,8 @@ BEGIN, END = "<!-- bench_balancer:begin -->", "<!-- bench_balancer:end -->"
 
 def overrides(args: argparse.Namespace) -> list[str]:
     return ["layers=[48,40,32,16]", f"rbm.epochs={args.epochs}", "train.offset_epochs=0",
-            "straggler.layer=2", f"straggler.sleep_s={args.sleep}", "train.log_every=10"]
+            "straggler.layer=2", f"straggler.sleep_s={args.sleep}", "train.log_every=10",
+            "balancer.max_replicas=null"]
 
 
 def config(args: argparse.Namespace, *extra: str) -> Config:
