@@ -224,10 +224,15 @@ def root_failure(run_dir: Path) -> dict[str, Any] | None:
         if not chain:
             continue
         record = next(r for r in records if r["kind"] == kind)
-        seen = {record["seen_by"]}
-        while record["stage"] in chain and record["stage"] not in seen:
-            seen.add(record["stage"])
+        path = [record]
+        while record["stage"] in chain:
             record = chain[record["stage"]]
+            if record in path:
+                # a cycle: a hung stage woke up (SIGCONT, the end of a stall) and its own waits
+                # ran out, blaming a neighbour; the blame that came first is the real one
+                cycle = path[path.index(record):]
+                return min(cycle, key=lambda r: r.get("time", 0.0))
+            path.append(record)
         return record
     return records[0]
 

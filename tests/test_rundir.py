@@ -47,3 +47,10 @@ def test_closed_links_lead_to_the_dead_stage(tmp_path: Path) -> None:
 
 def test_a_cycle_of_blame_ends(tmp_path: Path) -> None:
     assert root(tmp_path, rec(1, 2, "timeout", 1.0), rec(2, 1, "timeout", 1.1)) in (1, 2)
+
+
+def test_a_hung_stage_that_wakes_up_and_blames_its_neighbour_is_still_the_root(
+        tmp_path: Path) -> None:
+    # 1 hung: 0 and 2 time out on it; once continued, 1's own receive from 0 times out too
+    assert root(tmp_path, rec(0, 1, "timeout", 1.0), rec(2, 1, "timeout", 1.1),
+                rec(1, 0, "timeout", 5.0)) == 1
