@@ -58,7 +58,7 @@ def problem_for(cfg: Config, features: int, world: int,
     return Problem(
         costs=list(costs), world=world, speed=list(speed) if speed is not None else None,
         sync_bytes=[param_count(n, h) * width for n, h in pairs],
-        bandwidth=b.bandwidth, sync_every=b.sync_every,
+        bandwidth=b.bandwidth, latency=b.latency, sync_every=b.sync_every,
         memory=[state_bytes(n, h, cfg.train.batch_size, lc.pcd_chains or 0, width)
                 for (n, h), lc in zip(pairs, cfg.layers, strict=True)],
         memory_cap=b.memory_mb * 2**20 if b.memory_mb is not None else None,
