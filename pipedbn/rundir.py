@@ -224,15 +224,15 @@ def root_failure(run_dir: Path) -> dict[str, Any] | None:
         if not chain:
             continue
         record = next(r for r in records if r["kind"] == kind)
-        path = [record]
+        trail = [record]
         while record["stage"] in chain:
             record = chain[record["stage"]]
-            if record in path:
+            if record in trail:
                 # a cycle: a hung stage woke up (SIGCONT, the end of a stall) and its own waits
                 # ran out, blaming a neighbour; the blame that came first is the real one
-                cycle = path[path.index(record):]
+                cycle = trail[trail.index(record):]
                 return min(cycle, key=lambda r: r.get("time", 0.0))
-            path.append(record)
+            trail.append(record)
         return record
     return records[0]
 
