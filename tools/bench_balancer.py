@@ -40,12 +40,11 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from bench_pipeline import standalone  # noqa: E402  (tools/ is this script's directory)
 
 from pipedbn.balance import problem_for  # noqa: E402
 from pipedbn.balancer import Plan, evaluate, one_per_layer, solve  # noqa: E402
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
-from pipedbn.data import open_data  # noqa: E402
-from pipedbn.trainer import make_layers, make_schedule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny.yaml"
@@ -60,26 +59,6 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 def config(args: argparse.Namespace, *extra: str) -> Config:
     return resolve_defaults(load_config(CONFIG, [*overrides(args), *extra]))
-
-
-def step_times(cfg: Config, steps: int = 200) -> list[float]:
-    """Median seconds of one CD step per layer on inputs passed up by fresh layers."""
-    torch.set_num_threads(1)
-    data = open_data(cfg, unit_range=True)
-    layers = make_layers(cfg, data, make_schedule(cfg, data.batches_per_epoch),
-                         torch.device("cpu"))
-    xs = [torch.from_numpy(data.micro_batch(0, j)) for j in range(8)]
-    out = []
-    for layer in layers:
-        times = []
-        for s in range(steps + 10):
-            t0 = time.perf_counter()
-            layer.train_step(xs[s % len(xs)], s)
-            if s >= 10:
-                times.append(time.perf_counter() - t0)
-        out.append(statistics.median(times))
-        xs = [layer.hidden_probs(x) for x in xs]
-    return out
 
 
 def train(run_dir: Path, nproc: int, args: argparse.Namespace, *extra: str
@@ -139,7 +118,7 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     cfg = config(args)
-    costs = step_times(cfg)
+    costs = standalone(cfg, steps=200)
     costs[2] += args.sleep
     batch = cfg.train.batch_size
     results: dict[str, Any] = {"date": str(date.today()), "costs_s": costs,
