@@ -362,13 +362,20 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
 
 
 def _decider(cfg: Config, kv: dist.Store, role: Role, problem: Problem, metrics: Metrics,
-             length: int) -> Callable[[int], bool]:
+             length: int) -> Callable[..., bool]:
     """Stage 0's answer at check ``q``: the coordinator decides and writes the decision; the
     other replicas of stage 0 read it, so all of them stop at the same micro-batch."""
     coordinator = (Coordinator(cfg, kv, role.plan, problem, role.segment, metrics, length)
                    if role.replica == 0 else None)
 
-    def decide(q: int) -> bool:
+    def decide(q: int, final: bool = False) -> bool:
+        """``final``: this replica's micro-batches are over; the coordinator still answers the
+        checks another replica of stage 0 may reach after its own last micro-batch."""
+        if final:
+            if coordinator is not None and not kv.check([f"decision/{q}"]):
+                put(kv, f"decision/{q}", {"q": q, "at": q * cfg.balancer.check_every,
+                                         "replan": False})
+            return False
         if coordinator is not None:
             new = coordinator.decide(q, q * cfg.balancer.check_every)
             if new is not None:

@@ -113,7 +113,7 @@ class Role:
 def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: Schedule,
               source: Iterable[tuple[int, torch.Tensor]] | Inbox, outbox: Outbox | None,
               sync: ReplicaSync | None, metrics: Metrics, device: torch.device,
-              stats: StageStats, decide: Callable[[int], bool] | None = None,
+              stats: StageStats, decide: Callable[..., bool] | None = None,
               reporter: Reporter | None = None) -> tuple[int, int]:
     """Stream this replica's micro-batches of the segment through ``layers``; adds the timings
     to ``stats`` and returns how the segment ended: ``(END, -1)`` or ``(PLAN, m)``.
@@ -214,6 +214,9 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             reporter.publish()
     else:
         exhausted = True
+        if decide is not None:  # answer the checks the other replicas of stage 0 may still reach
+            for q in range(next_check // check_every, (schedule.length - 1) // check_every + 1):
+                decide(q, True)
     if sync is not None:
         # before waiting for the input's end: a peer with micro-batches left may be waiting at
         # a round boundary that this replica, having none, would otherwise never reach

@@ -108,3 +108,11 @@ def test_a_straggler_makes_the_balancer_replan_and_the_model_stays_sound(tmp_pat
     # before the re-plan the run is the reference's; after it layers train on replicas
     for g, w in zip(got, want, strict=True):
         assert abs(g - w) <= 0.15 * w + 0.02, (got, want)
+
+
+def test_a_check_only_a_later_replica_of_stage_0_reaches_is_still_answered(tmp_path: Path
+                                                                            ) -> None:
+    # 98 micro-batches: the coordinator (replica 0) ends at 96, replica 1 handles 97 and waits
+    # for the decision of the check at 97, which the coordinator gives once its stream is over
+    train(tmp_path / "run", "balancer.plan=0x2|1-2", "balancer.replan=true",
+          "balancer.check_every=97", "pipeline.timeout=10")
