@@ -3,12 +3,15 @@
 1. Join the process group: gloo on CPU; NCCL on CUDA, one GPU per rank from ``LOCAL_RANK``.
 2. Rank 0 prepares the run (data checks, run directory) and sends every rank the resolved config
    and the stream's shape; the other ranks never open the data.
-3. Rank r runs stage r (``runner.py``), which owns layer r, and saves that layer's final state.
+3. Rank 0 chooses the first plan (``balance.py``); each rank runs its stage and replica of it
+   (``runner.py``), segment after segment when the balancer re-plans (the layers' state moving
+   between ranks), or waits idle; each layer's final owner saves its state.
 4. Rank 0 gathers every stage's timings, evaluates, exports the model and prints the summary.
 
 On an error a rank records it in the run directory's ``failures/`` (its own error, or the peer it
 lost and how), leaves the process group and exits non-zero; ``rundir.root_failure`` works out
-from the records which stage failed first. Every wait on another rank is bounded by a timeout.
+from the records which stage failed first. Every wait on another rank is bounded by a timeout,
+except an idle rank's wait for the end of a segment: the launcher stops it if the run fails.
 """
 
 from __future__ import annotations
@@ -362,20 +365,13 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
 
 
 def _decider(cfg: Config, kv: dist.Store, role: Role, problem: Problem, metrics: Metrics,
-             length: int) -> Callable[..., bool]:
+             length: int) -> Callable[[int], bool]:
     """Stage 0's answer at check ``q``: the coordinator decides and writes the decision; the
     other replicas of stage 0 read it, so all of them stop at the same micro-batch."""
     coordinator = (Coordinator(cfg, kv, role.plan, problem, role.segment, metrics, length)
                    if role.replica == 0 else None)
 
-    def decide(q: int, final: bool = False) -> bool:
-        """``final``: this replica's micro-batches are over; the coordinator still answers the
-        checks another replica of stage 0 may reach after its own last micro-batch."""
-        if final:
-            if coordinator is not None and not kv.check([f"decision/{q}"]):
-                put(kv, f"decision/{q}", {"q": q, "at": q * cfg.balancer.check_every,
-                                         "replan": False})
-            return False
+    def decide(q: int) -> bool:
         if coordinator is not None:
             new = coordinator.decide(q, q * cfg.balancer.check_every)
             if new is not None:
@@ -440,8 +436,7 @@ def _finish(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None
     assert data is not None and result is not None and monitor is not None
     assert gathered is not None
     result.seconds += time.perf_counter() - t0  # until the last stage is done
-    result.samples = sum(s["samples"] for s in gathered  # type: ignore[index,misc]
-                         if s["stage"] == 0)  # type: ignore[index]
+    result.samples = sum(s["input_samples"] for s in gathered)  # type: ignore[index,misc]
     for i, layer in enumerate(result.layers):
         layer.load_state_dict(torch.load(layer_state_path(run_dir, i), map_location=device,
                                          weights_only=True))

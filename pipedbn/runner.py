@@ -52,6 +52,8 @@ class StageStats:
     compute_s: float = 0.0
     recv_wait_s: float = 0.0
     send_wait_s: float = 0.0
+    input_samples: int = 0
+    """Samples this rank read from the data (while it ran a replica of the first stage)."""
     sync_wait_s: float = 0.0
     """Time spent exchanging updates with the other replicas of the stage."""
     active_s: float = 0.0
@@ -104,16 +106,17 @@ class Role:
     def replicas(self) -> int:
         return self.plan.stages[self.stage].replicas
 
-    def micro_batches(self, schedule: Schedule, first: int) -> list[int]:
-        """The micro-batches this replica handles, in order."""
-        r = self.replicas
-        return [m for m in schedule.micro_batches(first, self.begin) if m % r == self.replica]
+    def micro_batches(self, schedule: Schedule, first: int, replica: int | None = None
+                      ) -> list[int]:
+        """The micro-batches this replica (or another of the stage) handles, in order."""
+        r, j = self.replicas, self.replica if replica is None else replica
+        return [m for m in schedule.micro_batches(first, self.begin) if m % r == j]
 
 
 def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: Schedule,
               source: Iterable[tuple[int, torch.Tensor]] | Inbox, outbox: Outbox | None,
               sync: ReplicaSync | None, metrics: Metrics, device: torch.device,
-              stats: StageStats, decide: Callable[..., bool] | None = None,
+              stats: StageStats, decide: Callable[[int], bool] | None = None,
               reporter: Reporter | None = None) -> tuple[int, int]:
     """Stream this replica's micro-batches of the segment through ``layers``; adds the timings
     to ``stats`` and returns how the segment ended: ``(END, -1)`` or ``(PLAN, m)``.
@@ -130,6 +133,12 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
     end: tuple[int, int] = (END, -1)
     exhausted = False  # every micro-batch of the segment handled (no re-plan cut it short)
     next_check = (role.begin // check_every + 1) * check_every
+    # checks only where every replica of stage 0 still has a micro-batch: all of them then meet
+    # the same checks and stop together at a re-plan
+    last_check = -1
+    if decide is not None:
+        last_check = min(max(role.micro_batches(schedule, first, j), default=-1)
+                         for j in range(role.replicas))
     if first == 0 and outbox is not None:
         outbox.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
     for m in mine:
@@ -138,7 +147,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         stop = False
         while not stop:
             tick = sync.next_boundary if sync is not None else math.inf
-            check = next_check if decide is not None else math.inf
+            check = next_check if decide is not None and next_check <= last_check else math.inf
             if min(tick, check) > m:
                 break
             t0 = time.perf_counter()
@@ -206,6 +215,8 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         stats.send_wait_s += ended - t_synced
         stats.micro_batches += 1
         stats.samples += rows
+        if role.stage == 0:
+            stats.input_samples += rows
         interval.samples += rows
         if stats.micro_batches % cfg.train.log_every == 0:
             interval.record(metrics, m, first, ended)
@@ -214,9 +225,6 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             reporter.publish()
     else:
         exhausted = True
-        if decide is not None:  # answer the checks the other replicas of stage 0 may still reach
-            for q in range(next_check // check_every, (schedule.length - 1) // check_every + 1):
-                decide(q, True)
     if sync is not None:
         # before waiting for the input's end: a peer with micro-batches left may be waiting at
         # a round boundary that this replica, having none, would otherwise never reach
