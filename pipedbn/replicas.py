@@ -94,14 +94,10 @@ class ReplicaSync:
         return self.boundaries[0] if self.boundaries else math.inf
 
     def tick(self) -> None:
-        """The clock tick at ``next_boundary`` (the caller has handled everything before it)."""
+        """The clock tick at ``next_boundary``: call it before the first micro-batch at or after
+        the boundary, having handled everything before it (and count handled micro-batches in
+        ``handled``, for the replica's speed)."""
         self._tick(self.boundaries.popleft())
-
-    def before_micro_batch(self, m: int) -> None:
-        """Call before handling micro-batch ``m``: ticks for every round boundary up to it."""
-        while self.next_boundary <= m:
-            self.tick()
-        self.handled += 1
 
     def _tick(self, m: int) -> None:
         now = time.perf_counter()
@@ -127,7 +123,7 @@ class ReplicaSync:
             stale = self._staleness()
             for k in self.peers:
                 while k not in self.finished and self.peer_clock[k] < self.clock - stale:
-                    self._apply(self._receive(k))
+                    self._add(self._receive(k))
             self.snapshot = self._flat()
         wait = time.perf_counter() - t0
         self.wait_s += wait
@@ -149,16 +145,13 @@ class ReplicaSync:
             return min(1, self.max_stale)
         return max(0, min(self.max_stale, math.ceil(slowest / self.speed) - 1))
 
-    def _apply(self, delta: torch.Tensor) -> None:
-        self._add(delta)
-
     def finish(self) -> None:
         """End of this replica's part of the stream: exchange every remaining update."""
         own = self._flat() - self.snapshot
         self._send(FINAL, own)
         for k in self.peers:
             while k not in self.finished:
-                self._apply(self._receive(k))
+                self._add(self._receive(k))
         self.snapshot = self._flat()
         while self._sent:
             self._retire()

@@ -163,7 +163,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             end = (PLAN, (next_check - check_every))
             break
         if sync is not None:
-            sync.before_micro_batch(m)
+            sync.handled += 1  # its boundaries up to m are behind it (above)
         t_wait = time.perf_counter()
         if reads is not None:
             got, x = next(reads)
@@ -199,7 +199,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             now = time.perf_counter()
             layer_s[layer.index], t_layer = now - t_layer, now
         straggler.after_micro_batch(m)
-        t_done = t_synced = time.perf_counter()
+        t_done = time.perf_counter()
         if reporter is not None:
             reporter.add(layer_s, t_done - t_layer)
         interval.compute += t_done - t_got
@@ -211,8 +211,8 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             else:
                 outbox.beat_if_quiet()
         ended = time.perf_counter()
-        interval.send += ended - t_synced
-        stats.send_wait_s += ended - t_synced
+        interval.send += ended - t_done
+        stats.send_wait_s += ended - t_done
         stats.micro_batches += 1
         stats.samples += rows
         if role.stage == 0:
