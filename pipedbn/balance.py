@@ -34,7 +34,7 @@ from pipedbn.balancer import Plan, Problem, cd_flops, evaluate, solve, state_byt
 from pipedbn.balancer.cost import param_count
 from pipedbn.config import Config
 from pipedbn.errors import ConfigError
-from pipedbn.rundir import Metrics
+from pipedbn.monitor import Metrics
 
 log = logging.getLogger("pipedbn")
 

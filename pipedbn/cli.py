@@ -126,10 +126,11 @@ def default_nproc(cfg: Config) -> int:
 
 
 def _train_here(cfg: Config, run_dir: Path, data: Data) -> None:
-    from pipedbn.rundir import Metrics, layer_state_path, save_tensors
+    from pipedbn.monitor import Metrics, tensorboard_on
+    from pipedbn.rundir import layer_state_path, save_tensors
     from pipedbn.trainer import finish_run, summary, train_in_process
 
-    metrics = Metrics(run_dir)
+    metrics = Metrics(run_dir, tensorboard=tensorboard_on(cfg))
     try:
         result = train_in_process(cfg, data, metrics)
     finally:
@@ -205,10 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     rank = int(os.environ["RANK"]) if "RANK" in os.environ else None
     quiet = getattr(args, "quiet", False) or (rank is not None and rank > 0)
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-        format="[pipedbn] %(message)s" if rank is None else f"[pipedbn stage {rank}] %(message)s",
-    )
+    from pipedbn.progress import WhereFilter, set_where
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(WhereFilter())
+    set_where("" if rank is None else f"rank {rank}")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler],
+                        format="[pipedbn] %(message)s" if rank is None
+                        else "[pipedbn %(where)s] %(message)s")
+    if getattr(args, "quiet", False):
+        logging.getLogger("pipedbn.progress").setLevel(logging.WARNING)
     where = "" if rank is None else f"stage {rank}: "
     try:
         if args.command == "train":

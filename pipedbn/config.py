@@ -124,8 +124,6 @@ class TrainConfig:
     threads: int = 1
     """Torch intra-op threads per process. Results are bit-for-bit reproducible for a given
     number of threads; 1 is the reference every placement reproduces (DESIGN §2)."""
-    log_every: int = 50
-    """A layer's updates between metric records (reconstruction error and friends)."""
     check_every: int = 100
     """A layer's updates between full checks that all parameters are finite (activations passed
     up are checked on every micro-batch)."""
@@ -206,6 +204,45 @@ class BalancerConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """What a run records while it trains (``metrics.jsonl``, TensorBoard under ``tb/``) and
+    shows (the progress bar). See docs/monitoring.md. The defaults cost under 3% of throughput."""
+
+    enabled: bool = True
+    """``false``: record only the evaluations at the start and the end and the throughput (no
+    TensorBoard, probes, images, histograms or progress)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files (a run per layer under ``tb/``) beside ``metrics.jsonl``."""
+    scalars_every: int = 50
+    """A layer's updates between training scalars (``rbm/recon_error``, ``rbm/hidden_mean``,
+    ``rbm/lr``, ``rbm/weight_norm``); also a stage's micro-batches between ``pipeline/*`` and
+    ``throughput/*`` records."""
+    eval_every: int = 100
+    """Micro-batches of the stream between held-out probes: ``eval_samples`` held-out samples
+    travel up the pipeline with micro-batch m (m a multiple of this), and each layer that trains
+    on m measures, before its update, ``rbm/free_energy_gap`` (held-out minus this training
+    micro-batch), ``rbm/pseudo_log_likelihood`` and ``rbm/heldout_recon_error`` on them.
+    0 = no probes (the start and end evaluations remain)."""
+    eval_samples: int = 100
+    """Held-out samples in a probe."""
+    histograms_every: int = 500
+    """A layer's updates between histograms of its weights and biases (and at the end)."""
+    images_every: int = 1000
+    """Micro-batches between images of layer 0 (filters, held-out reconstructions beside their
+    inputs, Gibbs samples), taken with a probe; the end of the run adds samples of the whole DBN.
+    0 = only at the end. Only for inputs that are images (see ``image_shape``)."""
+    image_shape: list[int] | None = None
+    """Height and width of one input image; default: square inputs (28x28 for 784 features).
+    Non-square inputs without it get no images."""
+    progress: Literal["auto", "bar", "log", "off"] = "auto"
+    """One rank (the one reading the data) shows samples/s, epoch and the bottleneck stage:
+    ``bar`` a tqdm bar, ``log`` a line every ``log_seconds``, ``auto`` the bar when stderr is a
+    terminal, else lines."""
+    log_seconds: float = 10.0
+    """Seconds between progress lines (``progress: log``)."""
+
+
+@dataclass
 class StragglerConfig:
     """A stand-in for a slower device: a sleep per micro-batch, which costs no CPU."""
 
@@ -245,6 +282,8 @@ class Config:
     """How stages talk to each other in a distributed run."""
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     """Plan of ranks per layer, replica sync and re-planning."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Metrics, TensorBoard and the progress display."""
     straggler: StragglerConfig = field(default_factory=StragglerConfig)
     """Optional artificial slowdown of one layer or rank (to study balancing on a small machine)."""
     run: RunConfig = field(default_factory=RunConfig)
@@ -366,7 +405,9 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             return _coerce(value, inner[0], where, problems)
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value in choices:
+        if isinstance(value, bool) and "off" in choices:
+            value = "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+        if value in choices and not isinstance(value, bool):
             return value
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -543,7 +584,6 @@ def check(cfg: Config) -> list[str]:
     t = cfg.train
     positive("train.batch_size", t.batch_size)
     positive("train.offset_epochs", t.offset_epochs, strict=False)
-    positive("train.log_every", t.log_every)
     positive("train.check_every", t.check_every)
     if cfg.seed < 0:
         p.append(f"seed: must be >= 0, got {cfg.seed}")
@@ -587,6 +627,14 @@ def check(cfg: Config) -> list[str]:
     positive("balancer.bandwidth", b.bandwidth)
     positive("balancer.latency", b.latency, strict=False)
     positive("balancer.memory_mb", b.memory_mb)
+    mo = cfg.monitor
+    positive("monitor.scalars_every", mo.scalars_every)
+    for name in ("eval_every", "histograms_every", "images_every"):
+        positive(f"monitor.{name}", getattr(mo, name), strict=False)
+    positive("monitor.eval_samples", mo.eval_samples)
+    positive("monitor.log_seconds", mo.log_seconds)
+    if mo.image_shape is not None and (len(mo.image_shape) != 2 or min(mo.image_shape) < 1):
+        p.append(f"monitor.image_shape: expected [height, width], got {mo.image_shape}")
     st = cfg.straggler
     if st.layer is not None and not 0 <= st.layer < len(cfg.layers):
         p.append(f"straggler.layer: {st.layer} is not a layer index (0..{len(cfg.layers) - 1})")

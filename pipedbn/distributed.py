@@ -43,14 +43,15 @@ from pipedbn.balance import (
     store,
 )
 from pipedbn.balancer import Plan, Problem
-from pipedbn.config import Config
+from pipedbn.config import Config, dump_yaml
 from pipedbn.data import Data, Prefetcher, open_data
 from pipedbn.errors import ConfigError, UserError
 from pipedbn.links import Inbox, Outbox
+from pipedbn.monitor import Metrics, tensorboard_on
+from pipedbn.progress import Progress
 from pipedbn.rbm import RBM
 from pipedbn.replicas import ReplicaSync, replica_generator
 from pipedbn.rundir import (
-    Metrics,
     atomic_write,
     layer_state_path,
     record_failure,
@@ -67,6 +68,8 @@ from pipedbn.trainer import (
     make_layers,
     make_schedule,
     monitor_data,
+    probe_data,
+    record_end,
     record_eval,
     summary,
 )
@@ -246,8 +249,9 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
     features, batches = setup["features"], setup["batches"]
     schedule = make_schedule(cfg, batches)
     plan, problem = Plan.from_dict(setup["plan"]), setup["problem"]
-    metrics = Metrics(run_dir, stage=rank)
+    metrics = Metrics(run_dir, stage=rank, tensorboard=tensorboard_on(cfg))
     kv = store()
+    progress = Progress(cfg, schedule, kv, rank, world)
     result, monitor = None, None
     stats = StageStats(rank, None, [])
     held: dict[int, RBM] = {}  # the layers this rank trains in the current segment
@@ -258,12 +262,15 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
             log.info("%s", schedule.describe())
             everything = make_layers(cfg, data, schedule, device)
             held_x, ref = monitor_data(data, device, dtype_of(cfg))
-            start = record_eval(everything, held_x, ref, metrics, 0)
+            # TensorBoard gets these at the end: the stages write to the same runs meanwhile
+            start = record_eval(everything, held_x, ref, metrics, 0, tensorboard=False)
             result = Result(everything, start, [], 0.0, 0)
             monitor = _Monitor(held_x, ref, schedule.length)
             log.info("plan: %s", plan.describe())
+            metrics.event(0, -1, "config", {}, text=_code(dump_yaml(cfg)))
             metrics.event(0, 0, "balancer/plan", {"at": 0, "plan": plan.describe(),
-                                                  "spec": plan.spec()})
+                                                  "spec": plan.spec()},
+                          text=_code(plan.describe()))
         mean = np.asarray(setup["feature_mean"], dtype=np.float32)
         held = _initial_layers(cfg, plan, rank, features, schedule, device, mean)
         t0 = time.perf_counter()
@@ -273,8 +280,9 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
                 outcome = get_forever(kv, f"segment/{segment}")
             else:
                 role = Role(plan, role_of[0], role_of[1], segment, begin)
+                metrics.use(list(plan.stages[role.stage].layers), role.replica)
                 end = _run_segment(cfg, rank, world, run_dir, role, held, schedule, features,
-                                   device, metrics, stats, kv, problem, data)
+                                   device, metrics, stats, kv, problem, data, progress)
                 stop = schedule.length if end[0] == END else end[1]
                 for i, layer in held.items():  # a replica saw only some of the updates
                     layer.step = max(0, min(stop, schedule.ends[i]) - schedule.starts[i])
@@ -292,7 +300,9 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
             if rank == 0:
                 log.info("re-planned at micro-batch %d: %s", begin, plan.describe())
                 metrics.event(begin, 0, "balancer/plan", {"at": begin, "plan": plan.describe(),
-                                                          "spec": plan.spec()})
+                                                          "spec": plan.spec()},
+                              text=_code(f"re-planned at micro-batch {begin}:\n"
+                                         + plan.describe()))
         for i, layer in held.items():
             if plan.owner(i) == rank:
                 save_tensors(layer_state_path(run_dir, i), layer.state_dict())
@@ -302,6 +312,7 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
         if result is not None:
             result.seconds = time.perf_counter() - t0  # completed in _finish
     finally:
+        progress.close()
         metrics.close()
     return stats, result, monitor
 
@@ -323,7 +334,7 @@ def _initial_layers(cfg: Config, plan: Plan, rank: int, features: int, schedule:
 def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
                  held: dict[int, RBM], schedule: Schedule, features: int, device: torch.device,
                  metrics: Metrics, stats: StageStats, kv: dist.Store, problem: Problem,
-                 data: Data | None) -> tuple[int, int]:
+                 data: Data | None, progress: Progress) -> tuple[int, int]:
     plan, stage = role.plan, role.plan.stages[role.stage]
     layers = [held[i] for i in stage.layers]
     sizes = [features] + cfg.sizes
@@ -344,9 +355,11 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
     reporter = Reporter(kv, rank, role.segment) if b.replan else None
     decide = None
     source: Prefetcher | Inbox
+    probe = None
     if role.stage == 0:
         if data is None:  # a replica of stage 0 on another rank reads the data too
             data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+        probe = probe_data(cfg, data, device)
         positions = [(m, *schedule.data_position(m)) for m in role.micro_batches(schedule, 0)]
         source = Prefetcher(data, positions, cfg.data.prefetch, dtype, timeout=pl.setup_timeout)
         if b.replan:
@@ -358,7 +371,7 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
     stats.segments.append(role.segment)
     try:
         return run_stage(cfg, rank, role, layers, schedule, source, outbox, sync, metrics,
-                         device, stats, decide, reporter)
+                         device, stats, decide, reporter, probe, progress)
     finally:
         if isinstance(source, Prefetcher):
             source.close()
@@ -440,13 +453,25 @@ def _finish(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None
     for i, layer in enumerate(result.layers):
         layer.load_state_dict(torch.load(layer_state_path(run_dir, i), map_location=device,
                                          weights_only=True))
-    metrics = Metrics(run_dir, stage=0)
-    result.end = record_eval(result.layers, monitor.held, monitor.ref, metrics, monitor.length)
-    metrics.scalar(monitor.length, 0, "throughput/end_to_end_samples_per_s",
-                   result.samples / result.seconds)
-    metrics.close()
+    metrics = Metrics(run_dir, stage=0, tensorboard=tensorboard_on(cfg))
+    try:
+        for i, row in enumerate(result.start):  # TensorBoard's share, kept back until now
+            for tag, value in row.items():
+                metrics.tb_scalar(0, i, f"eval/{tag}", value)
+        result.end = record_eval(result.layers, monitor.held, monitor.ref, metrics,
+                                 monitor.length)
+        metrics.scalar(monitor.length, -1, "throughput/end_to_end_samples_per_s",
+                       result.samples / result.seconds)
+        record_end(cfg, metrics, result, monitor.held, monitor.length)
+    finally:
+        metrics.close()
     atomic_write(run_dir / STAGES_FILE, (json.dumps(gathered, indent=1) + "\n").encode())
     finish_run(run_dir, summary(cfg, data, result) + "\n" + stage_table(gathered))
+
+
+def _code(text: str) -> str:
+    """Text that TensorBoard's markdown shows as written."""
+    return "\n".join("    " + line for line in text.splitlines())
 
 
 def stage_table(stages: list[object]) -> str:

@@ -20,7 +20,7 @@ import math
 import torch
 
 from pipedbn.balancer import Plan
-from pipedbn.transport import DATA, END, Receiver, Sender
+from pipedbn.transport import DATA, END, PROBE, Receiver, Sender
 
 
 def feeds(senders: int, receivers: int, i: int, j: int) -> bool:
@@ -47,11 +47,22 @@ class Inbox:
                                              first_timeout=first_timeout)
         self.end_kind = END
         self.end_at = -1
+        self.probe: torch.Tensor | None = None
+        """The held-out probe that came with the last micro-batch taken, if any."""
 
     def take(self, m: int) -> torch.Tensor | None:
         """Micro-batch ``m`` (valid until the next call), or None if the input ended before it;
         ``end_kind``/``end_at`` then say how and where."""
-        kind, got, x = self.receivers[m % self.upstream].get()
+        receiver = self.receivers[m % self.upstream]
+        kind, got, x = receiver.get()
+        pieces = []
+        while kind == PROBE:
+            if got != m:
+                raise RuntimeError(f"received the probe of micro-batch {got}, expected {m}")
+            assert x is not None
+            pieces.append(x.clone())  # the receive buffer is reused
+            kind, got, x = receiver.get()
+        self.probe = torch.cat(pieces) if pieces else None
         if kind == DATA:
             if got != m:  # the neighbour runs a different schedule: configs differ
                 raise RuntimeError(f"received micro-batch {got}, expected {m}")
@@ -97,8 +108,12 @@ class Outbox:
                     s.max_beats = 2
                 self.senders[j] = s
 
-    def send(self, m: int, x: torch.Tensor) -> None:
-        self.senders[m % self.downstream].send(m, x)
+    def send(self, m: int, x: torch.Tensor, probe: torch.Tensor | None = None) -> None:
+        sender = self.senders[m % self.downstream]
+        if probe is not None:
+            for piece in probe.split(sender.max_rows):
+                sender.send(m, piece, PROBE)
+        sender.send(m, x)
 
     def beat_if_quiet(self) -> None:
         for s in self.senders.values():

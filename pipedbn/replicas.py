@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 
 from pipedbn.config import BalancerConfig
+from pipedbn.monitor import Metrics
 from pipedbn.rbm import RBM
-from pipedbn.rundir import Metrics
 from pipedbn.transport import _post, _wait
 
 TICK, FINAL = 0, 1

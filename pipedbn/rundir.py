@@ -14,7 +14,6 @@ import io
 import json
 import os
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,36 +129,6 @@ def write_config(run_dir: Path, cfg: Config) -> None:
 
 def layer_state_path(run_dir: Path, layer: int, tag: str = "final") -> Path:
     return run_dir / "checkpoints" / tag / f"layer-{layer}.pt"
-
-
-class Metrics:
-    """Appends one JSON object per scalar to ``metrics.jsonl``: step, stage, layer, tag, value."""
-
-    def __init__(self, run_dir: Path | None, stage: int = 0) -> None:
-        self.stage = stage
-        self._f = open(run_dir / "metrics.jsonl", "a", buffering=1) if run_dir else None
-
-    def scalar(self, step: int, layer: int, tag: str, value: float) -> None:
-        if self._f is not None:
-            rec = {"step": step, "stage": self.stage, "layer": layer, "tag": tag,
-                   "value": value, "wall_time": time.time()}
-            self._f.write(json.dumps(rec) + "\n")
-
-    def event(self, step: int, layer: int, tag: str, data: dict[str, Any]) -> None:
-        """A decision or other event: ``data`` is kept whole under ``"data"``."""
-        if self._f is not None:
-            rec = {"step": step, "stage": self.stage, "layer": layer, "tag": tag, "data": data,
-                   "wall_time": time.time()}
-            self._f.write(json.dumps(rec) + "\n")
-
-    def scalars(self, step: int, layer: int, values: dict[str, float], prefix: str) -> None:
-        for tag, value in values.items():
-            self.scalar(step, layer, f"{prefix}/{tag}", value)
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
 
 
 def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:

@@ -31,11 +31,12 @@ from pipedbn.balance import Reporter
 from pipedbn.balancer import Plan
 from pipedbn.config import Config
 from pipedbn.links import Inbox, Outbox
+from pipedbn.monitor import Metrics
+from pipedbn.progress import Progress
 from pipedbn.rbm import RBM
 from pipedbn.replicas import ReplicaSync
-from pipedbn.rundir import Metrics
 from pipedbn.schedule import Schedule
-from pipedbn.trainer import Straggler, layer_step
+from pipedbn.trainer import Straggler, is_probe, layer_step
 from pipedbn.transport import END, PLAN
 
 
@@ -82,13 +83,15 @@ class _Interval:
         self.start, self.compute, self.recv, self.send, self.samples, self.depth = \
             start, 0.0, 0.0, 0.0, 0, 0
 
-    def record(self, metrics: Metrics, m: int, layer: int, now: float) -> None:
+    def record(self, metrics: Metrics, m: int, layer: int, now: float) -> float:
+        """Writes the records; returns the busy fraction."""
         wall = max(now - self.start, 1e-9)
         metrics.scalars(m, layer, {
             "compute_s": self.compute, "recv_wait_s": self.recv, "send_wait_s": self.send,
-            "busy_frac": self.compute / wall, "in_flight": self.depth,
+            "busy_frac": self.compute / wall, "in_flight": self.depth, "wall_s": wall,
         }, "pipeline")
         metrics.scalar(m, layer, "throughput/samples_per_s", self.samples / wall)
+        return self.compute / wall
 
 
 @dataclass
@@ -117,12 +120,14 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
               source: Iterable[tuple[int, torch.Tensor]] | Inbox, outbox: Outbox | None,
               sync: ReplicaSync | None, metrics: Metrics, device: torch.device,
               stats: StageStats, decide: Callable[[int], bool] | None = None,
-              reporter: Reporter | None = None) -> tuple[int, int]:
+              reporter: Reporter | None = None, held: torch.Tensor | None = None,
+              progress: Progress | None = None) -> tuple[int, int]:
     """Stream this replica's micro-batches of the segment through ``layers``; adds the timings
     to ``stats`` and returns how the segment ended: ``(END, -1)`` or ``(PLAN, m)``.
 
     ``source`` is the data (stage 0) or the ``Inbox`` from the stage below. ``decide(q)`` (stage
-    0 with re-planning on) says whether the run re-plans at micro-batch ``q * check_every``."""
+    0 with re-planning on) says whether the run re-plans at micro-batch ``q * check_every``.
+    ``held``: stage 0's held-out probe samples (``probe.py``); ``progress``: the display."""
     first, last = layers[0].index, layers[-1].index
     straggler = Straggler(cfg, rank=rank, metrics=metrics)
     check_every = cfg.balancer.check_every
@@ -139,6 +144,9 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
     if decide is not None:
         last_check = min(max(role.micro_batches(schedule, first, j), default=-1)
                          for j in range(role.replicas))
+    record_every = cfg.monitor.scalars_every if cfg.monitor.enabled else None
+    if progress is not None:
+        progress.begin_segment(role.stage, role.replica, [layer.index for layer in layers])
     if first == 0 and outbox is not None:
         outbox.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
     for m in mine:
@@ -187,6 +195,11 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             interval.recv += t_got - t_wait
             stats.recv_wait_s += t_got - t_wait
         x = x.to(device, non_blocking=True)
+        if reads is not None:
+            probe = held if held is not None and is_probe(cfg, m) else None
+        else:
+            assert isinstance(source, Inbox)
+            probe = source.probe
         rows = x.shape[0]
         top = schedule.top(m)
         layer_s: dict[int, float] = {}
@@ -194,10 +207,13 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         for layer in layers:
             if layer.index > top:
                 break
-            x = layer_step(layer, x, m, schedule, cfg, metrics)
+            monitoring = metrics.seconds
+            x, probe = layer_step(layer, x, m, schedule, cfg, metrics, probe)
             straggler.after_layer(layer.index, m)
             now = time.perf_counter()
-            layer_s[layer.index], t_layer = now - t_layer, now
+            # the balancer plans with the layer's own cost, not the monitoring's spikes
+            layer_s[layer.index] = now - t_layer - (metrics.seconds - monitoring)
+            t_layer = now
         straggler.after_micro_batch(m)
         t_done = time.perf_counter()
         if reporter is not None:
@@ -206,7 +222,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         stats.compute_s += t_done - t_got
         if outbox is not None:
             if top > last:
-                outbox.send(m, x)
+                outbox.send(m, x, probe)
                 interval.depth = max(interval.depth, outbox.in_flight)
             else:
                 outbox.beat_if_quiet()
@@ -218,8 +234,12 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         if role.stage == 0:
             stats.input_samples += rows
         interval.samples += rows
-        if stats.micro_batches % cfg.train.log_every == 0:
-            interval.record(metrics, m, first, ended)
+        if progress is not None:
+            progress.update(m, rows)
+        if record_every is not None and stats.micro_batches % record_every == 0:
+            busy = interval.record(metrics, m, first, ended)
+            if progress is not None:
+                progress.publish(role.stage, [layer.index for layer in layers], busy)
             interval = _Interval(ended)
         if reporter is not None and reporter.count >= check_every // 2:
             reporter.publish()
@@ -240,7 +260,9 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         stats.max_in_flight = max(stats.max_in_flight, outbox.max_in_flight)
     ended = time.perf_counter()
     stats.send_wait_s += ended - t0
-    if interval is not None and interval.samples:
+    if interval is not None:
+        interval.send += ended - t0
+    if record_every is not None and interval is not None and interval.samples:
         interval.record(metrics, schedule.length if end[0] == END else end[1], first, ended)
     stats.active_s += ended - began
     return end

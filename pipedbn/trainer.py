@@ -29,8 +29,18 @@ import torch
 
 from pipedbn.config import Config
 from pipedbn.data import Data, Prefetcher
+from pipedbn.monitor import Metrics
+from pipedbn.probe import (
+    gibbs_samples,
+    image_shape,
+    layer0_images,
+    probe_generator,
+    probe_layer,
+    tile,
+)
+from pipedbn.progress import Progress
 from pipedbn.rbm import RBM
-from pipedbn.rundir import Metrics, atomic_write
+from pipedbn.rundir import atomic_write
 from pipedbn.schedule import Schedule, build_schedule
 
 log = logging.getLogger("pipedbn")
@@ -103,29 +113,77 @@ class Straggler:
 
 
 def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Config,
-               metrics: Metrics) -> torch.Tensor:
-    """What layer ``layer.index`` does with micro-batch m: train on it or forward it frozen."""
-    i = layer.index
-    if not schedule.trains(i, m):
-        return layer.forward(x, m)
+               metrics: Metrics, probe: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What layer ``layer.index`` does with micro-batch m: train on it or forward it frozen.
+    A held-out ``probe`` that came with m is measured first (``probe.py``) and passed up too."""
+    i, mo = layer.index, cfg.monitor
+    trains = schedule.trains(i, m)
+    t0 = time.perf_counter()
+    if probe is not None:
+        generator = probe_generator(cfg.seed, i, m, probe.device)
+        values, up = probe_layer(layer, probe, x, generator, measure=trains)
+        metrics.scalars(m, i, values, "rbm")
+        if trains and i == 0 and mo.images_every and m % mo.images_every == 0:
+            shape = image_shape(layer.n_visible, mo.image_shape)
+            if shape is not None:
+                for tag, img in layer0_images(layer, probe, shape, generator).items():
+                    metrics.image(m, 0, tag, img)
+        probe = up
+    metrics.seconds += time.perf_counter() - t0
+    if not trains:
+        return layer.forward(x, m), probe
     layer.step = m - schedule.starts[i]  # the same count on a replica that saw only some
-    stats: dict[str, float] | None = {} if layer.step % cfg.train.log_every == 0 else None
+    record = mo.enabled and metrics.due(("scalars", i), layer.step, mo.scalars_every)
+    stats: dict[str, float] | None = {} if record else None
     y = layer.train_step(x, m, stats)
     if stats:
+        stats["weight_norm"] = float(layer.weight.norm())
         metrics.scalars(m, i, stats, "rbm")
+    if mo.enabled and mo.histograms_every and metrics.due(("histograms", i), layer.step,
+                                                          mo.histograms_every):
+        t0 = time.perf_counter()
+        histograms(metrics, m, layer)
+        metrics.seconds += time.perf_counter() - t0
     if layer.step % cfg.train.check_every == 0 or layer.step == schedule.steps(i):
         layer.check_parameters(m)
-    return y
+    return y, probe
+
+
+def histograms(metrics: Metrics, step: int, layer: RBM) -> None:
+    for name, t in layer.parameters().items():
+        metrics.histogram(step, layer.index, f"weights/{name}", t)
+
+
+def is_probe(cfg: Config, m: int) -> bool:
+    """Whether micro-batch m carries a held-out probe (``monitor.eval_every``, images)."""
+    mo = cfg.monitor
+    return mo.enabled and any(every and m % every == 0
+                              for every in (mo.eval_every, mo.images_every))
+
+
+def probe_data(cfg: Config, data: Data, device: torch.device) -> torch.Tensor | None:
+    """The held-out samples every probe carries (None without monitoring or held-out data)."""
+    mo = cfg.monitor
+    if not mo.enabled or not len(data.held_rows) or not (mo.eval_every or mo.images_every):
+        return None
+    rows = data.rows(data.held_rows[:mo.eval_samples])
+    return torch.from_numpy(rows).to(device=device, dtype=dtype_of(cfg))
 
 
 def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None = None
              ) -> list[dict[str, float]]:
-    """Per layer, on ``x`` propagated up with probabilities: reconstruction error, and the
-    free-energy gap mean F(x) - mean F(reference) when a reference (training) sample is given."""
+    """Per layer, on ``x`` propagated up with probabilities: reconstruction error, the
+    pseudo-log-likelihood (binary units) and the free-energy gap mean F(x) - mean F(reference)
+    when a reference (training) sample is given."""
     out: list[dict[str, float]] = []
     with torch.no_grad():
         for layer in layers:
             row = {"recon_error": layer.reconstruction_error(x)}
+            generator = probe_generator(0, layer.index, -1, x.device)
+            pll = probe_layer(layer, x, None, generator)[0].get("pseudo_log_likelihood")
+            if pll is not None:
+                row["pseudo_log_likelihood"] = pll
             if reference is not None:
                 gap = layer.free_energy(x).mean() - layer.free_energy(reference).mean()
                 row["free_energy_gap"] = float(gap)
@@ -136,12 +194,33 @@ def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None 
 
 
 def record_eval(layers: list[RBM], held: torch.Tensor, ref: torch.Tensor, metrics: Metrics,
-                step: int) -> list[dict[str, float]]:
+                step: int, tensorboard: bool = True) -> list[dict[str, float]]:
     """``evaluate`` and write its rows to ``metrics`` as ``eval/*`` at ``step``."""
     rows = evaluate(layers, held, ref)
     for i, row in enumerate(rows):
-        metrics.scalars(step, i, row, "eval")
+        metrics.scalars(step, i, row, "eval", tensorboard)
     return rows
+
+
+def record_end(cfg: Config, metrics: Metrics, result: Result, held: torch.Tensor, step: int
+               ) -> None:
+    """What the end of a run adds to TensorBoard: histograms, layer 0's images and samples of
+    the whole DBN, and a row of the HParams table per layer."""
+    from pipedbn.monitor import flat_params
+
+    if not cfg.monitor.enabled:
+        return
+    for i, last in enumerate(result.end):
+        histograms(metrics, step, result.layers[i])
+        metrics.hparams(i, flat_params(cfg, i), {f"eval/{k}": v for k, v in last.items()})
+    layer0 = result.layers[0]
+    shape = image_shape(layer0.n_visible, cfg.monitor.image_shape)
+    if shape is not None:
+        generator = probe_generator(cfg.seed, -1, step, held.device)
+        for tag, img in layer0_images(layer0, held, shape, generator).items():
+            metrics.image(step, 0, tag, img)
+        dbn = gibbs_samples(result.layers, 64, 200, generator)
+        metrics.image(step, 0, "images/dbn_samples", tile(dbn, shape, columns=8))
 
 
 def finish_run(run_dir: Path, text: str) -> None:
@@ -187,26 +266,34 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
 
     positions = [(m, *schedule.data_position(m)) for m in schedule.micro_batches(0)]
     reader = Prefetcher(data, positions, cfg.data.prefetch, dtype)
+    held_probe = probe_data(cfg, data, device)
+    metrics.use(list(range(len(layers))), 0)
+    progress = Progress(cfg, schedule, None, 0, 1)
+    progress.begin_segment(0, 0, list(range(len(layers))))
+    layer_s = [0.0] * len(layers)
     t0 = time.perf_counter()
-    samples, last_log = 0, t0
+    samples = 0
     try:
         for m, x in reader:
             x = x.to(device, non_blocking=True)
             samples += x.shape[0]
+            probe = held_probe if held_probe is not None and is_probe(cfg, m) else None
+            t_layer = time.perf_counter()
             for i in range(schedule.top(m) + 1):
-                x = layer_step(layers[i], x, m, schedule, cfg, metrics)
+                x, probe = layer_step(layers[i], x, m, schedule, cfg, metrics, probe)
                 straggler.after_layer(i, m)
-            now = time.perf_counter()
-            if now - last_log > 10:
-                log.info("micro-batch %d/%d, %.0f samples/s", m + 1, schedule.length,
-                         samples / (now - t0))
-                last_log = now
+                now = time.perf_counter()
+                layer_s[i], t_layer = layer_s[i] + now - t_layer, now
+            progress.update(m, x.shape[0], layer_s)
     finally:
         reader.close()
+        progress.close()
     seconds = time.perf_counter() - t0
     end = record_eval(layers, held, ref, metrics, schedule.length)
     metrics.scalar(schedule.length, 0, "throughput/samples_per_s", samples / seconds)
-    return Result(layers, start, end, seconds, samples)
+    result = Result(layers, start, end, seconds, samples)
+    record_end(cfg, metrics, result, held, schedule.length)
+    return result
 
 
 def summary(cfg: Config, data: Data, result: Result) -> str:

@@ -6,7 +6,9 @@ A message is a header ``int64[m, rows, kind]`` followed by a payload of the link
 plan's part of the stream: the run re-plans at micro-batch ``m``) or BEAT: a link that has
 carried nothing for a quarter of the timeout carries a heartbeat instead, so a stage that waits a
 long time for its first micro-batch (the greedy schedule, a long streaming offset) can tell a
-quiet peer from a hung one; a stage that is itself waiting passes heartbeats on. The sender keeps at
+quiet peer from a hung one; a stage that is itself waiting passes heartbeats on. PROBE messages
+come just before the DATA of their micro-batch and carry its held-out probe (``probe.py``), in
+pieces of at most ``max_rows``. The sender keeps at
 most ``window`` messages in flight (back-pressure: it waits for the oldest before sending more);
 the receiver keeps two receives posted (double buffering), so END and PLAN are sent twice. Every
 wait is bounded by ``timeout``; a failure raises ``LinkError`` naming both the stage that saw it
@@ -25,7 +27,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-DATA, END, BEAT, PLAN = 0, 1, 2, 3
+DATA, END, BEAT, PLAN, PROBE = 0, 1, 2, 3, 4
 TERMINAL = (END, PLAN)
 
 
@@ -173,8 +175,8 @@ class Receiver:
                           _post(dist.irecv, payload, self.src, what)]
 
     def get(self) -> tuple[int, int, torch.Tensor | None]:
-        """The next message that is not a heartbeat: ``(DATA, m, x)``, with ``x`` valid until
-        the next call, or ``(END | PLAN, m, None)``, after which the link is done."""
+        """The next message that is not a heartbeat: ``(DATA | PROBE, m, x)``, with ``x`` valid
+        until the next call, or ``(END | PLAN, m, None)``, after which the link is done."""
         self._flush()
         while True:
             k = self._next
@@ -190,7 +192,7 @@ class Receiver:
                 self._repost(k)
                 continue
             self._pending_repost = k  # the consumer is done with slot k at the next call
-            return DATA, m, payload[:rows]
+            return kind, m, payload[:rows]
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         """Yields ``(m, x)`` until the end of the stream."""

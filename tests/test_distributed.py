@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from pipedbn.config import load_config, resolve_defaults
 from pipedbn.data import open_data
-from pipedbn.rundir import Metrics, layer_state_path
+from pipedbn.monitor import Metrics
+from pipedbn.rundir import layer_state_path
 from pipedbn.trainer import train_in_process
 
 TINY = str(ROOT / "configs" / "tiny.yaml")

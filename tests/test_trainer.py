@@ -9,7 +9,7 @@ import torch
 
 from pipedbn.config import Config, load_config, resolve_defaults
 from pipedbn.data import open_data
-from pipedbn.rundir import Metrics
+from pipedbn.monitor import Metrics
 from pipedbn.trainer import train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]

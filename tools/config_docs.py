@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [("Config", "top level"), ("RBMConfig", "rbm"), ("LayerConfig", "layers[i]"),
             ("DataConfig", "data"), ("TrainConfig", "train"), ("PipelineConfig", "pipeline"),
-            ("BalancerConfig", "balancer"), ("StragglerConfig", "straggler"),
+            ("BalancerConfig", "balancer"), ("MonitorConfig", "monitor"),
+            ("StragglerConfig", "straggler"),
             ("RunConfig", "run")]
 
 INTRO = """# Config reference
