@@ -19,6 +19,7 @@ one's, so a writer opening a directory that holds a file from this very second w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -119,8 +120,9 @@ class Metrics:
         if (w := self.writer(layer)) is not None:
             v = values.detach().float().cpu().flatten()
             v = v[v.isfinite()]  # a diverging layer is reported by its own check, not here
-            if v.numel():
-                w.add_histogram(tag, v, step)
+            with contextlib.suppress(ValueError):  # tensorboard's bins fail near float max
+                if v.numel():
+                    w.add_histogram(tag, v, step)
 
     def hparams(self, layer: int, params: dict[str, Any], results: dict[str, float]) -> None:
         """A row of TensorBoard's HParams table for ``layer``'s run; ``results`` name scalar tags

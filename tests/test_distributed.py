@@ -111,7 +111,7 @@ def test_a_slow_last_stage_never_lets_more_than_the_window_pile_up(tmp_path: Pat
     run_dir = tmp_path / "run"
     proc = cli("train", TINY, f"run.dir={run_dir}", ONE_PER_LAYER, "pipeline.window=2",
                "straggler.layer=2",
-               "straggler.sleep_s=0.01", "rbm.epochs=1", "train.log_every=1")
+               "straggler.sleep_s=0.01", "rbm.epochs=1", "monitor.scalars_every=1")
     assert proc.returncode == 0, proc.stderr
     stages = json.loads((run_dir / "stages.json").read_text())
     assert stages[1]["max_in_flight"] == 2  # stage 1 got ahead of the slow stage 2 ...

@@ -41,6 +41,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from bench_pipeline import standalone  # noqa: E402  (tools/ is this script's directory)
+from benchdocs import write_section  # noqa: E402
 
 from pipedbn.balance import problem_for  # noqa: E402
 from pipedbn.balancer import Plan, evaluate, one_per_layer, solve  # noqa: E402
@@ -48,12 +49,11 @@ from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny.yaml"
-BEGIN, END = "<!-- bench_balancer:begin -->", "<!-- bench_balancer:end -->"
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
     return ["layers=[48,40,32,16]", f"rbm.epochs={args.epochs}", "train.offset_epochs=0",
-            "straggler.layer=2", f"straggler.sleep_s={args.sleep}", "train.log_every=10",
+            "straggler.layer=2", f"straggler.sleep_s={args.sleep}", "monitor.scalars_every=10",
             "balancer.max_replicas=null"]
 
 
@@ -146,13 +146,7 @@ def main() -> None:
     text = report(results, args)
     print(text)
     if args.write_docs:
-        path = ROOT / "docs" / "benchmarks.md"
-        doc = path.read_text()
-        if BEGIN in doc:
-            doc = doc[:doc.index(BEGIN)] + BEGIN + "\n" + text + "\n" + doc[doc.index(END):]
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + BEGIN + "\n" + text + "\n" + END + "\n"
-        path.write_text(doc)
+        write_section("bench_balancer", text)
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:

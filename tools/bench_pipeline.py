@@ -42,6 +42,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from benchdocs import write_section  # noqa: E402  (tools/ is this script's directory)
 
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 from pipedbn.data import open_data  # noqa: E402
@@ -49,7 +50,6 @@ from pipedbn.trainer import make_layers, make_schedule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
-BEGIN, END = "<!-- bench_pipeline:begin -->", "<!-- bench_pipeline:end -->"
 
 
 def config(epochs: float, *extra: str) -> Config:
@@ -241,11 +241,7 @@ def main() -> None:
     text = report(res, args)
     print(text)
     if args.write_docs:
-        doc = ROOT / "docs" / "benchmarks.md"
-        body = doc.read_text()
-        head, rest = body.split(BEGIN) if BEGIN in body else (body.rstrip() + "\n\n", END)
-        tail = rest.split(END, 1)[1]
-        doc.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        write_section("bench_pipeline", text)
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:

@@ -1,0 +1,95 @@
+"""What monitoring costs: the same run with monitoring at its default intervals and with it off.
+
+    python tools/bench_monitor.py [--config configs/quickstart.yaml] [--pairs 2] [--write-docs]
+
+Each pair runs the config twice on local processes, once with the defaults (metrics.jsonl,
+TensorBoard scalars, held-out probes, images, histograms, the progress display) and once with
+``monitor.enabled=false``, alternating which goes first. The figure is the end-to-end
+samples/s (``throughput/end_to_end_samples_per_s``) with monitoring over without, per pair; the
+goal is >= 0.97. Results go to tools/out/bench_monitor.json and, with --write-docs, to
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from benchdocs import write_section  # tools/ is this script's directory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(config: str, run_dir: Path, monitored: bool, extra: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pipedbn", "train", config, f"run.dir={run_dir}", *extra]
+    if not monitored:
+        cmd.append("monitor.enabled=false")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rate = [json.loads(line)["value"] for line in lines
+            if '"throughput/end_to_end_samples_per_s"' in line]
+    tb = sum(f.stat().st_size for f in (run_dir / "tb").rglob("*") if f.is_file()) \
+        if (run_dir / "tb").exists() else 0
+    return {"samples_per_s": rate[-1], "wall_s": time.perf_counter() - t0,
+            "metrics_lines": len(lines), "tensorboard_bytes": tb}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="config overrides for both runs")
+    args = ap.parse_args()
+    pairs = []
+    with tempfile.TemporaryDirectory() as d:
+        for p in range(args.pairs):
+            order = (True, False) if p % 2 == 0 else (False, True)
+            got = {on: run(args.config, Path(d) / f"{p}-{on}", on, args.overrides)
+                   for on in order}
+            pairs.append({"on": got[True], "off": got[False],
+                          "ratio": got[True]["samples_per_s"] / got[False]["samples_per_s"]})
+            print(f"pair {p + 1}: on {got[True]['samples_per_s']:,.0f} samples/s, off "
+                  f"{got[False]['samples_per_s']:,.0f}, ratio {pairs[-1]['ratio']:.3f}",
+                  file=sys.stderr)
+    result = {"date": str(date.today()), "machine": f"{os.cpu_count()} cores",
+              "config": args.config, "overrides": args.overrides, "pairs": pairs,
+              "median_ratio": statistics.median(p["ratio"] for p in pairs)}
+    out = ROOT / "tools" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_monitor.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = report(result)
+    print(text)
+    if args.write_docs:
+        write_section("bench_monitor", text)
+
+
+def report(r: dict[str, Any]) -> str:
+    cmd = " ".join(["python tools/bench_monitor.py --config", r["config"],
+                    f"--pairs {len(r['pairs'])}", *r["overrides"]])
+    lines = [f"Measured {r['date']} on {r['machine']}, one thread per process: `{cmd}`.", "",
+             "| pair | monitoring on (samples/s) | off | on / off | metrics.jsonl lines | "
+             "TensorBoard bytes |", "|---|---|---|---|---|---|"]
+    for i, p in enumerate(r["pairs"], 1):
+        lines.append(f"| {i} | {p['on']['samples_per_s']:,.0f} | {p['off']['samples_per_s']:,.0f}"
+                     f" | {p['ratio']:.3f} | {p['on']['metrics_lines']:,} (off: "
+                     f"{p['off']['metrics_lines']}) | {p['on']['tensorboard_bytes']:,} |")
+    lines += ["", f"Median on / off: **{r['median_ratio']:.3f}** (goal >= 0.97)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

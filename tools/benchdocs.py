@@ -1,0 +1,20 @@
+"""Where benchmark tools keep their results: a marked section of docs/benchmarks.md each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def write_section(name: str, text: str, doc: Path = DOC) -> None:
+    """Replace the text between ``<!-- name:begin -->`` and ``<!-- name:end -->`` (appended at
+    the end the first time); the rest of the page is left as it is."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    body = doc.read_text()
+    if begin in body:
+        head, rest = body.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+    else:
+        head, tail = body.rstrip("\n") + "\n\n", "\n"
+    doc.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
