@@ -308,6 +308,7 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
                 save_tensors(layer_state_path(run_dir, i), layer.state_dict())
         role_of = plan.role(rank)
         stats.stage, stats.replica = (role_of if role_of is not None else (None, 0))
+        stats.monitor_s = metrics.seconds
         stats.layers = sorted(held)
         if result is not None:
             result.seconds = time.perf_counter() - t0  # completed in _finish

@@ -24,6 +24,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class Metrics:
         self._writers: dict[str, Any] = {}
         self._next: dict[object, int] = {}
         self.seconds = 0.0
+        self._timing = False
         """Time spent in probes, images and histograms (kept out of the balancer's costs)."""
         if self._tb:  # import now, not inside the first timed micro-batch
             import torch.utils.tensorboard  # noqa: F401
@@ -72,12 +74,26 @@ class Metrics:
     # -- metrics.jsonl and TensorBoard ------------------------------------------------------
     def scalar(self, step: int, layer: int, tag: str, value: float,
                tensorboard: bool = True) -> None:
-        if self._f is not None:
-            rec = {"step": step, "stage": self.stage, "layer": layer, "tag": tag,
-                   "value": value, "wall_time": time.time()}
-            self._f.write(json.dumps(rec) + "\n")
-        if tensorboard and math.isfinite(value):
-            self.tb_scalar(step, layer, tag, value)
+        with self.timed():
+            if self._f is not None:
+                rec = {"step": step, "stage": self.stage, "layer": layer, "tag": tag,
+                       "value": value, "wall_time": time.time()}
+                self._f.write(json.dumps(rec) + "\n")
+            if tensorboard and math.isfinite(value):
+                self.tb_scalar(step, layer, tag, value)
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Adds the time spent inside to ``seconds`` (once, however deeply nested)."""
+        if self._timing:
+            yield
+            return
+        self._timing, t0 = True, time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timing = False
+            self.seconds += time.perf_counter() - t0
 
     def scalars(self, step: int, layer: int, values: dict[str, float], prefix: str,
                 tensorboard: bool = True) -> None:

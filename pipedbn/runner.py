@@ -57,6 +57,8 @@ class StageStats:
     """Samples this rank read from the data (while it ran a replica of the first stage)."""
     sync_wait_s: float = 0.0
     """Time spent exchanging updates with the other replicas of the stage."""
+    monitor_s: float = 0.0
+    """Time spent recording metrics, probes, images and histograms (part of compute)."""
     active_s: float = 0.0
     segments: list[int] = field(default_factory=list)
     max_in_flight: int = 0

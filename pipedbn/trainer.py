@@ -119,18 +119,17 @@ def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Con
     A held-out ``probe`` that came with m is measured first (``probe.py``) and passed up too."""
     i, mo = layer.index, cfg.monitor
     trains = schedule.trains(i, m)
-    t0 = time.perf_counter()
     if probe is not None:
-        generator = probe_generator(cfg.seed, i, m, probe.device)
-        values, up = probe_layer(layer, probe, x, generator, measure=trains)
-        metrics.scalars(m, i, values, "rbm")
-        if trains and i == 0 and mo.images_every and m % mo.images_every == 0:
-            shape = image_shape(layer.n_visible, mo.image_shape)
-            if shape is not None:
-                for tag, img in layer0_images(layer, probe, shape, generator).items():
-                    metrics.image(m, 0, tag, img)
-        probe = up
-    metrics.seconds += time.perf_counter() - t0
+        with metrics.timed():
+            generator = probe_generator(cfg.seed, i, m, probe.device)
+            held_in = probe
+            values, probe = probe_layer(layer, held_in, x, generator, measure=trains)
+            metrics.scalars(m, i, values, "rbm")
+            if trains and i == 0 and mo.images_every and m % mo.images_every == 0:
+                shape = image_shape(layer.n_visible, mo.image_shape)
+                if shape is not None:
+                    for tag, img in layer0_images(layer, held_in, shape, generator).items():
+                        metrics.image(m, 0, tag, img)
     if not trains:
         return layer.forward(x, m), probe
     layer.step = m - schedule.starts[i]  # the same count on a replica that saw only some
@@ -138,13 +137,13 @@ def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Con
     stats: dict[str, float] | None = {} if record else None
     y = layer.train_step(x, m, stats)
     if stats:
-        stats["weight_norm"] = float(layer.weight.norm())
-        metrics.scalars(m, i, stats, "rbm")
+        with metrics.timed():
+            stats["weight_norm"] = float(layer.weight.norm())
+            metrics.scalars(m, i, stats, "rbm")
     if mo.enabled and mo.histograms_every and metrics.due(("histograms", i), layer.step,
                                                           mo.histograms_every):
-        t0 = time.perf_counter()
-        histograms(metrics, m, layer)
-        metrics.seconds += time.perf_counter() - t0
+        with metrics.timed():
+            histograms(metrics, m, layer)
     if layer.step % cfg.train.check_every == 0 or layer.step == schedule.steps(i):
         layer.check_parameters(m)
     return y, probe
