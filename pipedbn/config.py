@@ -215,16 +215,18 @@ class MonitorConfig:
     """Write TensorBoard event files (a run per layer under ``tb/``) beside ``metrics.jsonl``."""
     scalars_every: int = 50
     """A layer's updates between training scalars (``rbm/recon_error``, ``rbm/hidden_mean``,
-    ``rbm/lr``, ``rbm/weight_norm``); also a stage's micro-batches between ``pipeline/*`` and
-    ``throughput/*`` records."""
+    ``rbm/lr``, ``rbm/momentum``, ``rbm/weight_norm``); also a stage's micro-batches between
+    ``pipeline/*`` and ``throughput/*`` records."""
     eval_every: int = 100
     """Micro-batches of the stream between held-out probes: ``eval_samples`` held-out samples
     travel up the pipeline with micro-batch m (m a multiple of this), and each layer that trains
     on m measures, before its update, ``rbm/free_energy_gap`` (held-out minus this training
     micro-batch), ``rbm/pseudo_log_likelihood`` and ``rbm/heldout_recon_error`` on them.
-    0 = no probes (the start and end evaluations remain)."""
+    0 = no probes but those that carry images (the start and end evaluations remain). Probes
+    need held-out data (``data.held_out`` > 0)."""
     eval_samples: int = 100
-    """Held-out samples in a probe."""
+    """Held-out samples in a probe (a random subset fixed by the seed). A probe travels in
+    pieces of ``train.batch_size`` rows, each taking a place in the ``pipeline.window``."""
     histograms_every: int = 500
     """A layer's updates between histograms of its weights and biases (and at the end)."""
     images_every: int = 1000
@@ -277,7 +279,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     """Where samples come from and how they are prepared."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Schedule, micro-batches, device and monitoring intervals."""
+    """Schedule, micro-batches, device and threads."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """How stages talk to each other in a distributed run."""
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
@@ -297,6 +299,10 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 # Loading: YAML -> plain dict -> overrides -> typed dataclasses -> cross-field checks.
+
+
+MOVED = {"train.log_every": "monitor.scalars_every"}
+"""Fields that moved to another section (older configs and run directories name them)."""
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
@@ -467,6 +473,8 @@ def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
         if key not in hints:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(names)
+            if f"{prefix}{key}" in MOVED:
+                hint = f"it moved to {MOVED[prefix + key]}"
             problems.append(f"{prefix}{key}: unknown key ({hint})")
             continue
         before = len(problems)

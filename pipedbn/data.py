@@ -135,8 +135,18 @@ class Data:
         return self.rows(self.held_rows)
 
     def train_sample(self, n: int) -> np.ndarray:
-        """The first ``n`` training samples (fixed, for monitoring the free-energy gap)."""
-        return self.rows(self.train_rows[:n])
+        """``n`` training samples drawn once from (seed), for monitoring the free-energy gap
+        (a random subset: files are often sorted by class)."""
+        return self.rows(self._subset(self.train_rows, n, 0x7A1))
+
+    def held_sample(self, n: int) -> np.ndarray:
+        """``n`` held-out samples drawn once from (seed): the probe of ``probe.py``."""
+        return self.rows(self._subset(self.held_rows, n, 0x9E0))
+
+    def _subset(self, rows: np.ndarray, n: int, tag: int) -> np.ndarray:
+        if n >= len(rows):
+            return rows
+        return np.sort(np.random.default_rng([self.seed, tag]).choice(rows, n, replace=False))
 
 
 def open_data(cfg: Config, unit_range: bool) -> Data:

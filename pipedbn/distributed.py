@@ -292,6 +292,7 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
                            else get(kv, f"segment/{segment}", cfg.pipeline.timeout))
             if outcome.get("end"):
                 break
+            metrics.flush()  # a layer's next records may come from another rank
             new_plan = Plan.from_dict(outcome["plan"])
             begin = outcome["at"]
             held = _move_layers(cfg, plan, new_plan, rank, held, features, schedule, device,
@@ -463,7 +464,10 @@ def _finish(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None
                                  monitor.length)
         metrics.scalar(monitor.length, -1, "throughput/end_to_end_samples_per_s",
                        result.samples / result.seconds)
-        record_end(cfg, metrics, result, monitor.held, monitor.length)
+        try:
+            record_end(cfg, metrics, result, monitor.held, monitor.length)
+        except Exception as e:  # the run's results matter more than its pictures
+            log.warning("monitoring at the end of the run failed: %s", e)
     finally:
         metrics.close()
     atomic_write(run_dir / STAGES_FILE, (json.dumps(gathered, indent=1) + "\n").encode())

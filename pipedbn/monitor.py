@@ -47,7 +47,8 @@ def _writer(logdir: Path) -> Any:
     logdir.mkdir(parents=True, exist_ok=True)
     stamps = [int(m.group(1)) for f in logdir.iterdir()
               if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", f.name))]
-    while stamps and int(time.time()) <= max(stamps):
+    deadline = time.monotonic() + 2.0  # a clock ahead on another node must not stall us
+    while stamps and int(time.time()) <= max(stamps) and time.monotonic() < deadline:
         time.sleep(0.05)  # see the module docstring: this file must sort after the others
     # flush often enough that a live TensorBoard follows the run (the default is 2 minutes)
     return SummaryWriter(str(logdir), max_queue=200, flush_secs=5)
@@ -66,8 +67,9 @@ class Metrics:
         self._writers: dict[str, Any] = {}
         self._next: dict[object, int] = {}
         self.seconds = 0.0
+        """Time spent recording: scalars, probes, images, histograms (kept out of the
+        balancer's costs)."""
         self._timing = False
-        """Time spent in probes, images and histograms (kept out of the balancer's costs)."""
         if self._tb:  # import now, not inside the first timed micro-batch
             import torch.utils.tensorboard  # noqa: F401
 
@@ -171,6 +173,10 @@ class Metrics:
             return False
         self._next[key] = (step // every + 1) * every
         return True
+
+    def flush(self) -> None:
+        for w in self._writers.values():
+            w.flush()
 
     def close(self) -> None:
         for w in self._writers.values():

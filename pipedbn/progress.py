@@ -45,6 +45,8 @@ class WhereFilter(logging.Filter):
 class Progress:
     def __init__(self, cfg: Config, schedule: Schedule, kv: Any, rank: int, world: int) -> None:
         mode = cfg.monitor.progress if cfg.monitor.enabled else "off"
+        if not log.isEnabledFor(logging.INFO):  # --quiet
+            mode = "off"
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode, self.schedule, self.kv, self.rank, self.world = mode, schedule, kv, rank, world
@@ -55,10 +57,13 @@ class Progress:
         self._window: tuple[float, int] = (0.0, 0)  # (time, samples) at the last refresh
         self._start = self._window
         self.samples = 0
+        self.segment, self.replicas = 0, 1
         self._layer_s: list[float] = []
 
-    def begin_segment(self, stage: int, replica: int, layers: list[int]) -> None:
-        """This rank's part of the next segment; only stage 0's first replica shows progress."""
+    def begin_segment(self, segment: int, stage: int, replica: int, replicas: int) -> None:
+        """This rank's part of a segment; only stage 0's first replica shows progress, and
+        counts its ``replicas`` peers' micro-batches as its own (they read as many)."""
+        self.segment, self.replicas = segment, replicas
         name = f"stage {stage}" + (f" replica {replica}" if replica else "")
         if self.kv is not None:
             set_where(f"rank {self.rank} {name}")
@@ -73,16 +78,17 @@ class Progress:
     def publish(self, stage: int, layers: list[int], busy: float) -> None:
         """This rank's latest busy fraction, for the showing rank's bottleneck."""
         if self.kv is not None and self.mode != "off":
-            self.kv.set(f"monitor/rank/{self.rank}",
-                        json.dumps({"stage": stage, "layers": layers, "busy": busy}))
+            self.kv.set(f"monitor/rank/{self.rank}", json.dumps(
+                {"segment": self.segment, "stage": stage, "layers": layers, "busy": busy}))
 
     def update(self, m: int, rows: int, layer_s: list[float] | None = None) -> None:
         """Micro-batch m (``rows`` samples) has been read and trained on; ``layer_s``: the
         seconds each layer has taken so far (single process)."""
         if not self.shown:
             return
-        self.samples += rows
+        self.samples += rows * self.replicas
         now = time.perf_counter()
+        last = m + self.replicas >= self.schedule.length
         if self.bar is None and self.mode == "bar":
             from tqdm import tqdm
 
@@ -90,10 +96,10 @@ class Progress:
                             dynamic_ncols=True, file=sys.stderr)
         if self.bar is not None:
             self.bar.update(m + 1 - self.bar.n)
-        if now - self._last < self.every and m + 1 < self.schedule.length:
+        if now - self._last < self.every and not last:
             return
         t_prev, s_prev = self._window
-        if m + 1 == self.schedule.length:  # the last line: the whole segment's rate
+        if last:  # the last line: the whole segment's rate
             t_prev, s_prev = self._start
         rate = (self.samples - s_prev) / max(now - t_prev, 1e-9)
         self._last, self._window = now, (now, self.samples)
@@ -122,6 +128,8 @@ class Progress:
                 info = json.loads(self.kv.get(key))
             except Exception:  # progress is best effort; the run's own waits catch failures
                 continue
+            if info["segment"] != self.segment:
+                continue  # idle since the last re-plan
             if best is None or info["busy"] > best["busy"]:
                 best = info
         if best is None:

@@ -1,10 +1,11 @@
 """The run directory: creation, atomic writes, and ``metrics.jsonl``.
 
 Layout (DESIGN §3): ``config.yaml`` (the resolved config), ``preprocess.pt`` (how raw
-data becomes layer 0's input), ``metrics.jsonl``, ``checkpoints/final/layer-<i>.pt`` (each
-layer's full training state), ``model.safetensors`` (the exported DBN), ``stages.json`` (each
-pipeline stage's timings) and, for a run that failed, ``failures/stage-<r>.json`` (what each stage
-saw) and ``failure.json`` (the stage that failed first and why).
+data becomes layer 0's input), ``metrics.jsonl`` and ``tb/`` (``monitor.py``),
+``checkpoints/final/layer-<i>.pt`` (each layer's full training state), ``model.safetensors``
+(the exported DBN), ``stages.json`` (each pipeline stage's timings) and, for a run that failed,
+``failures/stage-<r>.json`` (what each stage saw) and ``failure.json`` (the stage that failed
+first and why).
 """
 
 from __future__ import annotations

@@ -122,14 +122,14 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
               source: Iterable[tuple[int, torch.Tensor]] | Inbox, outbox: Outbox | None,
               sync: ReplicaSync | None, metrics: Metrics, device: torch.device,
               stats: StageStats, decide: Callable[[int], bool] | None = None,
-              reporter: Reporter | None = None, held: torch.Tensor | None = None,
+              reporter: Reporter | None = None, probe_samples: torch.Tensor | None = None,
               progress: Progress | None = None) -> tuple[int, int]:
     """Stream this replica's micro-batches of the segment through ``layers``; adds the timings
     to ``stats`` and returns how the segment ended: ``(END, -1)`` or ``(PLAN, m)``.
 
     ``source`` is the data (stage 0) or the ``Inbox`` from the stage below. ``decide(q)`` (stage
     0 with re-planning on) says whether the run re-plans at micro-batch ``q * check_every``.
-    ``held``: stage 0's held-out probe samples (``probe.py``); ``progress``: the display."""
+    ``probe_samples``: stage 0's held-out probe (``probe.py``); ``progress``: the display."""
     first, last = layers[0].index, layers[-1].index
     straggler = Straggler(cfg, rank=rank, metrics=metrics)
     check_every = cfg.balancer.check_every
@@ -148,7 +148,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
                          for j in range(role.replicas))
     record_every = cfg.monitor.scalars_every if cfg.monitor.enabled else None
     if progress is not None:
-        progress.begin_segment(role.stage, role.replica, [layer.index for layer in layers])
+        progress.begin_segment(role.segment, role.stage, role.replica, role.replicas)
     if first == 0 and outbox is not None:
         outbox.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
     for m in mine:
@@ -198,7 +198,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             stats.recv_wait_s += t_got - t_wait
         x = x.to(device, non_blocking=True)
         if reads is not None:
-            probe = held if held is not None and is_probe(cfg, m) else None
+            probe = probe_samples if probe_samples is not None and is_probe(cfg, m) else None
         else:
             assert isinstance(source, Inbox)
             probe = source.probe

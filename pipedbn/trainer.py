@@ -29,7 +29,7 @@ import torch
 
 from pipedbn.config import Config
 from pipedbn.data import Data, Prefetcher
-from pipedbn.monitor import Metrics
+from pipedbn.monitor import Metrics, flat_params
 from pipedbn.probe import (
     gibbs_samples,
     image_shape,
@@ -125,7 +125,8 @@ def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Con
             held_in = probe
             values, probe = probe_layer(layer, held_in, x, generator, measure=trains)
             metrics.scalars(m, i, values, "rbm")
-            if trains and i == 0 and mo.images_every and m % mo.images_every == 0:
+            if (trains and i == 0 and mo.images_every and m % mo.images_every == 0
+                    and metrics.writer(0) is not None):
                 shape = image_shape(layer.n_visible, mo.image_shape)
                 if shape is not None:
                     for tag, img in layer0_images(layer, held_in, shape, generator).items():
@@ -166,8 +167,8 @@ def probe_data(cfg: Config, data: Data, device: torch.device) -> torch.Tensor | 
     mo = cfg.monitor
     if not mo.enabled or not len(data.held_rows) or not (mo.eval_every or mo.images_every):
         return None
-    rows = data.rows(data.held_rows[:mo.eval_samples])
-    return torch.from_numpy(rows).to(device=device, dtype=dtype_of(cfg))
+    return torch.from_numpy(data.held_sample(mo.eval_samples)).to(device=device,
+                                                                  dtype=dtype_of(cfg))
 
 
 def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None = None
@@ -205,9 +206,7 @@ def record_end(cfg: Config, metrics: Metrics, result: Result, held: torch.Tensor
                ) -> None:
     """What the end of a run adds to TensorBoard: histograms, layer 0's images and samples of
     the whole DBN, and a row of the HParams table per layer."""
-    from pipedbn.monitor import flat_params
-
-    if not cfg.monitor.enabled:
+    if metrics.writer(0) is None:
         return
     for i, last in enumerate(result.end):
         histograms(metrics, step, result.layers[i])
@@ -268,7 +267,7 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
     held_probe = probe_data(cfg, data, device)
     metrics.use(list(range(len(layers))), 0)
     progress = Progress(cfg, schedule, None, 0, 1)
-    progress.begin_segment(0, 0, list(range(len(layers))))
+    progress.begin_segment(0, 0, 0, 1)
     layer_s = [0.0] * len(layers)
     t0 = time.perf_counter()
     samples = 0
@@ -291,7 +290,10 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
     end = record_eval(layers, held, ref, metrics, schedule.length)
     metrics.scalar(schedule.length, 0, "throughput/samples_per_s", samples / seconds)
     result = Result(layers, start, end, seconds, samples)
-    record_end(cfg, metrics, result, held, schedule.length)
+    try:
+        record_end(cfg, metrics, result, held, schedule.length)
+    except Exception as e:  # the run's results matter more than its pictures
+        log.warning("monitoring at the end of the run failed: %s", e)
     return result
 
 

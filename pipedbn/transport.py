@@ -195,12 +195,13 @@ class Receiver:
             return kind, m, payload[:rows]
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yields ``(m, x)`` until the end of the stream."""
+        """Yields ``(m, x)`` until the end of the stream (probes skipped)."""
         while True:
             kind, m, x = self.get()
             if x is None:
                 return
-            yield m, x
+            if kind == DATA:
+                yield m, x
 
     def _flush(self) -> None:
         if self._pending_repost is not None:

@@ -173,11 +173,20 @@ def test_monitoring_changes_no_weight_and_can_be_switched_off(logged: tuple[Path
     assert "bottleneck" not in proc.stderr  # no progress lines
 
 
-def test_replicas_get_runs_of_their_own(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = cli("train", "configs/tiny.yaml", f"run.dir={run_dir}", "balancer.plan=0|1x2|2",
-               "--nproc", "4", "monitor.progress=off")
+def test_replicas_get_runs_of_their_own_and_probes_in_pieces_change_nothing(tmp_path: Path
+                                                                           ) -> None:
+    # batch 20, probe 50: each probe crosses the replicated links in three pieces
+    run_dir, off = tmp_path / "run", tmp_path / "off"
+    common = ["balancer.plan=0|1x2|2", "--nproc", "4", "train.batch_size=20"]
+    proc = cli("train", "configs/tiny.yaml", f"run.dir={run_dir}", *common,
+               "monitor.eval_samples=50", "monitor.progress=off")
     assert proc.returncode == 0, proc.stderr
+    proc = cli("train", "configs/tiny.yaml", f"run.dir={off}", *common, "monitor.enabled=false")
+    assert proc.returncode == 0, proc.stderr
+    a, b = load_file(run_dir / "model.safetensors"), load_file(off / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)
+    probes = [r for r in records(run_dir) if r["tag"] == "rbm/free_energy_gap"]
+    assert {r["layer"] for r in probes} == {0, 1, 2}
     names = sorted(p.name for p in (run_dir / "tb").iterdir())
     assert names == ["layer-0", "layer-1", "layer-1-replica-1", "layer-2", "run"]
     for name in ("layer-1", "layer-1-replica-1"):

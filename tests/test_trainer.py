@@ -78,3 +78,12 @@ def test_metrics_jsonl_records_scalars_per_layer(tmp_path: Path) -> None:
             assert (layer, tag) in tags, (layer, tag)
     steps = [r["step"] for r in rows if r["layer"] == 1 and r["tag"] == "rbm/recon_error"]
     assert steps == sorted(steps) and steps[0] >= 16  # layer 1 starts half an epoch in
+
+
+def test_monitoring_never_changes_the_weights() -> None:
+    # probes draw from their own generators (forward=samples makes them draw), never a layer's
+    for overrides in ([], ["train.schedule=greedy", "rbm.method=pcd", "rbm.forward=samples"]):
+        on = train(tiny(*overrides, "monitor.eval_every=7", "monitor.images_every=14"))
+        off = train(tiny(*overrides, "monitor.enabled=false"))
+        for a, b in zip(on, off, strict=True):
+            assert_same(a, b)

@@ -39,8 +39,10 @@ def run(config: str, run_dir: Path, monitored: bool, extra: list[str]) -> dict[s
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    rate = [json.loads(line)["value"] for line in lines
-            if '"throughput/end_to_end_samples_per_s"' in line]
+    records = [json.loads(line) for line in lines]
+    rate = [r["value"] for r in records if r["tag"] == "throughput/end_to_end_samples_per_s"]
+    rate = rate or [r["value"] for r in records  # a run in one process
+                    if r["tag"] == "throughput/samples_per_s" and r["stage"] == 0]
     tb = sum(f.stat().st_size for f in (run_dir / "tb").rglob("*") if f.is_file()) \
         if (run_dir / "tb").exists() else 0
     return {"samples_per_s": rate[-1], "wall_s": time.perf_counter() - t0,
