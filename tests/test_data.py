@@ -186,10 +186,18 @@ def test_shards_are_stitched_in_order(tmp_path):
     np.testing.assert_array_equal(data.rows(rows), x[rows])
 
 
-def test_train_sample(tmp_path):
+def test_train_and_held_samples_are_fixed_random_subsets_of_their_split(tmp_path):
     x = numbered(30)
     data = npy_data(tmp_path, x, "data.held_out=0.3")
-    np.testing.assert_array_equal(data.train_sample(5), x[data.train_rows[:5]])
+    for sample, split in ((data.train_sample(5), data.train_rows),
+                          (data.held_sample(4), data.held_rows)):
+        ids = sample[:, 0].astype(int)  # numbered(): column 0 is the row's index
+        assert len(set(ids)) == len(ids) and set(ids) <= set(split)
+        np.testing.assert_array_equal(sample, x[ids])
+        assert list(ids) == sorted(ids)
+    assert not np.array_equal(data.train_sample(5), x[data.train_rows[:5]])  # not the first
+    np.testing.assert_array_equal(data.train_sample(5), data.train_sample(5))
+    np.testing.assert_array_equal(data.held_sample(100), x[data.held_rows])  # all there is
 
 
 # ----------------------------------------------------------------------------- preprocessing
