@@ -3,9 +3,11 @@
 >>> import pipedbn
 >>> dbn = pipedbn.load("runs/quickstart/20261123-120000")   # a run directory or export file
 >>> features = dbn.transform(dbn.preprocess(raw_images))    # top-layer hidden probabilities
+>>> est = pipedbn.DBN([256, 64], epochs=10).fit(X)           # train on local processes
 """
 
-from pipedbn.model import DBN, load
+from pipedbn.estimator import DBN
+from pipedbn.model import Model, load
 
 __version__ = "0.1.0"
-__all__ = ["DBN", "load", "__version__"]
+__all__ = ["DBN", "Model", "load", "__version__"]

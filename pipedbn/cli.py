@@ -63,13 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipedbn.distributed import (
-        check_world,
-        failure_record,
         torchrun_env,
         train_distributed,
-        wants_cuda,
     )
-    from pipedbn.rundir import discard_run_dir, record_failure, start_run, write_root_failure
 
     cfg = resolve_defaults(load_config(args.config, args.overrides))
     if args.print_config:
@@ -81,7 +77,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("--nproc is for runs without a launcher; under torchrun the number "
                             "of processes is --nnodes x --nproc-per-node")
         return train_distributed(cfg, prepared=args.prepared)
-    nproc = default_nproc(cfg) if args.nproc is None else args.nproc
+    return train_config(cfg, default_nproc(cfg) if args.nproc is None else args.nproc,
+                        args.quiet)
+
+
+def train_config(cfg: Config, nproc: int, quiet: bool) -> int:
+    """Train ``cfg`` on ``nproc`` local processes (1: in this one); the exit status. The run
+    directory is the last line of stdout."""
+    from pipedbn.distributed import check_world, failure_record, wants_cuda
+    from pipedbn.rundir import discard_run_dir, record_failure, start_run, write_root_failure
+
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
     if nproc > 1:
@@ -104,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise
         log.info("starting %d local processes; plan%s: %s", nproc,
                  " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
-        return launch_local(run_dir, nproc, cfg.train.threads, args.quiet)
+        return launch_local(run_dir, nproc, cfg.train.threads, quiet)
     try:
         _train_here(cfg, run_dir, data)
     except BaseException as e:

@@ -35,7 +35,7 @@ def _kind(name: str) -> type[RBM]:
     return registry.get(name)
 
 
-class DBN:
+class Model:
     """A stack of trained RBMs for inference: features, reconstructions, samples, a Module."""
 
     def __init__(self, kinds: list[str], params: list[dict[str, torch.Tensor]], scale: float = 1.0,
@@ -135,7 +135,7 @@ class DBN:
         atomic_write(Path(path), save(tensors, metadata=meta))
 
 
-def load(path: str | Path) -> DBN:
+def load(path: str | Path) -> Model:
     """A DBN from an export file, or from a run directory (its ``model.safetensors``)."""
     path = Path(path)
     if path.is_dir():
@@ -159,7 +159,7 @@ def load(path: str | Path) -> DBN:
                   for i in range(len(kinds))]
     except (KeyError, ValueError) as e:
         raise UserError(f"{path}: incomplete pipedbn model (missing {e})") from None
-    return DBN(kinds, params, scale=float(meta["scale"]),
+    return Model(kinds, params, scale=float(meta["scale"]),
                binarize=float(meta["binarize"]) if meta.get("binarize") else None,
                mean=tensors.get("preprocess.mean"), std=tensors.get("preprocess.std"),
                config=meta.get("config", ""))
@@ -169,7 +169,7 @@ PREPROCESS_FILE = "preprocess.pt"
 _PARAMS = ("weight", "visible_bias", "hidden_bias")
 
 
-def from_run(run_dir: str | Path, tag: str = "final") -> DBN:
+def from_run(run_dir: str | Path, tag: str = "final") -> Model:
     """Assemble a DBN from a run directory's per-layer states (``checkpoints/<tag>/``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -194,6 +194,6 @@ def from_run(run_dir: str | Path, tag: str = "final") -> DBN:
             raise UserError(f"{path}: unreadable layer state ({e})") from None
         params.append({k: state[k] for k in _PARAMS})
     pre = torch.load(run_dir / PREPROCESS_FILE, map_location="cpu", weights_only=True)
-    return DBN(kinds, params, scale=float(pre["scale"]),
+    return Model(kinds, params, scale=float(pre["scale"]),
                binarize=float(pre["binarize"]) if "binarize" in pre else None,
                mean=pre.get("mean"), std=pre.get("std"), config=config)
