@@ -1,5 +1,8 @@
 """Command line: ``pipedbn train CONFIG [key=value ...]`` and ``pipedbn export RUN_DIR -o FILE``.
 
+Also ``pipedbn finetune RUN_DIR`` (a classifier from the DBN and the data's labels) and
+``pipedbn sample RUN_DIR -o FILE.png`` (samples as a grid image): see ``finetune.py``.
+
 ``train`` runs one process per layer: under torchrun it joins the launcher's group; without a
 launcher it starts them itself (``launch.py``); ``--nproc 1`` trains in this process.
 
@@ -58,6 +61,34 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a finished run's model to one safetensors file")
     ex.add_argument("run_dir", help="run directory of a finished training run")
     ex.add_argument("-o", "--output", required=True, help="output file (.safetensors)")
+
+    ft = sub.add_parser("finetune", help="fine-tune a finished run's DBN into a classifier "
+                        "with its data's labels")
+    ft.add_argument("run_dir", help="run directory of a finished training run")
+    ft.add_argument("--epochs", type=int, default=30, help="epochs of fine-tuning (default 30)")
+    ft.add_argument("--head-epochs", type=int, default=10, metavar="N",
+                    help="epochs of the softmax layer alone on frozen features first (default 10)")
+    ft.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    ft.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
+    ft.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                    help="sgd (momentum 0.9, the default) or adam")
+    ft.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    ft.add_argument("-o", "--output", default=None,
+                    help="classifier file (default RUN_DIR/classifier.pt; its figures go to "
+                         "RUN_DIR/finetune.json, or beside -o FILE as FILE.json)")
+    ft.add_argument("-q", "--quiet", action="store_true", help="no per-epoch figures")
+
+    sa = sub.add_parser("sample", help="draw samples from a DBN and write them as a PNG grid")
+    sa.add_argument("run_dir", help="run directory of a finished run, or an exported model")
+    sa.add_argument("-o", "--output", required=True, help="output image (.png)")
+    sa.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    sa.add_argument("--steps", type=int, default=1000,
+                    help="Gibbs steps in the top RBM (default 1000)")
+    sa.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    sa.add_argument("--columns", type=int, default=None,
+                    help="tiles per row (default: a square-ish grid)")
+    sa.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="height and width of one input (needed when it is not square)")
     return ap
 
 
@@ -227,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "plan":
             return cmd_plan(args)
+        if args.command in ("finetune", "sample"):
+            from pipedbn import finetune
+
+            return finetune.cmd_finetune(args) if args.command == "finetune" \
+                else finetune.cmd_sample(args)
         return cmd_export(args)
     except UserError as e:
         # every rank finds the same config mistake; rank 0 alone reports it

@@ -1,0 +1,337 @@
+"""Supervised fine-tuning of a trained DBN, and pictures of its samples.
+
+``pipedbn finetune RUN_DIR`` turns a finished run into a classifier: the DBN's up pass
+(``DBN.to_module()``: Linear + Sigmoid per layer) followed by a ``Linear(top, classes)`` softmax
+layer, trained with backprop and cross-entropy on the labels of the run's training split (the
+data and split come from the run's ``config.yaml``). It goes in two phases:
+
+1. *before*: the DBN frozen, only the softmax layer trains (``head_epochs``), on the top-layer
+   features; its held-out error is the "before fine-tuning" figure;
+2. *after*: the whole network trains from there (``epochs``), reporting the training loss and the
+   held-out error after each epoch.
+
+The classifier is written with ``torch.save`` (loads with ``weights_only=True``): a dict with
+``state_dict`` (of ``build_classifier(sizes, num_classes)``), ``num_classes``, ``classes`` (the
+label value of each output) and ``sizes``. The figures go to a JSON file beside it.
+
+``pipedbn sample RUN_DIR -o FILE.png`` draws samples from the DBN (``DBN.sample``) and writes
+them as one grid image (``probe.tile``), a grayscale PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from pipedbn.errors import UserError
+from pipedbn.rundir import atomic_write, save_tensors
+
+CLASSIFIER_FILE = "classifier.pt"
+REPORT_FILE = "finetune.json"
+
+
+@dataclass
+class FinetuneSettings:
+    epochs: int = 30
+    """Epochs of fine-tuning the whole network."""
+    head_epochs: int = 10
+    """Epochs of training the softmax layer alone on frozen DBN features first."""
+    lr: float = 0.05
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    """``sgd`` (momentum 0.9) or ``adam``."""
+    momentum: float = 0.9
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.epochs < 0:
+            raise UserError(f"--epochs {self.epochs}: give a number of epochs >= 0")
+        if self.head_epochs < 0:
+            raise UserError(f"--head-epochs {self.head_epochs}: give a number of epochs >= 0")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UserError(f"--lr {self.lr}: give a learning rate > 0")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: give a batch size >= 1")
+        if self.optimizer not in ("sgd", "adam"):
+            raise UserError(f"--optimizer {self.optimizer}: expected sgd or adam")
+
+
+@dataclass
+class FinetuneResult:
+    classifier: torch.nn.Sequential
+    classes: list[int]
+    sizes: list[int]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def build_classifier(sizes: list[int], num_classes: int) -> torch.nn.Sequential:
+    """The classifier's layout: Linear + Sigmoid per DBN layer, then Linear(top, classes) (its
+    outputs are logits: softmax is in the loss)."""
+    mods: list[torch.nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        mods += [torch.nn.Linear(a, b), torch.nn.Sigmoid()]
+    mods.append(torch.nn.Linear(sizes[-1], num_classes))
+    return torch.nn.Sequential(*mods)
+
+
+def load_classifier(path: str | Path) -> tuple[torch.nn.Sequential, list[int]]:
+    """A saved classifier and the label value of each of its outputs."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_classifier(list(blob["sizes"]), int(blob["num_classes"]))
+    model.load_state_dict(blob["state_dict"])
+    return model, list(blob["classes"])
+
+
+def _run_config(run_dir: Path) -> Any:
+    from pipedbn.config import load_config, resolve_defaults
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    return resolve_defaults(load_config(path, []))
+
+
+def labelled_splits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                             torch.Tensor, list[int]]:
+    """(x_train, y_train, x_held, y_held, classes) of the run's data, preprocessed as in
+    training; ``y`` are class indices into ``classes`` (the sorted label values)."""
+    from pipedbn.data import open_data
+    from stages import registry
+
+    cfg = _run_config(run_dir)
+    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+    labels = data.source.labels
+    if labels is None:
+        raise UserError(f"{run_dir}: the run's data ({data.source.description}) has no labels; "
+                        "fine-tuning needs them (set data.labels: an IDX labels file for idx, "
+                        "an array name for .npz; digits and mnist5k have labels)")
+    if len(data.held_rows) == 0:
+        raise UserError(f"{run_dir}: the run kept no held-out data (data.held_out=0), so there "
+                        "is nothing to measure the test error on")
+    labels = np.asarray(labels).reshape(-1)
+    classes, index = np.unique(labels[: data.source.rows], return_inverse=True)
+    if len(classes) < 2:
+        raise UserError(f"{run_dir}: the labels hold {len(classes)} class; a classifier needs 2 "
+                        "or more")
+
+    def split(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(data.rows(rows)),
+                torch.from_numpy(index[rows].astype(np.int64)))
+
+    x_train, y_train = split(data.train_rows)
+    x_held, y_held = split(data.held_rows)
+    return x_train, y_train, x_held, y_held, [int(c) for c in classes]
+
+
+@torch.no_grad()
+def error_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model(x).argmax(1) != y).float().mean())
+
+
+def _optimizer(params: Any, s: FinetuneSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr)
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum)
+
+
+def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+           batch_size: int, g: torch.Generator) -> float:
+    """One shuffled pass; returns the mean training loss over it."""
+    model.train()
+    perm = torch.randperm(len(x), generator=g)
+    total = 0.0
+    for lo in range(0, len(x), batch_size):
+        idx = perm[lo:lo + batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        if not torch.isfinite(loss):
+            raise UserError(f"fine-tuning diverged (loss {float(loss)}); lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    model.eval()
+    return total / len(x)
+
+
+def finetune(run_dir: str | Path, settings: FinetuneSettings | None = None,
+             log: Any = None) -> FinetuneResult:
+    """Fine-tune the DBN of ``run_dir`` into a classifier (see the module docstring)."""
+    from pipedbn.model import MODEL_FILE, from_run, load
+
+    s = settings or FinetuneSettings()
+    s.check()
+    run_dir = Path(run_dir)
+    t0 = time.monotonic()
+    x_train, y_train, x_held, y_held, classes = labelled_splits(run_dir)
+    dbn = load(run_dir) if (run_dir / MODEL_FILE).is_file() else from_run(run_dir)
+    if dbn.sizes[0] != x_train.shape[1]:
+        raise UserError(f"{run_dir}: the model has {dbn.sizes[0]} inputs but the run's data has "
+                        f"{x_train.shape[1]} features")
+    dtype = dbn.params[0]["weight"].dtype
+    x_train, x_held = x_train.to(dtype), x_held.to(dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        body = dbn.to_module().to(dtype)
+        head = torch.nn.Linear(dbn.sizes[-1], len(classes)).to(dtype)
+    g = torch.Generator().manual_seed(s.seed)
+    model = torch.nn.Sequential(*body, head)
+    model.eval()
+
+    # Phase 1: the softmax layer alone on frozen features (computed once).
+    with torch.no_grad():
+        f_train = body(x_train)
+    opt = _optimizer(head.parameters(), s)
+    head_losses = [_epoch(head, opt, f_train, y_train, s.batch_size, g)
+                   for _ in range(s.head_epochs)]
+    before = error_rate(model, x_held, y_held)
+    if log:
+        log(f"softmax layer on frozen DBN features ({s.head_epochs} epochs): test error "
+            f"{before:.4f}")
+
+    # Phase 2: the whole network.
+    opt = _optimizer(model.parameters(), s)
+    epochs = []
+    for e in range(s.epochs):
+        loss = _epoch(model, opt, x_train, y_train, s.batch_size, g)
+        err = error_rate(model, x_held, y_held)
+        epochs.append({"epoch": e + 1, "train_loss": loss, "test_error": err})
+        if log:
+            log(f"epoch {e + 1}/{s.epochs}: train loss {loss:.4f}, test error {err:.4f}")
+    after = error_rate(model, x_held, y_held)
+    report = {
+        "run_dir": str(run_dir),
+        "settings": asdict(s),
+        "sizes": dbn.sizes,
+        "classes": classes,
+        "train_samples": len(x_train),
+        "test_samples": len(x_held),
+        "head_train_loss": head_losses[-1] if head_losses else None,
+        "test_error_before": before,
+        "test_error_after": after,
+        "train_error_after": error_rate(model, x_train, y_train),
+        "epochs": epochs,
+        "seconds": time.monotonic() - t0,
+    }
+    return FinetuneResult(model, classes, dbn.sizes, report)
+
+
+def save_classifier(result: FinetuneResult, path: Path) -> None:
+    save_tensors(path, {"state_dict": {k: v.detach().cpu().contiguous()
+                                       for k, v in result.classifier.state_dict().items()},
+                        "num_classes": len(result.classes), "classes": result.classes,
+                        "sizes": result.sizes})
+
+
+def report_path(run_dir: Path, output: str | None) -> tuple[Path, Path]:
+    """(classifier file, report file): ``RUN_DIR/classifier.pt`` and ``RUN_DIR/finetune.json``,
+    or ``-o FILE`` and FILE with the suffix ``.json``."""
+    if output is None:
+        return run_dir / CLASSIFIER_FILE, run_dir / REPORT_FILE
+    out = Path(output)
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a directory; give a file name such as classifier.pt")
+    if out.suffix == ".json":
+        raise UserError(f"-o {out}: the classifier file would collide with its .json report; "
+                        "give a name such as classifier.pt")
+    return out, out.with_suffix(".json")
+
+
+def cmd_finetune(args: Any) -> int:
+    torch.set_num_threads(1)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    out, report = report_path(run_dir, args.output)
+    s = FinetuneSettings(epochs=args.epochs, head_epochs=args.head_epochs, lr=args.lr,
+                         batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed)
+    result = finetune(run_dir, s, log=None if args.quiet else _stderr)
+    r = result.report
+    try:
+        save_classifier(result, out)
+        atomic_write(report, (json.dumps(r, indent=2) + "\n").encode())
+    except OSError as e:
+        raise UserError(f"cannot write {out} or {report} ({e.strerror})") from None
+    print(f"test error: {r['test_error_before']:.4f} before fine-tuning (softmax layer on the "
+          f"frozen DBN), {r['test_error_after']:.4f} after ({r['test_samples']} held-out "
+          f"samples, {r['seconds']:.1f} s)")
+    print(out)
+    return 0
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(f"[pipedbn] {msg}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# pipedbn sample
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """An (H, W) image with values in [0, 1] as an 8-bit grayscale PNG (zlib only)."""
+    h, w = image.shape
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    raw = b"".join(b"\x00" + pixels[r].tobytes() for r in range(h))  # filter 0 per row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def _configured_shape(config: str) -> list[int] | None:
+    try:
+        shape = (yaml.safe_load(config) or {}).get("monitor", {}).get("image_shape")
+    except (yaml.YAMLError, AttributeError):
+        return None
+    return [int(v) for v in shape] if isinstance(shape, list) and len(shape) == 2 else None
+
+
+def cmd_sample(args: Any) -> int:
+    from pipedbn.model import MODEL_FILE, from_run, load
+    from pipedbn.probe import image_shape, tile
+
+    torch.set_num_threads(1)
+    if args.n < 1:
+        raise UserError(f"--n {args.n}: give a number of samples >= 1")
+    if args.steps < 0:
+        raise UserError(f"--steps {args.steps}: give a number of Gibbs steps >= 0")
+    if args.columns is not None and args.columns < 1:
+        raise UserError(f"--columns {args.columns}: give a number of columns >= 1")
+    out = Path(args.output)
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a directory; give a file name such as samples.png")
+    src = Path(args.run_dir)
+    dbn = from_run(src) if src.is_dir() and not (src / MODEL_FILE).is_file() else load(src)
+    features = dbn.sizes[0]
+    configured = args.image_shape or _configured_shape(dbn.config)
+    shape = image_shape(features, configured)
+    if shape is None:
+        given = (f"--image-shape {args.image_shape[0]} {args.image_shape[1]} does not match"
+                 if args.image_shape else "cannot tile")
+        raise UserError(f"{given} inputs of {features} features (not a square image); give "
+                        "--image-shape HEIGHT WIDTH with HEIGHT x WIDTH = "
+                        f"{features}")
+    columns = args.columns or math.ceil(math.sqrt(args.n))
+    x = dbn.sample(args.n, args.steps, args.seed)
+    grid = tile(x, shape, columns)
+    try:
+        atomic_write(out, png_bytes(grid))
+    except OSError as e:
+        raise UserError(f"-o {out}: cannot write ({e.strerror})") from None
+    print(out)
+    return 0
