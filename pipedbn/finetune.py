@@ -1,7 +1,7 @@
 """Supervised fine-tuning of a trained DBN, and pictures of its samples.
 
 ``pipedbn finetune RUN_DIR`` turns a finished run into a classifier: the DBN's up pass
-(``DBN.to_module()``: Linear + Sigmoid per layer) followed by a ``Linear(top, classes)`` softmax
+(``Model.to_module()``: Linear + Sigmoid per layer) followed by a ``Linear(top, classes)`` softmax
 layer, trained with backprop and cross-entropy on the labels of the run's training split (the
 data and split come from the run's ``config.yaml``). It goes in two phases:
 
@@ -14,7 +14,7 @@ The classifier is written with ``torch.save`` (loads with ``weights_only=True``)
 ``state_dict`` (of ``build_classifier(sizes, num_classes)``), ``num_classes``, ``classes`` (the
 label value of each output) and ``sizes``. The figures go to a JSON file beside it.
 
-``pipedbn sample RUN_DIR -o FILE.png`` draws samples from the DBN (``DBN.sample``) and writes
+``pipedbn sample RUN_DIR -o FILE.png`` draws samples from the DBN (``Model.sample``) and writes
 them as one grid image (``probe.tile``), a grayscale PNG.
 """
 
