@@ -2,6 +2,7 @@
 
 Also ``pipedbn finetune RUN_DIR`` (a classifier from the DBN and the data's labels) and
 ``pipedbn sample RUN_DIR -o FILE.png`` (samples as a grid image): see ``finetune.py``.
+``pipedbn eval RUN_DIR`` measures what a trained model learned (``evaluation.py``).
 
 ``train`` runs one process per layer: under torchrun it joins the launcher's group; without a
 launcher it starts them itself (``launch.py``); ``--nproc 1`` trains in this process.
@@ -89,7 +90,45 @@ def _parser() -> argparse.ArgumentParser:
                     help="tiles per row (default: a square-ish grid)")
     sa.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="height and width of one input (needed when it is not square)")
+    ev = sub.add_parser("eval", help="measure what a trained model learned (writes eval.json)")
+    add_eval_arguments(ev)
     return ap
+
+
+def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
+    ev.add_argument("model", help="run directory, or an exported .safetensors file")
+    ev.add_argument("--config", help="config giving the data (needed for an export file)")
+    ev.add_argument("-o", "--output", help="where to write the JSON results (default: eval.json "
+                    "in the run directory, MODEL.eval.json next to an export file)")
+    ev.add_argument("--ais-chains", type=int, default=100, metavar="N",
+                    help="AIS chains for layer 0's log Z (default 100)")
+    ev.add_argument("--ais-temperatures", type=int, default=3000, metavar="T",
+                    help="AIS intermediate temperatures (default 3000: ~10 s for 784x500)")
+    ev.add_argument("--no-ais", action="store_true", help="skip the AIS estimate")
+    ev.add_argument("--exact-max", type=int, default=20, metavar="N",
+                    help="exact log-likelihood when the smaller side has <= N units (default 20)")
+    ev.add_argument("--probe-samples", type=int, default=5000, metavar="N",
+                    help="training rows the linear probe fits on, at most (default 5000)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of AIS and the subsets (default 0)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipedbn.evaluation import EvalOptions, run_eval, table
+
+    for name in ("ais_chains", "ais_temperatures", "probe_samples"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a number "
+                            ">= 1")
+    if args.exact_max > 24:
+        raise UserError(f"--exact-max {args.exact_max}: at most 24 (2^24 states)")
+    torch.set_num_threads(1)
+    opts = EvalOptions(ais=not args.no_ais, ais_chains=args.ais_chains,
+                       ais_temperatures=args.ais_temperatures, exact_max=args.exact_max,
+                       probe_samples=args.probe_samples, seed=args.seed)
+    result, out = run_eval(args.model, args.config, opts, args.output)
+    print(table(result))
+    print(out)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -263,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return finetune.cmd_finetune(args) if args.command == "finetune" \
                 else finetune.cmd_sample(args)
+        if args.command == "eval":
+            return cmd_eval(args)
         return cmd_export(args)
     except UserError as e:
         # every rank finds the same config mistake; rank 0 alone reports it

@@ -1,0 +1,287 @@
+"""What a trained DBN learned: ``pipedbn eval RUN_DIR`` (or an exported ``.safetensors`` file).
+
+Per layer, on the held-out split propagated up with probabilities: the reconstruction error,
+the free-energy gap (held-out vs a training sample of equal size), the pseudo-log-likelihood
+(binary visible units), the log-likelihood of the layer's input under the layer's RBM (exact by
+enumeration when the smaller side has at most ``exact_max`` units; for layer 0 otherwise
+estimated by annealed importance sampling), and the test accuracy of a linear probe (logistic
+regression) on the layer's hidden probabilities, next to the same probe on the raw input.
+
+AIS follows Salakhutdinov & Murray, "On the quantitative analysis of deep belief networks"
+(ICML 2008): a base-rate RBM (W = 0, visible biases from the training data's mean), linearly
+spaced inverse temperatures and one Gibbs sweep per temperature.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipedbn.errors import UserError
+from pipedbn.likelihood import log_partition
+from pipedbn.model import Model
+from pipedbn.rbm import free_energy
+from pipedbn.rundir import atomic_write
+
+log = logging.getLogger("pipedbn")
+
+EXACT_MAX = 20
+"""Enumerate (exact log Z) when the smaller side of an RBM has at most this many units."""
+
+
+@dataclass
+class AISResult:
+    """An AIS estimate of log Z with the interval log(mean weight +- 3 standard errors)."""
+
+    log_z: float
+    lower: float | None
+    """None when mean - 3 standard errors is not positive (the interval is open below)."""
+    upper: float
+    chains: int
+    temperatures: int
+    seconds: float
+
+
+@torch.no_grad()
+def ais_log_partition(weight: torch.Tensor, visible_bias: torch.Tensor,
+                      hidden_bias: torch.Tensor, chains: int = 100, temperatures: int = 3000,
+                      data_mean: torch.Tensor | None = None, seed: int = 0) -> AISResult:
+    """Estimate log Z of a Bernoulli-Bernoulli RBM (``weight`` is [n_visible, n_hidden]).
+
+    The base model has W = 0, hidden biases 0 and visible biases logit(``data_mean``) (zero when
+    None), so log Z_A = sum softplus(b_A) + n_hidden log 2. The intermediate models are
+    p_k*(v) = exp((1 - beta_k) b_A.v + beta_k b.v) prod_j (1 + exp(beta_k (c_j + v.W_j))).
+    Matrix products run in the weights' dtype; the log-weights accumulate in float64.
+    """
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    w, b, c = weight, visible_bias, hidden_bias
+    n_v, n_h = w.shape
+    if data_mean is None:
+        base = torch.zeros(n_v, dtype=w.dtype)
+    else:
+        p = data_mean.to(torch.float64).clamp(1e-3, 1 - 1e-3)
+        base = (p.log() - (-p).log1p()).to(w.dtype)
+    log_z_base = float(F.softplus(base.double()).sum()) + n_h * math.log(2.0)
+    betas = torch.linspace(0.0, 1.0, temperatures + 1, dtype=torch.float64)
+    bias_diff = (b - base).double()
+
+    v = torch.bernoulli(torch.sigmoid(base).expand(chains, n_v), generator=g)
+    log_w = torch.zeros(chains, dtype=torch.float64)
+    for k in range(1, temperatures + 1):
+        lo, hi = float(betas[k - 1]), float(betas[k])
+        pre = torch.addmm(c, v, w)
+        pre64 = pre.double()
+        # log p_k*(v) - log p_{k-1}*(v), taken as one difference to keep its precision
+        log_w += (hi - lo) * (v.double() @ bias_diff)
+        log_w += (F.softplus(hi * pre64) - F.softplus(lo * pre64)).sum(1)
+        if k < temperatures:  # a Gibbs sweep that leaves p_k invariant
+            h = torch.bernoulli(torch.sigmoid(hi * pre), generator=g)
+            v_pre = torch.addmm(b, h, w.T).mul_(hi).add_((1 - hi) * base)
+            v = torch.bernoulli(torch.sigmoid(v_pre), generator=g)
+    # log of the mean weight and of mean +- 3 standard errors, shifted by the largest weight
+    top = float(log_w.max())
+    r = torch.exp(log_w - top)
+    mean = float(r.mean())
+    se = float(r.std()) / math.sqrt(chains) if chains > 1 else 0.0
+    shift = log_z_base + top
+    lower = shift + math.log(mean - 3 * se) if mean - 3 * se > 0 else None
+    return AISResult(log_z=shift + math.log(mean), lower=lower,
+                     upper=shift + math.log(mean + 3 * se), chains=chains,
+                     temperatures=temperatures, seconds=time.perf_counter() - t0)
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                 test_y: np.ndarray, seed: int = 0) -> float:
+    """Test accuracy of a logistic regression trained on (train_x, train_y), on one BLAS thread
+    (a second BLAS pool beside torch's made it ~8x slower on a small machine)."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        clf = LogisticRegression(max_iter=1000, random_state=seed)
+        clf.fit(train_x, train_y)
+        return float(clf.score(test_x, test_y))
+
+
+@dataclass
+class EvalOptions:
+    """What ``evaluate_dbn`` computes and how hard it tries."""
+
+    ais: bool = True
+    ais_chains: int = 100
+    ais_temperatures: int = 3000
+    exact_max: int = EXACT_MAX
+    probe_samples: int = 5000
+    """Training rows the linear probe fits on, at most (a seeded random subset)."""
+    seed: int = 0
+
+
+@torch.no_grad()
+def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
+                 probe_train: tuple[torch.Tensor, np.ndarray] | None = None,
+                 held_labels: np.ndarray | None = None,
+                 opts: EvalOptions | None = None) -> dict[str, Any]:
+    """Measure ``dbn`` on preprocessed held-out rows ``held``; ``train`` is a training sample
+    (the free-energy gap's reference, the AIS base rate). ``probe_train`` (training inputs and
+    labels) and ``held_labels`` enable the linear probe. Returns a JSON-ready dict."""
+    from stages import registry
+
+    opts = opts or EvalOptions()
+    notes: list[str] = []
+    probing = probe_train is not None and held_labels is not None
+    out: dict[str, Any] = {"held_out_rows": len(held), "layers": [], "notes": notes}
+    if probing:
+        assert probe_train is not None and held_labels is not None
+        ptx, pty = probe_train
+        out["probe_train_rows"] = len(ptx)
+        out["probe_raw_accuracy"] = linear_probe(ptx.double().numpy(), pty,
+                                                 held.double().numpy(), held_labels, opts.seed)
+    else:
+        notes.append("linear probe skipped: the data has no labels")
+    x, ref = held.to(dbn.params[0]["weight"].dtype), train.to(dbn.params[0]["weight"].dtype)
+    px = probe_train[0].to(x.dtype) if probing and probe_train is not None else None
+    for i, (kind_name, p) in enumerate(zip(dbn.kinds, dbn.params, strict=True)):
+        kind = registry.get(kind_name)
+        w, vb, hb = p["weight"], p["visible_bias"], p["hidden_bias"]
+        ph = torch.addmm(hb, x, w).sigmoid()
+        f_held = free_energy(kind, x, w, vb, hb)
+        row: dict[str, Any] = {
+            "layer": i, "kind": kind_name, "visible": w.shape[0], "hidden": w.shape[1],
+            "recon_error": float((x - kind.visible_link(torch.addmm(vb, ph, w.T)))
+                                 .square().sum() / len(x)),
+            "free_energy_gap": float(f_held.mean() - free_energy(kind, ref, w, vb, hb).mean()),
+        }
+        if kind_name == "bernoulli":
+            row["pseudo_log_likelihood"] = _pseudo_log_likelihood(kind, x, w, vb, hb, opts.seed)
+        # bernoulli: enumerate the smaller side; gaussian: the hidden side only
+        if (min(w.shape) if kind_name == "bernoulli" else w.shape[1]) <= opts.exact_max:
+            log_z = float(log_partition(w, vb, hb, kind_name))
+            row["log_z"], row["log_likelihood_method"] = log_z, "exact"
+            row["log_likelihood"] = float(-f_held.double().mean()) - log_z
+        elif i == 0 and opts.ais and kind_name == "bernoulli":
+            ais = ais_log_partition(w, vb, hb, opts.ais_chains, opts.ais_temperatures,
+                                    ref.mean(0), opts.seed)
+            mean_neg_f = float(-f_held.double().mean())
+            row["log_z"], row["log_likelihood_method"] = ais.log_z, "ais"
+            row["log_likelihood"] = mean_neg_f - ais.log_z
+            # a larger log Z means a smaller likelihood: the bounds swap
+            row["log_likelihood_interval"] = [mean_neg_f - ais.upper,
+                                              None if ais.lower is None
+                                              else mean_neg_f - ais.lower]
+            row["ais"] = asdict(ais)
+        elif i == 0 and opts.ais:
+            notes.append(f"layer 0 ({kind_name} visible units): AIS is implemented for "
+                         "bernoulli layers only; log-likelihood not estimated")
+        if probing and px is not None:
+            assert probe_train is not None and held_labels is not None
+            px = torch.addmm(hb, px, w).sigmoid()
+            row["probe_accuracy"] = linear_probe(px.double().numpy(), probe_train[1],
+                                                 ph.double().numpy(), held_labels, opts.seed)
+        out["layers"].append(row)
+        x, ref = ph, torch.addmm(hb, ref, w).sigmoid()
+    return out
+
+
+def _pseudo_log_likelihood(kind: Any, v: torch.Tensor, w: torch.Tensor, vb: torch.Tensor,
+                           hb: torch.Tensor, seed: int) -> float:
+    """n_visible log sigmoid(F(v~) - F(v)), one random unit of each row flipped (as
+    scikit-learn's ``BernoulliRBM.score_samples``)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(v)
+    unit = torch.randint(w.shape[0], (n,), generator=g)
+    flipped = v.clone()
+    rows = torch.arange(n)
+    flipped[rows, unit] = 1 - v[rows, unit]
+    gap = free_energy(kind, flipped, w, vb, hb) - free_energy(kind, v, w, vb, hb)
+    return float(w.shape[0] * F.logsigmoid(gap).mean())
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The result as a plain-text table, one row per layer and a raw-input probe row."""
+    cols = ["layer", "size", "recon", "FE gap", "PLL", "log-lik", "method [interval]",
+            "probe acc"]
+    rows: list[list[str]] = []
+    if "probe_raw_accuracy" in result:
+        rows.append(["raw", "", "", "", "", "", "", f"{result['probe_raw_accuracy']:.4f}"])
+    for r in result["layers"]:
+        how = r.get("log_likelihood_method", "-")
+        if how == "ais":
+            lo, hi = r["log_likelihood_interval"]
+            how = f"ais [{_fmt(lo, '.2f')}, {_fmt(hi, '.2f')}]"
+        rows.append([str(r["layer"]), f"{r['visible']}x{r['hidden']}",
+                     _fmt(r["recon_error"]), _fmt(r["free_energy_gap"]),
+                     _fmt(r.get("pseudo_log_likelihood")), _fmt(r.get("log_likelihood"), ".2f"),
+                     how, _fmt(r.get("probe_accuracy"), ".4f")])
+    widths = [max(len(c), *(len(row[j]) for row in rows)) for j, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("-" * len(lines[0]))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
+
+
+def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
+             output: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run directory or an export file on its data; write ``eval.json`` (in the run
+    directory, next to an export file, or at ``output``). Returns the result and that path."""
+    from pipedbn.config import load_config, resolve_defaults
+    from pipedbn.data import open_data
+    from pipedbn.model import MODEL_FILE, load
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such run directory or model file")
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise UserError(f"{path}: no {MODEL_FILE}: not a finished run directory")
+        if config is None and not (path / "config.yaml").is_file():
+            raise UserError(f"{path}: no config.yaml to find the data by; give --config")
+        config = config or str(path / "config.yaml")
+        default_out = path / "eval.json"
+    else:
+        if config is None:
+            raise UserError(f"{path}: a model file alone does not say which data to evaluate "
+                            "on; give the training config with --config")
+        default_out = path.with_name(path.stem + ".eval.json")
+    dbn = load(path)
+    cfg = resolve_defaults(load_config(config))
+    data = open_data(cfg, unit_range=dbn.kinds[0] == "bernoulli")
+    if data.features != dbn.sizes[0]:
+        raise UserError(f"{config}: the data has {data.features} features and the model "
+                        f"{dbn.sizes[0]} visible units")
+    rows = data.held_rows if len(data.held_rows) else data._subset(data.train_rows, 1000, 0xE7A)
+    if not len(data.held_rows):
+        log.warning("no held-out split (data.held_out=0): measuring on training samples")
+    # the model's own preprocessing, whatever the config says
+    held = dbn.preprocess(data._gather(rows))
+    train_rows = data._subset(data.train_rows, min(len(rows), len(data.train_rows)), 0x7A1)
+    train = dbn.preprocess(data._gather(train_rows))
+    labels = data.source.labels
+    probe_train = held_labels = None
+    if labels is not None:
+        probe_rows = data._subset(data.train_rows, opts.probe_samples, 0x9B0)
+        probe_train = (dbn.preprocess(data._gather(probe_rows)), np.asarray(labels)[probe_rows])
+        held_labels = np.asarray(labels)[rows]
+    result = evaluate_dbn(dbn, held, train, probe_train, held_labels, opts)
+    result["model"] = str(path)
+    result["data"] = data.source.description
+    out = Path(output) if output is not None else default_out
+    try:
+        atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
+    except OSError as e:
+        raise UserError(f"{out}: cannot write ({e.strerror})") from None
+    return result, out
