@@ -20,13 +20,13 @@ from pipedbn.config import load_config, resolve_defaults
 from pipedbn.data import Data, open_data
 from pipedbn.evaluation import EvalOptions, ais_log_partition, evaluate_dbn
 from pipedbn.likelihood import log_partition
-from pipedbn.model import DBN
+from pipedbn.model import Model
 from pipedbn.monitor import Metrics
 from pipedbn.trainer import train_in_process
 
 
 @cache
-def trained(*overrides: str) -> tuple[DBN, Data]:
+def trained(*overrides: str) -> tuple[Model, Data]:
     """A DBN trained in this process on the 8x8 digits (configs/tiny.yaml + ``overrides``)."""
     cfg = resolve_defaults(load_config("configs/tiny.yaml", ["monitor.enabled=false",
                                                              *overrides]))
@@ -34,7 +34,7 @@ def trained(*overrides: str) -> tuple[DBN, Data]:
     result = train_in_process(cfg, data, Metrics(None))
     params = [{k: layer.state_dict()[k] for k in ("weight", "visible_bias", "hidden_bias")}
               for layer in result.layers]
-    return DBN([layer.cfg.kind for layer in result.layers], params), data
+    return Model([layer.cfg.kind for layer in result.layers], params), data
 
 
 def splits(data: Data) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
