@@ -54,7 +54,7 @@ class Data:
         n, b = len(self.train_rows), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def _gather(self, rows: np.ndarray) -> np.ndarray:
+    def raw(self, rows: np.ndarray) -> np.ndarray:
         """Raw values of global ``rows`` (any order), reading each shard's rows in sorted order."""
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
@@ -103,7 +103,7 @@ class Data:
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Preprocessed, checked values of global ``rows``."""
-        x = self.preprocess(self._gather(rows))
+        x = self.preprocess(self.raw(rows))
         self.check(x, rows)
         return x
 
@@ -137,13 +137,14 @@ class Data:
     def train_sample(self, n: int) -> np.ndarray:
         """``n`` training samples drawn once from (seed), for monitoring the free-energy gap
         (a random subset: files are often sorted by class)."""
-        return self.rows(self._subset(self.train_rows, n, 0x7A1))
+        return self.rows(self.subset(self.train_rows, n, 0x7A1))
 
     def held_sample(self, n: int) -> np.ndarray:
         """``n`` held-out samples drawn once from (seed): the probe of ``probe.py``."""
-        return self.rows(self._subset(self.held_rows, n, 0x9E0))
+        return self.rows(self.subset(self.held_rows, n, 0x9E0))
 
-    def _subset(self, rows: np.ndarray, n: int, tag: int) -> np.ndarray:
+    def subset(self, rows: np.ndarray, n: int, tag: int) -> np.ndarray:
+        """``n`` of ``rows``, drawn once from (seed, ``tag``), sorted (all of them if fewer)."""
         if n >= len(rows):
             return rows
         return np.sort(np.random.default_rng([self.seed, tag]).choice(rows, n, replace=False))
@@ -187,7 +188,7 @@ def open_data(cfg: Config, unit_range: bool) -> Data:
     data.unit_range = unit_range and not d.standardize
     for lo in range(0, n, _CHUNK):
         rows = np.arange(lo, min(lo + _CHUNK, n))
-        x = data.preprocess(data._gather(rows))
+        x = data.preprocess(data.raw(rows))
         data.check(x, rows)
         xt = x[is_train[rows]].astype(np.float64)
         total += xt.sum(0)
@@ -204,7 +205,7 @@ def open_data(cfg: Config, unit_range: bool) -> Data:
         data.unit_range = True
         for lo in range(0, n, _CHUNK):
             rows = np.arange(lo, min(lo + _CHUNK, n))
-            data.check(data.preprocess(data._gather(rows)), rows)
+            data.check(data.preprocess(data.raw(rows)), rows)
     return data
 
 

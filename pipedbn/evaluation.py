@@ -263,18 +263,18 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
     if data.features != dbn.sizes[0]:
         raise UserError(f"{config}: the data has {data.features} features and the model "
                         f"{dbn.sizes[0]} visible units")
-    rows = data.held_rows if len(data.held_rows) else data._subset(data.train_rows, 1000, 0xE7A)
+    rows = data.held_rows if len(data.held_rows) else data.subset(data.train_rows, 1000, 0xE7A)
     if not len(data.held_rows):
         log.warning("no held-out split (data.held_out=0): measuring on training samples")
     # the model's own preprocessing, whatever the config says
-    held = dbn.preprocess(data._gather(rows))
-    train_rows = data._subset(data.train_rows, min(len(rows), len(data.train_rows)), 0x7A1)
-    train = dbn.preprocess(data._gather(train_rows))
+    held = dbn.preprocess(data.raw(rows))
+    train_rows = data.subset(data.train_rows, min(len(rows), len(data.train_rows)), 0x7A1)
+    train = dbn.preprocess(data.raw(train_rows))
     labels = data.source.labels
     probe_train = held_labels = None
     if labels is not None:
-        probe_rows = data._subset(data.train_rows, opts.probe_samples, 0x9B0)
-        probe_train = (dbn.preprocess(data._gather(probe_rows)), np.asarray(labels)[probe_rows])
+        probe_rows = data.subset(data.train_rows, opts.probe_samples, 0x9B0)
+        probe_train = (dbn.preprocess(data.raw(probe_rows)), np.asarray(labels)[probe_rows])
         held_labels = np.asarray(labels)[rows]
     result = evaluate_dbn(dbn, held, train, probe_train, held_labels, opts)
     result["model"] = str(path)
