@@ -22,30 +22,38 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipedbn.config import Config, load_config, resolve_defaults
 from pipedbn.model import Model, load
 
 # where a plain option name is looked up, in order (``rbm.lr`` etc. name a section explicitly)
-_SECTIONS = ("rbm", "train", "data", "balancer", "monitor", "pipeline", "run")
+_SECTIONS = ("rbm", "train", "data", "balancer", "monitor", "pipeline", "straggler", "run")
+_OWNED = {"layers", "data.source", "data.path", "run.dir"}
+_MODEL = {"reconstruct", "sample", "free_energy", "to_module", "preprocess", "kinds", "params"}
 
 
 def option_key(name: str) -> str:
     """The config key of a keyword option: ``lr`` -> ``rbm.lr``, ``batch_size`` ->
-    ``train.batch_size``; dotted names (``balancer.plan``) are taken as they are."""
-    if "." in name:
-        return name
-    fields = {f.name for f in dataclasses.fields(Config)}
-    if name in fields and name not in _SECTIONS and name != "layers":
-        return name
-    for section in _SECTIONS:
-        cls = type(getattr(Config(layers=[]), section))
-        if name in {f.name for f in dataclasses.fields(cls)}:
-            return f"{section}.{name}"
-    raise ValueError(f"DBN: unknown option {name!r}; give a config field (lr, epochs, k, method, "
-                     "batch_size, seed, ...) or a dotted key such as 'balancer.plan' "
-                     "(docs/config.md lists them all)")
+    ``train.batch_size``; dotted names (``balancer.plan``) are taken as they are. A name that
+    two sections share must be dotted; the keys ``fit`` sets itself are refused."""
+    key = name
+    if "." not in name:
+        fields = {f.name for f in dataclasses.fields(Config)} - set(_SECTIONS) - {"layers"}
+        found = [f"{section}.{name}" for section in _SECTIONS
+                 if name in {f.name for f in dataclasses.fields(
+                     type(getattr(Config(layers=[]), section)))}]
+        found = [name] if name in fields else found
+        if len(found) > 1:
+            raise ValueError(f"DBN: option {name!r} is ambiguous; name one of "
+                             f"{', '.join(found)} (as **{{'{found[0]}': ...}})")
+        if not found:
+            raise ValueError(f"DBN: unknown option {name!r}; give a config field (lr, epochs, "
+                             "k, method, batch_size, seed, ...) or a dotted key such as "
+                             "'balancer.plan' (docs/config.md lists them all)")
+        key = found[0]
+    if key in _OWNED:
+        raise ValueError(f"DBN: {key} is set by fit itself (the sizes and X); leave it out")
+    return key
 
 
 class DBN:
@@ -54,8 +62,10 @@ class DBN:
     ``sizes``: hidden units per layer, bottom first. ``options``: config fields by name
     (``lr=0.05``, ``epochs=10``, ``method="pcd"``, ``batch_size=50``, ``seed=1``) or dotted key
     (``**{"balancer.max_replicas": None}``). ``nproc``: processes (default: the balancer's use of
-    the cores or GPUs present). ``workdir``: where the data file and the run directory go
-    (default: a new temporary directory). ``verbose``: the run's log and progress lines."""
+    the cores or GPUs present). ``workdir``: where the data file (a float32 copy of X, which the
+    run's config names) and the run directory go (default: a new temporary directory, kept: it
+    is the run's record; ``shutil.rmtree(dbn.run_dir_.parent)`` removes it). ``verbose``: the
+    run's log and progress lines."""
 
     def __init__(self, sizes: list[int], *, nproc: int | None = None,
                  workdir: str | Path | None = None, verbose: bool = False,
@@ -118,17 +128,16 @@ class DBN:
         """Pseudo-log-likelihood of each row under layer 0 (binary units): one random unit
         flipped per row, ``n_visible * log sigmoid(F(flipped) - F(x))``, as scikit-learn's
         ``BernoulliRBM.score_samples``."""
+        from pipedbn.evaluation import pseudo_log_likelihood
+        from stages import registry
+
         m = self._model()
         if m.kinds[0] != "bernoulli":
             raise ValueError("score needs binary visible units (layer 0 is "
                              f"{m.kinds[0]!r})")
-        v = m.preprocess(X)
-        g = torch.Generator().manual_seed(seed)
-        rows = torch.arange(v.shape[0])
-        unit = torch.randint(v.shape[1], (v.shape[0],), generator=g)
-        flipped = v.clone()
-        flipped[rows, unit] = 1 - v[rows, unit]
-        return (v.shape[1] * F.logsigmoid(m.free_energy(flipped) - m.free_energy(v))).numpy()
+        p = m.params[0]
+        return pseudo_log_likelihood(registry.get(m.kinds[0]), m.preprocess(X), p["weight"],
+                                     p["visible_bias"], p["hidden_bias"], seed).numpy()
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean pseudo-log-likelihood per sample (higher is better)."""
@@ -139,10 +148,11 @@ class DBN:
         self._model().save(path)
 
     def __getattr__(self, name: str) -> Any:
-        # reconstruct, sample, to_module, ...: the fitted model's (the estimator adds no state)
-        if name.startswith("_") or name.endswith("_"):
-            raise AttributeError(name)
-        return getattr(self._model(), name)
+        # reconstruct, sample, to_module, ...: the fitted model's (they take preprocessed input)
+        if name not in _MODEL or self.__dict__.get("model_") is None:
+            raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}"
+                                 + (" before fit" if name in _MODEL else ""))
+        return getattr(self.model_, name)
 
 
 def default_nproc(cfg: Config) -> int:

@@ -146,8 +146,8 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
         out["probe_train_rows"] = len(ptx)
         out["probe_raw_accuracy"] = linear_probe(ptx.double().numpy(), pty,
                                                  held.double().numpy(), held_labels, opts.seed)
-    else:
-        notes.append("linear probe skipped: the data has no labels")
+    elif held_labels is None and probe_train is None:
+        notes.append("linear probe skipped: no labels or no held-out split")
     x, ref = held.to(dbn.params[0]["weight"].dtype), train.to(dbn.params[0]["weight"].dtype)
     px = probe_train[0].to(x.dtype) if probing and probe_train is not None else None
     for i, (kind_name, p) in enumerate(zip(dbn.kinds, dbn.params, strict=True)):
@@ -162,7 +162,8 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
             "free_energy_gap": float(f_held.mean() - free_energy(kind, ref, w, vb, hb).mean()),
         }
         if kind_name == "bernoulli":
-            row["pseudo_log_likelihood"] = _pseudo_log_likelihood(kind, x, w, vb, hb, opts.seed)
+            pll = pseudo_log_likelihood(kind, x, w, vb, hb, opts.seed)
+            row["pseudo_log_likelihood"] = float(pll.mean())
         # bernoulli: enumerate the smaller side; gaussian: the hidden side only
         if (min(w.shape) if kind_name == "bernoulli" else w.shape[1]) <= opts.exact_max:
             log_z = float(log_partition(w, vb, hb, kind_name))
@@ -192,9 +193,9 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
     return out
 
 
-def _pseudo_log_likelihood(kind: Any, v: torch.Tensor, w: torch.Tensor, vb: torch.Tensor,
-                           hb: torch.Tensor, seed: int) -> float:
-    """n_visible log sigmoid(F(v~) - F(v)), one random unit of each row flipped (as
+def pseudo_log_likelihood(kind: Any, v: torch.Tensor, w: torch.Tensor, vb: torch.Tensor,
+                          hb: torch.Tensor, seed: int) -> torch.Tensor:
+    """Per row: n_visible log sigmoid(F(v~) - F(v)), one random unit of each row flipped (as
     scikit-learn's ``BernoulliRBM.score_samples``)."""
     g = torch.Generator().manual_seed(seed)
     n = len(v)
@@ -203,7 +204,7 @@ def _pseudo_log_likelihood(kind: Any, v: torch.Tensor, w: torch.Tensor, vb: torc
     rows = torch.arange(n)
     flipped[rows, unit] = 1 - v[rows, unit]
     gap = free_energy(kind, flipped, w, vb, hb) - free_energy(kind, v, w, vb, hb)
-    return float(w.shape[0] * F.logsigmoid(gap).mean())
+    return w.shape[0] * F.logsigmoid(gap)
 
 
 def _fmt(value: float | None, spec: str = ".4g") -> str:
@@ -272,11 +273,14 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
     train = dbn.preprocess(data.raw(train_rows))
     labels = data.source.labels
     probe_train = held_labels = None
-    if labels is not None:
+    if labels is not None and len(data.held_rows):  # a probe tested on rows it trained on: no
         probe_rows = data.subset(data.train_rows, opts.probe_samples, 0x9B0)
         probe_train = (dbn.preprocess(data.raw(probe_rows)), np.asarray(labels)[probe_rows])
         held_labels = np.asarray(labels)[rows]
     result = evaluate_dbn(dbn, held, train, probe_train, held_labels, opts)
+    if not len(data.held_rows):
+        result["notes"].append("no held-out split (data.held_out=0): measured on training "
+                               "samples; no linear probe")
     result["model"] = str(path)
     result["data"] = data.source.description
     out = Path(output) if output is not None else default_out

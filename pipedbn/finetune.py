@@ -131,7 +131,7 @@ def labelled_splits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
     x_train, y_train = split(data.train_rows)
     x_held, y_held = split(data.held_rows)
-    return x_train, y_train, x_held, y_held, [int(c) for c in classes]
+    return x_train, y_train, x_held, y_held, classes.tolist()
 
 
 @torch.no_grad()

@@ -228,7 +228,8 @@ def finish_run(run_dir: Path, text: str) -> None:
 
     from_run(run_dir).save(run_dir / MODEL_FILE)
     atomic_write(run_dir / "summary.txt", (text + "\n").encode())
-    print(text, file=sys.stderr)
+    if log.isEnabledFor(logging.INFO):  # not under --quiet
+        print(text, file=sys.stderr)
     print(run_dir, flush=True)
 
 

@@ -72,3 +72,13 @@ def test_options_map_to_config_fields_and_mistakes_are_clear() -> None:
         pipedbn.DBN([8]).transform(np.zeros((1, 4)))
     with pytest.raises(ValueError, match="2-D"):
         pipedbn.DBN([8]).fit(np.zeros(5))
+
+
+def test_ambiguous_or_owned_options_are_refused_and_hasattr_works() -> None:
+    with pytest.raises(ValueError, match="ambiguous.*train.check_every"):
+        pipedbn.DBN([8], check_every=5)
+    assert option_key("balancer.check_every") == "balancer.check_every"
+    with pytest.raises(ValueError, match="set by fit"):
+        pipedbn.DBN([8], dir="/tmp/x")
+    assert not hasattr(pipedbn.DBN([8]), "reconstruct")  # before fit
+    assert not hasattr(pipedbn.DBN([8]), "get_params")
