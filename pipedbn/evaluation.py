@@ -139,6 +139,9 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
     opts = opts or EvalOptions()
     notes: list[str] = []
     probing = probe_train is not None and held_labels is not None
+    if probing and probe_train is not None and len(np.unique(probe_train[1])) < 2:
+        probing = False
+        notes.append("linear probe skipped: the training labels hold a single class")
     out: dict[str, Any] = {"held_out_rows": len(held), "layers": [], "notes": notes}
     if probing:
         assert probe_train is not None and held_labels is not None
@@ -146,7 +149,7 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
         out["probe_train_rows"] = len(ptx)
         out["probe_raw_accuracy"] = linear_probe(ptx.double().numpy(), pty,
                                                  held.double().numpy(), held_labels, opts.seed)
-    elif held_labels is None and probe_train is None:
+    elif not notes:
         notes.append("linear probe skipped: no labels or no held-out split")
     x, ref = held.to(dbn.params[0]["weight"].dtype), train.to(dbn.params[0]["weight"].dtype)
     px = probe_train[0].to(x.dtype) if probing and probe_train is not None else None

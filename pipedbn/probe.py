@@ -81,7 +81,7 @@ def image_shape(features: int, configured: list[int] | None) -> tuple[int, int] 
     """The (height, width) of one input, when the inputs are images."""
     if configured is not None:
         h, w = configured
-        return (h, w) if h * w == features else None
+        return (h, w) if h * w == features and min(h, w) > 0 else None
     side = math.isqrt(features)
     return (side, side) if side * side == features and side > 1 else None
 

@@ -63,7 +63,7 @@ def test_tile_and_image_shape() -> None:
     assert grid.shape == (3 * 3 + 1, 4 * 4 + 1) and grid.min() >= 0 and grid.max() <= 1
     assert image_shape(784, None) == (28, 28) and image_shape(64, None) == (8, 8)
     assert image_shape(60, None) is None and image_shape(60, [6, 10]) == (6, 10)
-    assert image_shape(60, [5, 5]) is None
+    assert image_shape(60, [5, 5]) is None and image_shape(64, [-8, -8]) is None
 
 
 def test_gibbs_samples_of_a_stack_are_visible_means() -> None:
