@@ -96,20 +96,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
+    from pipedbn.evaluation import EvalOptions
+
+    d = EvalOptions()  # the defaults live there
     ev.add_argument("model", help="run directory, or an exported .safetensors file")
     ev.add_argument("--config", help="config giving the data (needed for an export file)")
     ev.add_argument("-o", "--output", help="where to write the JSON results (default: eval.json "
                     "in the run directory, MODEL.eval.json next to an export file)")
-    ev.add_argument("--ais-chains", type=int, default=100, metavar="N",
-                    help="AIS chains for layer 0's log Z (default 100)")
-    ev.add_argument("--ais-temperatures", type=int, default=3000, metavar="T",
-                    help="AIS intermediate temperatures (default 3000: ~10 s for 784x500)")
+    ev.add_argument("--ais-chains", type=int, default=d.ais_chains, metavar="N",
+                    help=f"AIS chains for layer 0's log Z (default {d.ais_chains})")
+    ev.add_argument("--ais-temperatures", type=int, default=d.ais_temperatures, metavar="T",
+                    help=f"AIS intermediate temperatures (default {d.ais_temperatures}: ~10 s "
+                         "for 784x500)")
     ev.add_argument("--no-ais", action="store_true", help="skip the AIS estimate")
-    ev.add_argument("--exact-max", type=int, default=20, metavar="N",
-                    help="exact log-likelihood when the smaller side has <= N units (default 20)")
-    ev.add_argument("--probe-samples", type=int, default=5000, metavar="N",
-                    help="training rows the linear probe fits on, at most (default 5000)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of AIS and the subsets (default 0)")
+    ev.add_argument("--exact-max", type=int, default=d.exact_max, metavar="N",
+                    help="exact log-likelihood when the smaller side has <= N units "
+                         f"(default {d.exact_max})")
+    ev.add_argument("--probe-samples", type=int, default=d.probe_samples, metavar="N",
+                    help=f"training rows the linear probe fits on, at most "
+                         f"(default {d.probe_samples})")
+    ev.add_argument("--seed", type=int, default=d.seed,
+                    help=f"seed of AIS and the subsets (default {d.seed})")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -119,8 +126,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a number "
                             ">= 1")
-    if args.exact_max > 24:
-        raise UserError(f"--exact-max {args.exact_max}: at most 24 (2^24 states)")
+    from pipedbn.likelihood import MAX_ENUMERATED
+
+    if args.exact_max > MAX_ENUMERATED:
+        raise UserError(f"--exact-max {args.exact_max}: at most {MAX_ENUMERATED} "
+                        f"(2^{MAX_ENUMERATED} states)")
     torch.set_num_threads(1)
     opts = EvalOptions(ais=not args.no_ais, ais_chains=args.ais_chains,
                        ais_temperatures=args.ais_temperatures, exact_max=args.exact_max,

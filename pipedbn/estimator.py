@@ -104,7 +104,7 @@ class DBN:
         while run_dir.exists():
             run_dir, n = work / f"run-{n}", n + 1
         cfg = self.config(data_path, run_dir)
-        code = train_config(cfg, self.nproc or default_nproc(cfg), quiet=not self.verbose)
+        code = train_config(cfg, self.nproc or machine_nproc(cfg), quiet=not self.verbose)
         if code:
             raise RuntimeError(f"DBN.fit: training failed (exit status {code}); the run "
                                f"directory {run_dir} holds failure.json")
@@ -155,15 +155,15 @@ class DBN:
         return getattr(self.model_, name)
 
 
-def default_nproc(cfg: Config) -> int:
+def machine_nproc(cfg: Config) -> int:
     """Processes for the devices present: one per GPU, else one per core; never more than the
     layers unless replicas are allowed (the balancer would leave the rest idle)."""
     devices = torch.cuda.device_count() if cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available()) else (os.cpu_count() or 1)
     if cfg.balancer.plan != "auto":
-        from pipedbn.cli import default_nproc as plan_nproc
+        from pipedbn.cli import default_nproc
 
-        return plan_nproc(cfg)
+        return default_nproc(cfg)
     if cfg.balancer.max_replicas == 1:
         return max(1, min(devices, len(cfg.layers)))
     return max(1, devices)

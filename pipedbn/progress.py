@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 import time
-from datetime import timedelta
 from typing import Any
 
 from pipedbn.config import Config
@@ -122,9 +121,8 @@ class Progress:
         for r in range(self.world):
             key = f"monitor/rank/{r}"
             try:
-                if not self.kv.check([key]):
+                if not self.kv.check([key]):  # not published yet: get() would block
                     continue
-                self.kv.wait([key], timedelta(seconds=5))
                 info = json.loads(self.kv.get(key))
             except Exception:  # progress is best effort; the run's own waits catch failures
                 continue
