@@ -108,10 +108,12 @@ def profile_layers(cfg: Config, features: int, device: torch.device, steps: int 
     return out
 
 
-def store() -> dist.Store:
+def store(attempt: str = "") -> dist.Store:
+    """The key-value store of this attempt of the run: under torchrun the rendezvous store
+    may outlive a restart, and keys of the attempt before must not be read again."""
     from torch.distributed.distributed_c10d import _get_default_store
 
-    return dist.PrefixStore("pipedbn/", _get_default_store())
+    return dist.PrefixStore(f"pipedbn/{attempt}/", _get_default_store())
 
 
 def put(kv: dist.Store, key: str, value: Any) -> None:

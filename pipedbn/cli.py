@@ -29,6 +29,7 @@ from pipedbn.launch import LINK_EXIT
 from pipedbn.transport import LinkError
 
 if TYPE_CHECKING:
+    from pipedbn.checkpoint import Checkpoint
     from pipedbn.data import Data
 
 log = logging.getLogger("pipedbn")
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--nproc", type=int, default=None, metavar="N",
                     help="without a launcher: processes to start on this machine (default: one "
                          "per layer; 1 trains in this process)")
+    tr.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                    help="continue the run in RUN_DIR (default: run.dir) from its newest "
+                         "complete checkpoint; under torchrun, restarted workers resume "
+                         "by themselves")
     tr.add_argument("--prepared", action="store_true", help=argparse.SUPPRESS)  # local launcher
 
     pl = sub.add_parser("plan", help="print the plan the balancer makes for a config on N ranks")
@@ -152,18 +157,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_yaml(cfg))
         return 0
     torch.set_num_threads(cfg.train.threads)
+    resume = None
+    if args.resume is not None:
+        if not (args.resume or cfg.run.dir):
+            raise UserError("--resume: give the run directory (--resume RUN_DIR) or run.dir=")
+        resume = Path(args.resume or str(cfg.run.dir))
     if torchrun_env() is not None:
         if args.nproc is not None:
             raise UserError("--nproc is for runs without a launcher; under torchrun the number "
                             "of processes is --nnodes x --nproc-per-node")
-        return train_distributed(cfg, prepared=args.prepared)
+        return train_distributed(cfg, prepared=args.prepared, resume=resume)
     return train_config(cfg, default_nproc(cfg) if args.nproc is None else args.nproc,
-                        args.quiet)
+                        args.quiet, resume)
 
 
-def train_config(cfg: Config, nproc: int, quiet: bool) -> int:
-    """Train ``cfg`` on ``nproc`` local processes (1: in this one); the exit status. The run
-    directory is the last line of stdout."""
+def train_config(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None) -> int:
+    """Train ``cfg`` on ``nproc`` local processes (1: in this one), or continue the run in
+    ``resume``; the exit status. The run directory is the last line of stdout."""
     from pipedbn.distributed import check_world, failure_record, wants_cuda
     from pipedbn.rundir import discard_run_dir, record_failure, start_run, write_root_failure
 
@@ -174,7 +184,14 @@ def train_config(cfg: Config, nproc: int, quiet: bool) -> int:
         if wants_cuda(cfg) and torch.cuda.device_count() < nproc:
             raise UserError(f"--nproc {nproc} with train.device={cfg.train.device}: one GPU per "
                             f"process is needed and {torch.cuda.device_count()} are visible")
-    run_dir, data = start_run(cfg)
+    ckpt = None
+    if resume is not None:
+        from pipedbn.resume import resume_run
+
+        cfg, data, ckpt = resume_run(cfg, resume)
+        run_dir = resume
+    else:
+        run_dir, data = start_run(cfg)
     log.info("data: %s; %d training and %d held-out samples, %d features",
              data.source.description, len(data.train_rows), len(data.held_rows), data.features)
     log.info("run directory: %s", run_dir)
@@ -185,13 +202,14 @@ def train_config(cfg: Config, nproc: int, quiet: bool) -> int:
         try:  # a plan the world cannot run is reported once, here, before any process starts
             plan, _ = first_plan(cfg, data.features, nproc)
         except UserError:
-            discard_run_dir(run_dir)
+            if resume is None:
+                discard_run_dir(run_dir)
             raise
         log.info("starting %d local processes; plan%s: %s", nproc,
                  " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
-        return launch_local(run_dir, nproc, cfg.train.threads, quiet)
+        return launch_local(run_dir, nproc, cfg.train.threads, quiet, resume is not None)
     try:
-        _train_here(cfg, run_dir, data)
+        _train_here(cfg, run_dir, data, ckpt, resume is not None)
     except BaseException as e:
         record_failure(run_dir, failure_record(e, 0))
         write_root_failure(run_dir)
@@ -210,18 +228,18 @@ def default_nproc(cfg: Config) -> int:
     return max(r for st in plan.stages for r in st.ranks) + 1
 
 
-def _train_here(cfg: Config, run_dir: Path, data: Data) -> None:
+def _train_here(cfg: Config, run_dir: Path, data: Data, ckpt: Checkpoint | None,
+                resumed: bool) -> None:
     from pipedbn.monitor import Metrics, tensorboard_on
-    from pipedbn.rundir import layer_state_path, save_tensors
     from pipedbn.trainer import finish_run, summary, train_in_process
 
-    metrics = Metrics(run_dir, tensorboard=tensorboard_on(cfg))
+    # a resumed run's TensorBoard drops what the interrupted attempt wrote from ckpt on
+    purge = (ckpt.micro_batch if ckpt is not None else 0) if resumed else None
+    metrics = Metrics(run_dir, tensorboard=tensorboard_on(cfg), purge_step=purge)
     try:
-        result = train_in_process(cfg, data, metrics)
+        result = train_in_process(cfg, data, metrics, run_dir, ckpt)
     finally:
         metrics.close()
-    for layer in result.layers:
-        save_tensors(layer_state_path(run_dir, layer.index), layer.state_dict())
     finish_run(run_dir, summary(cfg, data, result))
 
 

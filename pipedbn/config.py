@@ -259,6 +259,17 @@ class StragglerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints: each layer's whole training state after micro-batch ``m``, and resume."""
+
+    every: int = 250
+    """Micro-batches of the stream between checkpoints (0: only the final state). A checkpoint
+    is a consistent cut: no pipeline flush, activations in flight are recomputed on resume."""
+    keep: int = 3
+    """Complete checkpoints kept (older ones are deleted; the final state is always kept)."""
+
+
+@dataclass
 class RunConfig:
     name: str = "dbn"
     """Experiment name: the run directory is ``<out>/<name>/<timestamp>/``."""
@@ -288,6 +299,8 @@ class Config:
     """Metrics, TensorBoard and the progress display."""
     straggler: StragglerConfig = field(default_factory=StragglerConfig)
     """Optional artificial slowdown of one layer or rank (to study balancing on a small machine)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """How often the training state is saved, and how many checkpoints are kept."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where the run directory goes."""
 
@@ -650,6 +663,8 @@ def check(cfg: Config) -> list[str]:
         p.append(f"straggler.rank: must be >= 0, got {st.rank}")
     positive("straggler.sleep_s", st.sleep_s, strict=False)
     positive("straggler.after", st.after, strict=False)
+    positive("checkpoint.every", cfg.checkpoint.every, strict=False)
+    positive("checkpoint.keep", cfg.checkpoint.keep)
     if not cfg.run.name or "/" in cfg.run.name:
         p.append(f"run.name: must be a non-empty name without '/', got {cfg.run.name!r}")
     return p

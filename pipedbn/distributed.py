@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,6 +44,7 @@ from pipedbn.balance import (
     store,
 )
 from pipedbn.balancer import Plan, Problem
+from pipedbn.checkpoint import Checkpoint, Saver, boundaries, finalize
 from pipedbn.config import Config, dump_yaml
 from pipedbn.data import Data, Prefetcher, open_data
 from pipedbn.errors import ConfigError, UserError
@@ -50,12 +52,13 @@ from pipedbn.links import Inbox, Outbox
 from pipedbn.monitor import Metrics, tensorboard_on
 from pipedbn.progress import Progress
 from pipedbn.rbm import RBM
-from pipedbn.replicas import ReplicaSync, replica_generator
+from pipedbn.replicas import ReplicaSync, replica_generator, round_boundaries
+from pipedbn.resume import mark_launcher, resume_run, torchrun_resume_dir
 from pipedbn.rundir import (
     atomic_write,
     layer_state_path,
     record_failure,
-    save_tensors,
+    root_failure,
     start_run,
 )
 from pipedbn.runner import Role, StageStats, run_stage
@@ -63,6 +66,7 @@ from pipedbn.schedule import Schedule
 from pipedbn.trainer import (
     Result,
     dtype_of,
+    evaluate,
     finish_run,
     make_layer,
     make_layers,
@@ -128,8 +132,9 @@ def stage_device(cfg: Config, local_rank: int) -> tuple[torch.device, str]:
     return torch.device("cuda", local_rank), backend
 
 
-def train_distributed(cfg: Config, prepared: bool) -> int:
-    """This rank's part of a distributed run; returns the exit status."""
+def train_distributed(cfg: Config, prepared: bool, resume: Path | None = None) -> int:
+    """This rank's part of a distributed run (continuing the run in ``resume``, or the one
+    this torchrun job started before a restart); returns the exit status."""
     env = torchrun_env()
     assert env is not None
     rank, world, local_rank = env
@@ -139,12 +144,14 @@ def train_distributed(cfg: Config, prepared: bool) -> int:
     dist.init_process_group(backend, timeout=timedelta(seconds=cfg.pipeline.setup_timeout))
     run_dir: Path | None = None
     try:
-        cfg, run_dir, data, setup = _setup(cfg, rank, world, prepared, device)
+        cfg, run_dir, data, setup = _setup(cfg, rank, world, prepared, device, resume)
         stats, result, monitor = _train(cfg, rank, world, run_dir, data, setup, device)
         _finish(cfg, rank, world, run_dir, data, stats, result, monitor, device)
     except BaseException as e:
         if run_dir is not None:
             record_failure(run_dir, failure_record(e, rank))
+        if _recurs(e, run_dir):
+            _no_restart()
         raise
     finally:
         dist.destroy_process_group()
@@ -162,6 +169,29 @@ def _exit_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, daemon=True, name="pipedbn-parent-watch").start()
+
+
+def _recurs(e: BaseException, run_dir: Path | None) -> bool:
+    """Whether this failure would happen again after a restart: a user's mistake (bad data
+    found mid-stream, say) or a divergence, here or on the stage that failed first (training
+    is deterministic, so both recur)."""
+    if isinstance(e, UserError):
+        return True
+    if isinstance(e, LinkError) and run_dir is not None:
+        root = root_failure(run_dir)
+        return root is not None and root.get("kind") == "own" and root.get("exit_code") in (2, 3)
+    return False
+
+
+def _no_restart() -> None:
+    """Ask torchrun's agent (this worker's parent) to stop rather than restart the workers
+    into the same error: restarts are for lost processes and nodes."""
+    left = (int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+            - int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    if left > 0 and "TORCHELASTIC_RUN_ID" in os.environ:
+        log.error("this error recurs on every restart: asking torchrun to stop (%d restarts "
+                  "left unused)", left)
+        os.kill(os.getppid(), signal.SIGTERM)
 
 
 def failure_record(e: BaseException, rank: int) -> dict[str, object]:
@@ -190,15 +220,28 @@ class SetupFailed(UserError):
     """Rank 0 could not prepare the run; it reports why, the other ranks just stop."""
 
 
-def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.device
-           ) -> tuple[Config, Path, Data | None, dict[str, Any]]:
-    """Rank 0 prepares the run and chooses the first plan; every rank gets the config, the run
-    directory, the stream's shape and the plan."""
+def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.device,
+           resume: Path | None) -> tuple[Config, Path, Data | None, dict[str, Any]]:
+    """Rank 0 prepares (or resumes) the run and chooses the first plan; every rank gets the
+    config, the run directory, the stream's shape, the checkpoint to start from and the plan."""
     box: list[object] = [None]
     data = None
     if rank == 0:
         try:
-            run_dir, data = start_run(cfg, prepared)
+            ckpt = None
+            resume = resume or torchrun_resume_dir(cfg)
+            if resume is not None:
+                cfg, data, ckpt = resume_run(cfg, resume)
+                run_dir = resume
+            else:
+                run_dir, data = start_run(cfg, prepared)
+                if not prepared:
+                    mark_launcher(cfg, run_dir)
+            restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+            if restarts != "0" and not os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE"):
+                log.warning("torchrun --max-restarts %s: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                            "in torchrun's environment, or restarted workers may fail to "
+                            "connect again (docs/reliability.md)", restarts)
         except UserError as e:
             dist.broadcast_object_list([{"error": str(e)}], src=0)
             raise
@@ -208,7 +251,8 @@ def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
         log.info("run directory: %s", run_dir)
         box = [{"config": cfg, "run_dir": str(run_dir), "features": data.features,
                 "batches": data.batches_per_epoch,
-                "feature_mean": data.feature_mean.tolist()}]
+                "feature_mean": data.feature_mean.tolist(), "checkpoint": ckpt,
+                "resumed": resume is not None, "attempt": uuid.uuid4().hex[:12]}]
     dist.broadcast_object_list(box, src=0)
     msg = box[0]
     assert isinstance(msg, dict)
@@ -249,30 +293,39 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
     features, batches = setup["features"], setup["batches"]
     schedule = make_schedule(cfg, batches)
     plan, problem = Plan.from_dict(setup["plan"]), setup["problem"]
-    metrics = Metrics(run_dir, stage=rank, tensorboard=tensorboard_on(cfg))
-    kv = store()
+    ckpt: Checkpoint | None = setup["checkpoint"]
+    start_at = ckpt.micro_batch if ckpt is not None else 0
+    # a resumed run's TensorBoard drops what the interrupted attempt wrote from start_at on
+    metrics = Metrics(run_dir, stage=rank, tensorboard=tensorboard_on(cfg),
+                      purge_step=start_at if setup["resumed"] else None)
+    kv = store(setup["attempt"])
     progress = Progress(cfg, schedule, kv, rank, world)
     result, monitor = None, None
     stats = StageStats(rank, None, [])
     held: dict[int, RBM] = {}  # the layers this rank trains in the current segment
-    segment, begin = 0, 0
+    segment, begin = 0, start_at
     try:
         if rank == 0:
             assert data is not None
             log.info("%s", schedule.describe())
             everything = make_layers(cfg, data, schedule, device)
             held_x, ref = monitor_data(data, device, dtype_of(cfg))
-            # TensorBoard gets these at the end: the stages write to the same runs meanwhile
-            start = record_eval(everything, held_x, ref, metrics, 0, tensorboard=False)
+            # TensorBoard gets these at the end: the stages write to the same runs meanwhile;
+            # a resumed run's metrics.jsonl has them from the first attempt
+            start = (record_eval(everything, held_x, ref, metrics, 0, tensorboard=False)
+                     if start_at == 0 else evaluate(everything, held_x, ref))
             result = Result(everything, start, [], 0.0, 0)
             monitor = _Monitor(held_x, ref, schedule.length)
             log.info("plan: %s", plan.describe())
-            metrics.event(0, -1, "config", {}, text=_code(dump_yaml(cfg)))
-            metrics.event(0, 0, "balancer/plan", {"at": 0, "plan": plan.describe(),
-                                                  "spec": plan.spec()},
-                          text=_code(plan.describe()))
+            if start_at == 0:
+                metrics.event(0, -1, "config", {}, text=_code(dump_yaml(cfg)))
+            how = f"resumed at micro-batch {start_at}:\n" if setup["resumed"] else ""
+            metrics.event(start_at, 0, "balancer/plan", {"at": start_at, "plan": plan.describe(),
+                                                         "spec": plan.spec()},
+                          text=_code(how + plan.describe()))
         mean = np.asarray(setup["feature_mean"], dtype=np.float32)
-        held = _initial_layers(cfg, plan, rank, features, schedule, device, mean)
+        held = _initial_layers(cfg, plan, rank, features, schedule, device, mean, start_at,
+                               ckpt, run_dir)
         t0 = time.perf_counter()
         while True:
             role_of = plan.role(rank)
@@ -293,6 +346,7 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
             if outcome.get("end"):
                 break
             metrics.flush()  # a layer's next records may come from another rank
+            metrics.purge_step = None  # later writers must keep this attempt's records
             new_plan = Plan.from_dict(outcome["plan"])
             begin = outcome["at"]
             held = _move_layers(cfg, plan, new_plan, rank, held, features, schedule, device,
@@ -304,9 +358,10 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
                                                           "spec": plan.spec()},
                               text=_code(f"re-planned at micro-batch {begin}:\n"
                                          + plan.describe()))
+        final = Saver(run_dir, cfg, schedule, schedule.length)
         for i, layer in held.items():
             if plan.owner(i) == rank:
-                save_tensors(layer_state_path(run_dir, i), layer.state_dict())
+                final.save(layer, schedule.length)
         role_of = plan.role(rank)
         stats.stage, stats.replica = (role_of if role_of is not None else (None, 0))
         stats.monitor_s = metrics.seconds
@@ -320,15 +375,23 @@ def _train(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None,
 
 
 def _initial_layers(cfg: Config, plan: Plan, rank: int, features: int, schedule: Schedule,
-                    device: torch.device, mean: np.ndarray) -> dict[int, RBM]:
+                    device: torch.device, mean: np.ndarray, begin: int,
+                    ckpt: Checkpoint | None, run_dir: Path) -> dict[int, RBM]:
+    """This rank's layers at micro-batch ``begin``: fresh, or from the checkpoint (its state
+    is per layer, so any plan can take it; a replica beyond the first starts as after a
+    re-plan, which is also what the uninterrupted run did at that checkpoint)."""
     role = plan.role(rank)
     if role is None:
         return {}
     out = {}
     for i in plan.stages[role[0]].layers:
         layer = make_layer(cfg, i, features, schedule, device, mean if i == 0 else None)
+        if ckpt is not None:
+            layer.load_state_dict(ckpt.load(run_dir, i))
         if role[1] > 0:
-            layer.generator = replica_generator(cfg.seed, i, role[1], 0, device)
+            layer.generator = replica_generator(cfg.seed, i, role[1], begin, device)
+            for t in (layer.weight_inc, layer.visible_bias_inc, layer.hidden_bias_inc):
+                t.zero_()
         out[i] = layer
     return out
 
@@ -348,12 +411,15 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
                      dtype, device, pl.window, send_timeout, name, beat_every=pl.timeout / 4)
               if role.stage + 1 < len(plan.stages) else None)
     sync = None
+    saver = (Saver(run_dir, cfg, schedule, role.begin, finalizer=rank == 0)
+             if role.replica == 0 else None)
     if stage.replicas > 1:
         trained = [m for m in schedule.micro_batches(first, role.begin)
                    if any(schedule.trains(i, m) for i in stage.layers)]
-        rnd = b.sync_every * stage.replicas
-        sync = ReplicaSync(layers, stage.ranks, role.replica, b, trained[rnd::rnd], pl.timeout,
-                           name, metrics)
+        cuts = [c for c in boundaries(cfg.checkpoint.every, schedule.length) if c > role.begin]
+        ticks, cut_set = round_boundaries(trained, b.sync_every * stage.replicas, cuts)
+        sync = ReplicaSync(layers, stage.ranks, role.replica, b, ticks, pl.timeout, name,
+                           metrics, cut_set, cfg.seed)
     reporter = Reporter(kv, rank, role.segment) if b.replan else None
     decide = None
     source: Prefetcher | Inbox
@@ -373,7 +439,7 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
     stats.segments.append(role.segment)
     try:
         return run_stage(cfg, rank, role, layers, schedule, source, outbox, sync, metrics,
-                         device, stats, decide, reporter, probe, progress)
+                         device, stats, decide, reporter, probe, progress, saver)
     finally:
         if isinstance(source, Prefetcher):
             source.close()
@@ -452,6 +518,8 @@ def _finish(cfg: Config, rank: int, world: int, run_dir: Path, data: Data | None
     assert gathered is not None
     result.seconds += time.perf_counter() - t0  # until the last stage is done
     result.samples = sum(s["input_samples"] for s in gathered)  # type: ignore[index,misc]
+    schedule = make_schedule(cfg, data.batches_per_epoch)
+    finalize(run_dir, cfg, len(result.layers), schedule.length, schedule)
     for i, layer in enumerate(result.layers):
         layer.load_state_dict(torch.load(layer_state_path(run_dir, i), map_location=device,
                                          weights_only=True))

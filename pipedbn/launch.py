@@ -34,7 +34,7 @@ def _silence_torch_elastic() -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def launch_local(run_dir: Path, nproc: int, threads: int, quiet: bool,
+def launch_local(run_dir: Path, nproc: int, threads: int, quiet: bool, resume: bool = False,
                  shutdown_timeout: int = 5) -> int:
     """Run the prepared run directory's pipeline on ``nproc`` local processes; exit status."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
@@ -58,6 +58,8 @@ def launch_local(run_dir: Path, nproc: int, threads: int, quiet: bool,
     args = ["-m", "pipedbn", "train", str(run_dir / "config.yaml"), "--prepared"]
     if quiet:
         args.append("-q")
+    if resume:
+        args += ["--resume", str(run_dir)]
     try:
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as e:

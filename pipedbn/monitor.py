@@ -41,7 +41,7 @@ def run_name(layer: int, replica: int = 0) -> str:
     return f"layer-{layer}" if replica == 0 else f"layer-{layer}-replica-{replica}"
 
 
-def _writer(logdir: Path) -> Any:
+def _writer(logdir: Path, purge_step: int | None = None) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     logdir.mkdir(parents=True, exist_ok=True)
@@ -51,15 +51,19 @@ def _writer(logdir: Path) -> Any:
     while stamps and int(time.time()) <= max(stamps) and time.monotonic() < deadline:
         time.sleep(0.05)  # see the module docstring: this file must sort after the others
     # flush often enough that a live TensorBoard follows the run (the default is 2 minutes)
-    return SummaryWriter(str(logdir), max_queue=200, flush_secs=5)
+    return SummaryWriter(str(logdir), max_queue=200, flush_secs=5, purge_step=purge_step)
 
 
 class Metrics:
     """One rank's recorder. ``replica`` (set for each part of the run) picks the runs of
     ``tb/`` its layers' records go to."""
 
-    def __init__(self, run_dir: Path | None, stage: int = 0, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path | None, stage: int = 0, tensorboard: bool = False,
+                 purge_step: int | None = None) -> None:
         self.stage = stage
+        self.purge_step = purge_step
+        """A resumed run: TensorBoard drops the steps from here on that an interrupted attempt
+        wrote (for the writers opened before ``purge_step`` is reset at the first re-plan)."""
         self.replica = 0
         self.run_dir = run_dir
         self._f = open(run_dir / METRICS_FILE, "a", buffering=1) if run_dir else None
@@ -121,7 +125,7 @@ class Metrics:
         assert self.run_dir is not None
         name = run_name(layer, self.replica if layer >= 0 else 0)
         if name not in self._writers:
-            self._writers[name] = _writer(self.run_dir / TB_DIR / name)
+            self._writers[name] = _writer(self.run_dir / TB_DIR / name, self.purge_step)
         return self._writers[name]
 
     def tb_scalar(self, step: int, layer: int, tag: str, value: float) -> None:

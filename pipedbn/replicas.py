@@ -49,8 +49,10 @@ _PARAMS = ("weight", "visible_bias", "hidden_bias")
 class ReplicaSync:
     def __init__(self, layers: list[RBM], ranks: tuple[int, ...], replica: int,
                  cfg: BalancerConfig, boundaries: list[int], timeout: float, name: str,
-                 metrics: Metrics) -> None:
-        """``boundaries``: the first micro-batch of each round after the first."""
+                 metrics: Metrics, cuts: set[int] | None = None, seed: int = 0) -> None:
+        """``boundaries``: the first micro-batch of each round after the first; ``cuts``: those
+        that are checkpoints (``round_boundaries``)."""
+        self.cuts, self.seed = cuts or set(), seed
         self.layers, self.ranks, self.replica = layers, ranks, replica
         self.policy, self.every, self.max_stale = cfg.sync, cfg.sync_every, cfg.staleness
         self.barrier = max(1, math.ceil(cfg.barrier_every / cfg.sync_every))
@@ -93,13 +95,60 @@ class ReplicaSync:
     def next_boundary(self) -> float:
         return self.boundaries[0] if self.boundaries else math.inf
 
-    def tick(self) -> None:
+    def tick(self) -> int | None:
         """The clock tick at ``next_boundary``: call it before the first micro-batch at or after
         the boundary, having handled everything before it (and count handled micro-batches in
-        ``handled``, for the replica's speed)."""
-        self._tick(self.boundaries.popleft())
+        ``handled``, for the replica's speed). Returns the boundary if it is a checkpoint."""
+        m = self.boundaries.popleft()
+        cut = m in self.cuts
+        self._tick(m, cut)
+        if cut:
+            self._reset(m)
+            return m
+        return None
 
-    def _tick(self, m: int) -> None:
+    def drain(self, stop: int) -> list[int]:
+        """At the end of this replica's part: tick every boundary up to the last checkpoint
+        at or before ``stop`` (every replica does, so the cut holds every update before it);
+        returns those checkpoints."""
+        last = max((c for c in self.cuts if c <= stop and c in self.boundaries), default=None)
+        done = []
+        while last is not None and self.boundaries and self.boundaries[0] <= last:
+            c = self.tick()
+            if c is not None:
+                done.append(c)
+        return done
+
+    def _reset(self, m: int) -> None:
+        """At a checkpoint: every replica takes replica 0's state (which holds every update
+        before ``m``, the checkpoint's), with no velocity of its own and a new random stream,
+        as when a plan starts its replicas there; a run resumed from ``m`` does the same."""
+        parts = [t for layer in self.layers for t in (layer.chains, layer.hidden_activity)]
+        flat = torch.cat([self.snapshot] + [t.reshape(-1) for t in parts])
+        if self.replica == 0:
+            works = [_post(dist.isend, flat, self.ranks[k],
+                           f"{self.name}: lost replica {k} at a checkpoint")
+                     for k in self.peers if k not in self.finished]
+            for w in works:
+                _wait(w, self.timeout, f"{self.name}: a replica stopped at a checkpoint", -1)
+            return
+        what = f"{self.name}: lost replica 0 (rank {self.ranks[0]}) at a checkpoint"
+        _wait(_post(dist.irecv, flat, self.ranks[0], what), self.timeout, what, self.ranks[0])
+        n = self.snapshot.numel()
+        self.snapshot = flat[:n].clone()
+        self._set(self.snapshot)
+        i = n
+        for layer in self.layers:
+            for name in ("chains", "hidden_activity"):
+                t = getattr(layer, name)
+                t.copy_(flat[i:i + t.numel()].view_as(t))
+                i += t.numel()
+            for t in (layer.weight_inc, layer.visible_bias_inc, layer.hidden_bias_inc):
+                t.zero_()
+            layer.generator = replica_generator(self.seed, layer.index, self.replica, m,
+                                                layer.device)
+
+    def _tick(self, m: int, cut: bool = False) -> None:
         now = time.perf_counter()
         if self.handled:
             self.speed = (now - self._t_tick) / self.handled
@@ -120,7 +169,7 @@ class ReplicaSync:
             self.snapshot = total
             stale = 0
         else:
-            stale = self._staleness()
+            stale = 0 if cut else self._staleness()  # a checkpoint holds every update
             for k in self.peers:
                 while k not in self.finished and self.peer_clock[k] < self.clock - stale:
                     self._add(self._receive(k))
@@ -200,3 +249,19 @@ def replica_generator(seed: int, layer: int, replica: int, begin: int,
 
     s = layer_seed(seed, layer) ^ (0x9E3779B97F4A7C15 * (replica + 1) + begin) % (1 << 63)
     return torch.Generator(device).manual_seed(s % (1 << 63))
+
+
+def round_boundaries(trained: list[int], per_round: int, cuts: list[int]
+                     ) -> tuple[list[int], set[int]]:
+    """The ticks of a replicated stage that trains on ``trained`` (stream order) in rounds of
+    ``per_round``, and which of them are checkpoints. Rounds start again at each checkpoint,
+    so a run resumed from one ticks where the uninterrupted run did."""
+    if not trained:
+        return [], set()
+    cut_points = [c for c in cuts if c <= trained[-1]]
+    ticks: set[int] = set(cut_points)
+    edges = [-1] + cut_points + [trained[-1] + 1]
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        piece = [m for m in trained if lo <= m < hi]
+        ticks.update(piece[per_round::per_round])
+    return sorted(ticks), set(cut_points)

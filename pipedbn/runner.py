@@ -29,6 +29,7 @@ import torch
 
 from pipedbn.balance import Reporter
 from pipedbn.balancer import Plan
+from pipedbn.checkpoint import Saver
 from pipedbn.config import Config
 from pipedbn.links import Inbox, Outbox
 from pipedbn.monitor import Metrics
@@ -123,13 +124,18 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
               sync: ReplicaSync | None, metrics: Metrics, device: torch.device,
               stats: StageStats, decide: Callable[[int], bool] | None = None,
               reporter: Reporter | None = None, probe_samples: torch.Tensor | None = None,
-              progress: Progress | None = None) -> tuple[int, int]:
+              progress: Progress | None = None, saver: Saver | None = None) -> tuple[int, int]:
     """Stream this replica's micro-batches of the segment through ``layers``; adds the timings
     to ``stats`` and returns how the segment ended: ``(END, -1)`` or ``(PLAN, m)``.
 
     ``source`` is the data (stage 0) or the ``Inbox`` from the stage below. ``decide(q)`` (stage
     0 with re-planning on) says whether the run re-plans at micro-batch ``q * check_every``.
-    ``probe_samples``: stage 0's held-out probe (``probe.py``); ``progress``: the display."""
+    ``probe_samples``: stage 0's held-out probe (``probe.py``); ``progress``: the display.
+
+    ``saver`` (the stage's first replica) writes the stage's part of each checkpoint ``c`` as
+    soon as no micro-batch before ``c`` is left to it: right after its last micro-batch before
+    ``c`` (a layer that trains later saves at once), or, for a replicated stage, once its
+    replicas have exchanged every update before ``c`` (``ReplicaSync``)."""
     first, last = layers[0].index, layers[-1].index
     straggler = Straggler(cfg, rank=rank, metrics=metrics)
     check_every = cfg.balancer.check_every
@@ -151,7 +157,10 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         progress.begin_segment(role.segment, role.stage, role.replica, role.replicas)
     if first == 0 and outbox is not None:
         outbox.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
-    for m in mine:
+    lookahead = saver if sync is None else None  # (a replicated stage saves at its ticks)
+    if lookahead is not None:
+        lookahead.save_upto(layers, mine[0] if mine else schedule.length)
+    for idx, m in enumerate(mine):
         # the boundaries passed before m, in stream order: every replica meets them in the
         # same order, so a replica waiting at one never holds back one its peers wait at
         stop = False
@@ -163,7 +172,9 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             t0 = time.perf_counter()
             if tick <= check:
                 assert sync is not None
-                sync.tick()
+                cut = sync.tick()
+                if cut is not None and saver is not None:
+                    saver.save_upto(layers, cut)
             else:
                 assert decide is not None
                 q, next_check = next_check // check_every, next_check + check_every
@@ -245,12 +256,19 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             interval = _Interval(ended)
         if reporter is not None and reporter.count >= check_every // 2:
             reporter.publish()
+        if lookahead is not None:
+            lookahead.save_upto(layers, mine[idx + 1] if idx + 1 < len(mine)
+                                else schedule.length)
     else:
         exhausted = True
+    stop_at = schedule.length if end[0] == END else end[1]
     if sync is not None:
         # before waiting for the input's end: a peer with micro-batches left may be waiting at
         # a round boundary that this replica, having none, would otherwise never reach
         t0 = time.perf_counter()
+        for cut in sync.drain(stop_at):
+            if saver is not None:
+                saver.save_upto(layers, cut)
         sync.finish()
         stats.sync_wait_s += time.perf_counter() - t0
     if exhausted and isinstance(source, Inbox):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipedbn.checkpoint import Checkpoint, Saver
 from pipedbn.config import Config
 from pipedbn.data import Data, Prefetcher
 from pipedbn.monitor import Metrics, flat_params
@@ -251,19 +252,31 @@ class Result:
     samples: int
 
 
-def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
-    """Train every layer in this process, in the reference order of operations."""
+def train_in_process(cfg: Config, data: Data, metrics: Metrics, run_dir: Path | None = None,
+                     resume: Checkpoint | None = None) -> Result:
+    """Train every layer in this process, in the reference order of operations; with a
+    ``run_dir``, take checkpoints there (``checkpoint.py``), the final state included; with
+    ``resume``, continue from that checkpoint."""
     device = resolve_device(cfg.train.device)
     dtype = dtype_of(cfg)
     schedule = make_schedule(cfg, data.batches_per_epoch)
     log.info("%s", schedule.describe())
     layers = make_layers(cfg, data, schedule, device)
     straggler = Straggler(cfg)
+    begin = resume.micro_batch if resume is not None else 0
 
     held, ref = monitor_data(data, device, dtype)
-    start = record_eval(layers, held, ref, metrics, 0)
+    if begin == 0:
+        start = record_eval(layers, held, ref, metrics, 0)
+    else:  # recorded by the first attempt already
+        start = evaluate(layers, held, ref)
+        assert resume is not None and run_dir is not None
+        for layer in layers:
+            layer.load_state_dict(resume.load(run_dir, layer.index))
+        log.info("resumed from %s at micro-batch %d", resume.tag, begin)
+    saver = Saver(run_dir, cfg, schedule, begin, finalizer=True)
 
-    positions = [(m, *schedule.data_position(m)) for m in schedule.micro_batches(0)]
+    positions = [(m, *schedule.data_position(m)) for m in schedule.micro_batches(0, begin)]
     reader = Prefetcher(data, positions, cfg.data.prefetch, dtype)
     held_probe = probe_data(cfg, data, device)
     metrics.use(list(range(len(layers))), 0)
@@ -274,6 +287,7 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
     samples = 0
     try:
         for m, x in reader:
+            saver.save_upto(layers, m)
             x = x.to(device, non_blocking=True)
             samples += x.shape[0]
             probe = held_probe if held_probe is not None and is_probe(cfg, m) else None
@@ -284,10 +298,15 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics) -> Result:
                 now = time.perf_counter()
                 layer_s[i], t_layer = layer_s[i] + now - t_layer, now
             progress.update(m, x.shape[0], layer_s)
+        saver.save_upto(layers, schedule.length)
     finally:
         reader.close()
         progress.close()
     seconds = time.perf_counter() - t0
+    if run_dir is not None:
+        for layer in layers:
+            saver.save(layer, schedule.length)
+        saver.finalize()
     end = record_eval(layers, held, ref, metrics, schedule.length)
     metrics.scalar(schedule.length, 0, "throughput/samples_per_s", samples / seconds)
     result = Result(layers, start, end, seconds, samples)
