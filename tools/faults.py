@@ -52,6 +52,7 @@ import json
 import os
 import platform
 import random
+import re
 import shlex
 import signal
 import socket
@@ -69,6 +70,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINING_TAGS = ("rbm/", "pipeline/")
 """Metrics a stage writes only while it trains (``eval/*`` and ``config`` come at set-up)."""
 POLL_S = 0.01
+RESUMING = re.compile(r"resuming \S+ from (?:step-(\d+)|(final)|the start)")
+"""Rank 0's log line when a restarted job continues its run (``pipedbn.resume``)."""
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        # without it, restarted workers often fail to rebuild the gloo group: the rendezvous
        # store is then reused across restarts
@@ -98,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="straggler seconds per micro-batch on layer 0, to stretch training")
     ap.add_argument("--window", type=float, default=0.9,
                     help="kill within this fraction of the reference's training window")
+    ap.add_argument("--keep-alive", type=int, default=5,
+                    help="node mode: seconds between rendezvous heartbeats; a node is dead "
+                         "after 3 missed (torch's default 5: a lost node is noticed in 15 s)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per job, at most")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None,
@@ -219,14 +225,24 @@ def wait_until(predicate: Any, deadline: float, what: str) -> None:
 # ------------------------------------------------------------------------------ run directory
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    names = (p.name.removeprefix("step-") for p in (run_dir / "checkpoints").glob("step-*"))
-    return sorted(int(n) for n in names if n.isdigit())
+def complete_checkpoints(run_dir: Path, layers: int) -> list[int]:
+    """Micro-batches of the complete ``step-<c>`` checkpoints: every layer's part has its
+    ``.json`` (written after the part itself, as ``pipedbn.checkpoint`` counts them)."""
+    found = []
+    for d in (run_dir / "checkpoints").glob("step-*"):
+        c = d.name.removeprefix("step-")
+        if c.isdigit() and all((d / f"layer-{i}.json").exists() for i in range(layers)):
+            found.append(int(c))
+    return sorted(found)
 
 
-def training_started(run_dir: Path) -> bool:
-    """The run has written its first checkpoint (so a killed job has something to resume)."""
-    return bool(checkpoint_steps(run_dir))
+def resumed_from(logs: list[Path]) -> str | None:
+    """The checkpoint the last resume started from, as rank 0 logged it ("0": the start)."""
+    found = None
+    for log in logs:
+        for m in RESUMING.finditer(log.read_text(errors="replace")):
+            found = m.group(1) or m.group(2) or "0"
+    return found
 
 
 def first_training_record(run_dir: Path, after_wall: float) -> float | None:
@@ -260,13 +276,28 @@ def same_model(run_dir: Path, ref_dir: Path) -> bool:
 @dataclass
 class Reference:
     run_dir: Path
+    layers: int
     window_s: float
-    """From the first checkpoint to ``model.safetensors``."""
+    """From the first complete checkpoint to ``model.safetensors``."""
     wall_s: float
+
+
+def count_layers(args: argparse.Namespace) -> int:
+    """Layers of the resolved config (``pipedbn train --print-config``; checks the overrides)."""
+    import yaml
+
+    proc = subprocess.run([sys.executable, "-m", "pipedbn", "train", args.config,
+                           *train_overrides(args, args.out / "unused"), "--print-config"],
+                          cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        raise SystemExit(f"faults: the config does not resolve:\n{proc.stderr}")
+    return len(yaml.safe_load(proc.stdout)["layers"])
 
 
 def reference(args: argparse.Namespace) -> Reference:
     run_dir = args.out / "reference"
+    layers = count_layers(args)
     cmd = [sys.executable, "-m", "pipedbn", "train", args.config,
            *train_overrides(args, run_dir), "--nproc", str(args.nproc), "-q"]
     t0 = time.monotonic()
@@ -275,8 +306,8 @@ def reference(args: argparse.Namespace) -> Reference:
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = t0 + args.timeout
-            wait_until(lambda: training_started(run_dir) or proc.poll() is not None, deadline,
-                       "the reference's first checkpoint")
+            wait_until(lambda: bool(complete_checkpoints(run_dir, layers))
+                       or proc.poll() is not None, deadline, "the reference's first checkpoint")
             t_first = time.monotonic()
             wait_until(lambda: (run_dir / "model.safetensors").exists()
                        or proc.poll() is not None, deadline, "the reference's model")
@@ -289,7 +320,7 @@ def reference(args: argparse.Namespace) -> Reference:
     if rc != 0 or not (run_dir / "model.safetensors").is_file():
         raise SystemExit(f"faults: the reference run failed (exit {rc}); see "
                          f"{args.out / 'reference.log'}")
-    return Reference(run_dir, t_model - t_first, time.monotonic() - t0)
+    return Reference(run_dir, layers, t_model - t_first, time.monotonic() - t0)
 
 
 # ------------------------------------------------------------------------------ trials
@@ -303,7 +334,9 @@ class Trial:
     at_s: float | None = None
     """Seconds after the job's first checkpoint."""
     checkpoint: int | None = None
-    """Newest checkpoint step at the kill."""
+    """Newest complete checkpoint at the kill (files; rank 0 may not have seen it yet)."""
+    resumed_from: str | None = None
+    """The checkpoint the restarted job resumed from, as its rank 0 logged it ("0": start)."""
     restarts: int = 0
     resumed_first: bool = False
     identical: bool = False
@@ -356,7 +389,8 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
         agent_args = ["--nnodes", "2", "--nproc-per-node", str(args.nproc // 2),
                       "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                       "--rdzv-id", f"faults-{uuid.uuid4().hex[:8]}",
-                      "--rdzv-conf", "is_host=false", "--max-restarts", "1"]
+                      "--rdzv-conf", f"is_host=false,keep_alive_interval={args.keep_alive}",
+                      "--max-restarts", "1"]
     trial = Trial(index)
     job = Job(run_dir, agent_args, tdir, [args.config, *train_overrides(args, run_dir)])
     t0 = time.monotonic()
@@ -364,8 +398,8 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
     try:
         for _ in range(nodes):
             job.start_agent()
-        wait_until(lambda: training_started(run_dir) or any_exited(job), deadline,
-                   "the first checkpoint")
+        wait_until(lambda: bool(complete_checkpoints(run_dir, ref.layers)) or any_exited(job),
+                   deadline, "the first complete checkpoint")
         t_first = time.monotonic()
         wait_until(lambda: time.monotonic() >= t_first + delay or any_exited(job), deadline,
                    "the moment to kill")
@@ -374,7 +408,7 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
             trial.note = "the job ended before the kill"
         else:
             trial.at_s = time.monotonic() - t_first
-            steps = checkpoint_steps(run_dir)
+            steps = complete_checkpoints(run_dir, ref.layers)
             trial.checkpoint = steps[-1] if steps else None
             watch = Watch({w.pid for w in current}, args.nproc, time.monotonic())
             if nodes == 1:
@@ -405,6 +439,7 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
     finally:
         job.stop()
     trial.wall_s = time.monotonic() - t0
+    trial.resumed_from = resumed_from(sorted(tdir.glob("agent-*.log")))
     live = [a for i, a in enumerate(job.agents) if not (nodes == 2 and i == victim)]
     trial.exit_codes = [a.returncode for a in job.agents]
     ok = all(a.returncode == 0 for a in live) and (run_dir / "model.safetensors").is_file()
@@ -447,12 +482,13 @@ def fmt(x: float | None, digits: int = 2) -> str:
 
 def table(trials: list[Trial], mode: str) -> str:
     who = "killed ranks" if mode == "node" else "killed rank"
-    rows = [f"| trial | {who} | at s | checkpoint | restarts | resumed 1st | identical | lost "
-            "| gone s | up s | back s | wall s |",
-            "| --- " * 12 + "|"]
+    rows = [f"| trial | {who} | at s | checkpoint | from | restarts | resumed 1st | identical "
+            "| lost | gone s | up s | back s | wall s |",
+            "| --- " * 13 + "|"]
     for t in trials:
         rows.append(f"| {t.trial} | {','.join(map(str, t.killed)) or '-'} | {fmt(t.at_s)} "
-                    f"| {t.checkpoint if t.checkpoint is not None else '-'} | {t.restarts} "
+                    f"| {t.checkpoint if t.checkpoint is not None else '-'} "
+                    f"| {t.resumed_from or '-'} | {t.restarts} "
                     f"| {yes(t.resumed_first)} | {yes(t.identical)} | {yes(t.lost)} "
                     f"| {fmt(t.gone_s)} | {fmt(t.up_s)} | {fmt(t.back_s)} | {fmt(t.wall_s, 1)} |")
     return "\n".join(rows)
@@ -505,11 +541,12 @@ def docs_section(args: argparse.Namespace, ref: Reference, trials: list[Trial]) 
         f"(reference window {ref.window_s:.2f} s), seed {args.seed}; {date.today()}. "
         f"{machine()}.", "",
         table(trials, args.mode), "",
-        f"**{summary(trials)}.** *at*: seconds after the job's first checkpoint; *checkpoint*: "
-        "the newest step then; *gone*: from the kill until no old worker is left; *up*: until "
-        "a full set of new workers exists; *back*: until the first micro-batch trained after "
-        "the restart is logged in `metrics.jsonl`; *identical*: `model.safetensors` equals "
-        "the uninterrupted reference's, every tensor.",
+        f"**{summary(trials)}.** *at*: seconds after the job's first complete checkpoint; "
+        "*checkpoint*: the newest complete one then; *from*: the one the restarted job resumed "
+        "from (rank 0's log; 0: the start); *gone*: from the kill until no old worker is left; "
+        "*up*: until a full set of new workers exists; *back*: until the first micro-batch "
+        "trained after the restart is logged in `metrics.jsonl`; *identical*: "
+        "`model.safetensors` equals the uninterrupted reference's, every tensor.",
     ])
 
 
