@@ -180,7 +180,8 @@ def free_port() -> int:
 
 @dataclass
 class Job:
-    """The torchrun agents of one run, their logs, and the run's workers."""
+    """The torchrun agents of one run (node mode: a killed one and its replacement too), their
+    logs, and the run's workers."""
 
     run_dir: Path
     agent_args: list[str]
@@ -188,6 +189,7 @@ class Job:
     train_args: list[str]
     agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
     files: list[IO[bytes]] = field(default_factory=list)
+    killed_agent: int | None = None
 
     def start_agent(self) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"agent-{len(self.agents)}.log", "wb")
@@ -201,6 +203,19 @@ class Job:
 
     def workers(self) -> list[Worker]:
         return workers(self.run_dir)
+
+    def live_agents(self) -> list[subprocess.Popen[bytes]]:
+        return [a for i, a in enumerate(self.agents) if i != self.killed_agent]
+
+    def any_exited(self) -> bool:
+        return any(a.poll() is not None for a in self.live_agents())
+
+    def finished(self) -> bool:
+        return all(a.poll() is not None for a in self.live_agents())
+
+    def succeeded(self) -> bool:
+        return all(a.returncode == 0 for a in self.live_agents()) and \
+            (self.run_dir / "model.safetensors").is_file()
 
     def stop(self) -> None:
         """Kill whatever is left (after a timeout or an error in this tool)."""
@@ -317,6 +332,8 @@ def reference(args: argparse.Namespace) -> Reference:
             proc.kill()
             for w in workers(run_dir):
                 kill(w.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
     if rc != 0 or not (run_dir / "model.safetensors").is_file():
         raise SystemExit(f"faults: the reference run failed (exit {rc}); see "
                          f"{args.out / 'reference.log'}")
@@ -346,6 +363,8 @@ class Trial:
     back_s: float | None = None
     wall_s: float = 0.0
     exit_codes: list[int | None] = field(default_factory=list)
+    missed: bool = False
+    """The job ended before the moment to kill came (nothing was killed)."""
     note: str = ""
 
 
@@ -374,62 +393,42 @@ class Watch:
 
 
 def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Reference) -> Trial:
-    """One job killed once: ``args.mode`` says what is killed."""
+    """One job, killed once at a random moment of its training; ``args.mode`` says what dies."""
+    # drawn before anything is timed: one seed gives the same delays and victims every time
     delay = rng.uniform(0.0, args.window * ref.window_s)
-    nodes = 2 if args.mode == "node" else 1
-    victim = rng.randrange(args.nproc if nodes == 1 else nodes)
+    victim = rng.randrange(args.nproc if args.mode == "process" else 2)
     tdir = args.out / f"{args.mode}-{index:02d}"
     tdir.mkdir(parents=True)
     run_dir = tdir / "run"
-    store = None
-    if nodes == 1:
-        agent_args = ["--standalone", "--nproc-per-node", str(args.nproc), "--max-restarts", "1"]
-    else:
-        store, port = rendezvous_store()  # serves until this function returns
-        agent_args = ["--nnodes", "2", "--nproc-per-node", str(args.nproc // 2),
-                      "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-                      "--rdzv-id", f"faults-{uuid.uuid4().hex[:8]}",
-                      "--rdzv-conf", f"is_host=false,keep_alive_interval={args.keep_alive}",
-                      "--max-restarts", "1"]
     trial = Trial(index)
+    store, agent_args = launcher_args(args)  # node mode: the store serves until we return
     job = Job(run_dir, agent_args, tdir, [args.config, *train_overrides(args, run_dir)])
     t0 = time.monotonic()
     deadline = t0 + args.timeout
     try:
-        for _ in range(nodes):
+        for _ in range(2 if args.mode == "node" else 1):
             job.start_agent()
-        wait_until(lambda: bool(complete_checkpoints(run_dir, ref.layers)) or any_exited(job),
+        wait_until(lambda: bool(complete_checkpoints(run_dir, ref.layers)) or job.any_exited(),
                    deadline, "the first complete checkpoint")
         t_first = time.monotonic()
-        wait_until(lambda: time.monotonic() >= t_first + delay or any_exited(job), deadline,
+        wait_until(lambda: time.monotonic() >= t_first + delay or job.any_exited(), deadline,
                    "the moment to kill")
         current = job.workers()
-        if any_exited(job) or len(current) != args.nproc:
-            trial.note = "the job ended before the kill"
+        if job.any_exited() or len(current) != args.nproc:
+            trial.missed = True  # it ended (or failed) first; whether it succeeded is checked
+            wait_until(job.finished, deadline, "the job to finish")
         else:
             trial.at_s = time.monotonic() - t_first
             steps = complete_checkpoints(run_dir, ref.layers)
             trial.checkpoint = steps[-1] if steps else None
             watch = Watch({w.pid for w in current}, args.nproc, time.monotonic())
-            if nodes == 1:
-                target = next(w for w in current if w.rank == victim)
-                kill(target.pid)
-                trial.killed = [target.rank]
-            else:
-                agent = job.agents[victim]
-                kill(agent.pid)
-                mine = [w for w in current if w.ppid == agent.pid]
-                for w in mine:
-                    kill(w.pid)
-                trial.killed = sorted(w.rank for w in mine)
-                job.start_agent()  # the replacement node
+            trial.killed = kill_victim(job, current, victim, args.mode)
             kill_wall = time.time()
-            while not all_exited(job, skip=victim if nodes == 2 else None):
+            while not job.finished():
                 if time.monotonic() > deadline:
                     raise TimeoutError("timed out waiting for the job to finish")
                 watch.look(job.workers())
                 time.sleep(POLL_S)
-            watch.look(job.workers())
             trial.gone_s, trial.up_s, trial.restarts = watch.gone_s, watch.up_s, watch.restarts
             if watch.gone_wall is not None:
                 back = first_training_record(run_dir, watch.gone_wall)
@@ -438,23 +437,43 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
         trial.note = str(e)
     finally:
         job.stop()
+        del store
     trial.wall_s = time.monotonic() - t0
-    trial.resumed_from = resumed_from(sorted(tdir.glob("agent-*.log")))
-    live = [a for i, a in enumerate(job.agents) if not (nodes == 2 and i == victim)]
     trial.exit_codes = [a.returncode for a in job.agents]
-    ok = all(a.returncode == 0 for a in live) and (run_dir / "model.safetensors").is_file()
-    trial.lost = not ok or bool(trial.note)
+    trial.resumed_from = resumed_from(sorted(tdir.glob("agent-*.log")))
+    trial.lost = bool(trial.note) or not job.succeeded()
     trial.identical = not trial.lost and same_model(run_dir, ref.run_dir)
-    trial.resumed_first = not trial.lost and trial.restarts <= 1
+    trial.resumed_first = not trial.lost and not trial.missed and trial.restarts <= 1
     return trial
 
 
-def any_exited(job: Job) -> bool:
-    return any(a.poll() is not None for a in job.agents)
+def launcher_args(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """torchrun's arguments for one job; node mode also starts the job's rendezvous store."""
+    if args.mode == "process":
+        return None, ["--standalone", "--nproc-per-node", str(args.nproc), "--max-restarts", "1"]
+    store, port = rendezvous_store()
+    return store, ["--nnodes", "2", "--nproc-per-node", str(args.nproc // 2),
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                   "--rdzv-id", f"faults-{uuid.uuid4().hex[:8]}",
+                   "--rdzv-conf", f"is_host=false,keep_alive_interval={args.keep_alive}",
+                   "--max-restarts", "1"]
 
 
-def all_exited(job: Job, skip: int | None = None) -> bool:
-    return all(a.poll() is not None for i, a in enumerate(job.agents) if i != skip)
+def kill_victim(job: Job, current: list[Worker], victim: int, mode: str) -> list[int]:
+    """SIGKILL rank ``victim`` (process mode) or agent ``victim`` and its workers, then start
+    a replacement agent (node mode); the ranks killed."""
+    if mode == "process":
+        target = next(w for w in current if w.rank == victim)
+        kill(target.pid)
+        return [target.rank]
+    agent = job.agents[victim]
+    kill(agent.pid)
+    job.killed_agent = victim
+    mine = [w for w in current if w.ppid == agent.pid]
+    for w in mine:
+        kill(w.pid)
+    job.start_agent()  # the replacement node, with the same arguments
+    return sorted(w.rank for w in mine)
 
 
 def rendezvous_store() -> tuple[Any, int]:
@@ -504,9 +523,10 @@ def median(values: list[float | None]) -> float | None:
 
 
 def summary(trials: list[Trial]) -> str:
-    n = len(trials)
+    n, missed = len(trials), sum(t.missed for t in trials)
     return (f"trials {n}, resumed on first restart {sum(t.resumed_first for t in trials)}, "
-            f"identical {sum(t.identical for t in trials)}, lost {sum(t.lost for t in trials)}; "
+            f"identical {sum(t.identical for t in trials)}, lost {sum(t.lost for t in trials)}"
+            f"{f', not killed (ended first) {missed}' if missed else ''}; "
             f"median s from the kill: old workers gone {fmt(median([t.gone_s for t in trials]))}"
             f", new workers up {fmt(median([t.up_s for t in trials]))}, training again "
             f"{fmt(median([t.back_s for t in trials]))}")
@@ -533,7 +553,8 @@ def docs_section(args: argparse.Namespace, ref: Reference, trials: list[Trial]) 
     what = ("SIGKILL of one random worker; torchrun (`--max-restarts 1`) restarts the workers"
             if args.mode == "process" else
             "SIGKILL of one of two agents (`--nnodes 2`) and its workers, a replacement agent "
-            "started at once; rendezvous store held by the tool")
+            "started at once; rendezvous store held by the tool, a heartbeat every "
+            f"{args.keep_alive} s (a node counts as lost after 3 missed)")
     return "\n".join([
         f"## Faults: {args.mode} mode", "", "```bash", command(args), "```", "",
         f"{what}. {args.config} with `{' '.join(train_overrides(args, Path('RUN'))[1:])}`, "
