@@ -189,9 +189,12 @@ def _no_restart() -> None:
     left = (int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
             - int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
     if left > 0 and "TORCHELASTIC_RUN_ID" in os.environ:
+        import atexit
+
         log.error("this error recurs on every restart: asking torchrun to stop (%d restarts "
                   "left unused)", left)
-        os.kill(os.getppid(), signal.SIGTERM)
+        parent = os.getppid()
+        atexit.register(os.kill, parent, signal.SIGTERM)  # once the error has been printed
 
 
 def failure_record(e: BaseException, rank: int) -> dict[str, object]:

@@ -1,0 +1,177 @@
+"""Resume: a resumed run ends with the uninterrupted run's weights, bit for bit (in-process,
+distributed, under another world size, after a SIGKILL under torchrun), and what cannot be
+resumed is refused with one message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, cli, env1, wait_for, workers
+from safetensors.torch import load_file
+
+from pipedbn.checkpoint import part_path
+
+TINY = "configs/tiny.yaml"
+EVERY = ["checkpoint.every=20", "checkpoint.keep=100"]
+
+
+def model(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def assert_same(a: Path, b: Path) -> None:
+    ma, mb = model(a), model(b)
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), k
+
+
+def train(run_dir: Path, *overrides: str, nproc: int = 1) -> None:
+    proc = cli("train", TINY, f"run.dir={run_dir}", *EVERY, *overrides, "--nproc", str(nproc),
+               "-q")
+    assert proc.returncode == 0, proc.stderr
+
+
+def cut_back(src: Path, dst: Path, keep_upto: int) -> None:
+    """``dst``: ``src`` as a kill right after checkpoint ``keep_upto`` would have left it."""
+    shutil.copytree(src, dst)
+    for d in (dst / "checkpoints").iterdir():
+        if d.name == "final" or int(d.name.split("-")[1]) > keep_upto:
+            shutil.rmtree(d)
+    for name in ("model.safetensors", "summary.txt", "stages.json"):
+        (dst / name).unlink(missing_ok=True)
+
+
+def resume(run_dir: Path, *overrides: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    return cli("train", TINY, "--resume", str(run_dir), *EVERY, *overrides, "--nproc",
+               str(nproc), "-q")
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["train.schedule=greedy", "rbm.method=pcd", "rbm.epochs=1"],
+], ids=["streaming-cd", "greedy-pcd"])
+def test_in_process_resume_is_exact(tmp_path: Path, overrides: list[str]) -> None:
+    train(tmp_path / "full", *overrides)
+    cut_back(tmp_path / "full", tmp_path / "resumed", 40)
+    proc = resume(tmp_path / "resumed", *overrides)
+    assert proc.returncode == 0, proc.stderr
+    assert_same(tmp_path / "full", tmp_path / "resumed")
+    # metrics.jsonl holds each record once: the resumed part replaced the cut one
+    recs = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").open()]
+    keys = [(r["layer"], r["tag"], r["step"]) for r in recs if r["tag"].startswith("eval/")]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("overrides,nproc,again", [
+    (["balancer.max_replicas=1"], 3, 2),  # another world size on resume
+    (["train.schedule=greedy", "rbm.method=pcd", "rbm.epochs=1", "balancer.max_replicas=1"],
+     3, 3),
+    (["balancer.plan=0|1x2|2"], 4, 4),  # BSP replicas meet at each checkpoint
+], ids=["streaming-3-then-2", "greedy-pcd-3", "replicated-4"])
+def test_distributed_resume_is_exact(tmp_path: Path, overrides: list[str], nproc: int,
+                                     again: int) -> None:
+    train(tmp_path / "full", *overrides, nproc=nproc)
+    cut_back(tmp_path / "full", tmp_path / "resumed", 40)
+    plan = [o for o in overrides if o.startswith("balancer.plan")] if again == nproc else []
+    proc = resume(tmp_path / "resumed", *plan, *[o for o in overrides if "plan" not in o],
+                  nproc=again)
+    assert proc.returncode == 0, proc.stderr
+    assert_same(tmp_path / "full", tmp_path / "resumed")
+    if "balancer.plan=0|1x2|2" not in overrides:  # and equal to the in-process reference
+        train(tmp_path / "reference", *overrides)
+        assert_same(tmp_path / "full", tmp_path / "reference")
+
+
+def test_sigkill_under_torchrun_restarts_and_ends_equal(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    overrides = ["balancer.max_replicas=1", "checkpoint.every=10", "rbm.epochs=6"]
+    env = {**env1(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+         "--max-restarts", "1", "-m", "pipedbn", "train", TINY, f"run.dir={run_dir}",
+         *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        wait_for(lambda: (run_dir / "checkpoints/step-30/MANIFEST.json").exists()
+                 or (run_dir / "checkpoints/step-40").exists(), 120, "a checkpoint")
+        victim = workers(str(run_dir)).get(1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        out, err = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "resuming" in err and "previous attempt stopped" in err
+    train(tmp_path / "reference", *overrides)
+    assert_same(run_dir, tmp_path / "reference")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb/layer-1"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("rbm/recon_error")]
+    assert steps == sorted(set(steps))  # the attempt's points past the checkpoint were purged
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    train(run_dir)
+    other = cli("train", TINY, "--resume", str(run_dir), "train.batch_size=64",
+                "layers.1.hidden=20", "--nproc", "1")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "train.batch_size: 50 in the run, 64 now" in other.stderr
+    assert "layers.1.hidden: 24 in the run, 20 now" in other.stderr
+    assert "config.yaml --resume" in other.stderr
+    path = part_path(run_dir, "step-80", 1)
+    blob = bytearray(path.read_bytes())
+    blob[-40] ^= 0x10
+    path.write_bytes(bytes(blob))
+    shutil.rmtree(run_dir / "checkpoints/final")
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    bad = resume(run_dir)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "checksum mismatch" in bad.stderr and "step-80" in bad.stderr
+    assert sorted(p.name for p in run_dir.rglob("*")) == before  # nothing touched
+    nowhere = cli("train", TINY, "--resume", str(tmp_path / "missing"), "--nproc", "1")
+    assert nowhere.returncode == 2 and "not a run directory" in nowhere.stderr
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = cli("train", TINY, f"run.dir={run_dir}", "checkpoint.every=10", "layers.2.lr=1e37",
+               "layers.2.momentum=0.9", "--nproc", "3", "balancer.max_replicas=1")
+    assert proc.returncode == 3, proc.stderr
+    assert "layer 2: non-finite" in proc.stderr and "Traceback" not in proc.stderr
+    parts = [json.loads(p.read_text()) for p in (run_dir / "checkpoints").glob("*/layer-2.json")]
+    assert parts and max(p["micro_batch"] for p in parts) == 30  # step-30 stays the newest
+    good = cli("train", TINY, "--resume", str(run_dir), "checkpoint.every=10",
+               "layers.2.lr=1e37", "layers.2.momentum=0.9", "--nproc", "1", "-q")
+    assert good.returncode == 3  # resumed from step-30, it diverges again, the same way
+    assert "layer 2: non-finite" in good.stderr
+
+
+def test_bad_data_under_torchrun_does_not_burn_the_restarts(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((300, 16)).astype(np.float32)
+    x[123, 4] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    env = {**env1(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "--max-restarts", "3", "-m", "pipedbn", "train", TINY, "data.source=npy",
+         f"data.path={tmp_path / 'x.npy'}", f"run.dir={tmp_path / 'run'}", "layers=[8,4]"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert proc.stderr.count("non-finite value (NaN or Inf)") == 1, proc.stderr
+    assert "recurs on every restart" in proc.stderr
+    assert time.monotonic() - t0 < 120

@@ -1,0 +1,83 @@
+"""What checkpoints cost: the same run with checkpoints at the default interval and with only
+the final state.
+
+    python tools/bench_checkpoint.py [--config configs/quickstart.yaml] [--pairs 3] [--write-docs]
+
+Each pair runs the config twice on local processes, once with the default ``checkpoint.every``
+and once with ``checkpoint.every=0``, alternating which goes first (these machines are noisy).
+The figure is the end-to-end samples/s with checkpoints over without, per pair; the goal is
+>= 0.98. Results go to tools/out/bench_checkpoint.json and, with --write-docs, to
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from bench_monitor import ROOT, run  # tools/ is this script's directory
+from benchdocs import write_section
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="config overrides for both runs")
+    args = ap.parse_args()
+    pairs = []
+    with tempfile.TemporaryDirectory() as d:
+        for p in range(args.pairs):
+            order = (True, False) if p % 2 == 0 else (False, True)
+            got = {}
+            for on in order:
+                run_dir = Path(d) / f"{p}-{on}"
+                extra = args.overrides + ([] if on else ["checkpoint.every=0"])
+                got[on] = run(args.config, run_dir, True, extra)
+                steps = [s for s in (run_dir / "checkpoints").iterdir() if s.name != "final"]
+                got[on]["checkpoints_kept"] = len(steps)
+                got[on]["checkpoint_bytes"] = sum(f.stat().st_size for s in steps
+                                                  for f in s.iterdir())
+            pairs.append({"on": got[True], "off": got[False],
+                          "ratio": got[True]["samples_per_s"] / got[False]["samples_per_s"]})
+            print(f"pair {p + 1}: checkpoints {got[True]['samples_per_s']:,.0f} samples/s, "
+                  f"none {got[False]['samples_per_s']:,.0f}, ratio {pairs[-1]['ratio']:.3f}",
+                  file=sys.stderr)
+    result = {"date": str(date.today()), "machine": f"{os.cpu_count()} cores",
+              "config": args.config, "overrides": args.overrides, "pairs": pairs,
+              "median_ratio": statistics.median(p["ratio"] for p in pairs)}
+    out = ROOT / "tools" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_checkpoint.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = report(result)
+    print(text)
+    if args.write_docs:
+        write_section("checkpoints", text)
+
+
+def report(r: dict[str, Any]) -> str:
+    cmd = " ".join(["python tools/bench_checkpoint.py --config", r["config"],
+                    f"--pairs {len(r['pairs'])}", *r["overrides"]])
+    lines = [f"Measured {r['date']} on {r['machine']}, one thread per process: `{cmd}`.", "",
+             "| pair | checkpoints (samples/s) | final only | ratio | checkpoints kept | "
+             "bytes per checkpoint |", "|---|---|---|---|---|---|"]
+    for i, p in enumerate(r["pairs"], 1):
+        on = p["on"]
+        per = on["checkpoint_bytes"] / max(on["checkpoints_kept"], 1)
+        lines.append(f"| {i} | {on['samples_per_s']:,.0f} | {p['off']['samples_per_s']:,.0f} | "
+                     f"{p['ratio']:.3f} | {on['checkpoints_kept']} | {per:,.0f} |")
+    lines += ["", f"Median ratio: **{r['median_ratio']:.3f}** (goal >= 0.98, i.e. <= 2% "
+              "overhead)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
