@@ -20,7 +20,10 @@ Run from the repository root::
      replacement agent with the same arguments is started at once. The rendezvous store is held
      by this tool (the agents get ``--rdzv-conf is_host=false``), as an etcd server or a
      launcher host would hold it on a cluster: the c10d backend otherwise keeps it inside
-     whichever agent started first, and killing that agent ends every job, resume or not.
+     whichever agent started first, and killing that agent ends every job, resume or not
+     (``--store agent`` shows it: agent 0 starts first and holds the store; when it is the one
+     killed, the survivor fails with ``RendezvousConnectionError`` and the replacement waits
+     until the trial's timeout).
 
    The delays and the ranks (nodes) come from ``--seed``, drawn before each trial starts.
 3. *Per trial*: the ranks killed, when (seconds after the job's first checkpoint; the newest
@@ -104,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-alive", type=int, default=5,
                     help="node mode: seconds between rendezvous heartbeats; a node is dead "
                          "after 3 missed (torch's default 5: a lost node is noticed in 15 s)")
+    ap.add_argument("--store", choices=["tool", "agent"], default="tool",
+                    help="node mode: who holds the rendezvous store: this tool, or agent 0 "
+                         "(torchrun's own way: it is started first and binds the endpoint)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per job, at most")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None,
@@ -348,6 +354,8 @@ class Trial:
     trial: int
     killed: list[int] = field(default_factory=list)
     """Ranks SIGKILLed (node mode: the killed agent's workers)."""
+    agent: int | None = None
+    """Node mode: the agent killed (0 started first; with ``--store agent`` it holds the store)."""
     at_s: float | None = None
     """Seconds after the job's first checkpoint."""
     checkpoint: int | None = None
@@ -401,12 +409,17 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
     tdir.mkdir(parents=True)
     run_dir = tdir / "run"
     trial = Trial(index)
-    store, agent_args = launcher_args(args)  # node mode: the store serves until we return
+    store, port, agent_args = launcher_args(args)  # a store here serves until we return
     job = Job(run_dir, agent_args, tdir, [args.config, *train_overrides(args, run_dir)])
+    watch, kill_wall = None, 0.0
     t0 = time.monotonic()
     deadline = t0 + args.timeout
     try:
-        for _ in range(2 if args.mode == "node" else 1):
+        job.start_agent()
+        if args.mode == "node":
+            if store is None and port is not None:  # agent 0 is to host the store: let it bind
+                wait_until(lambda: listening(port) or job.any_exited(), deadline,
+                           "agent 0's rendezvous store")
             job.start_agent()
         wait_until(lambda: bool(complete_checkpoints(run_dir, ref.layers)) or job.any_exited(),
                    deadline, "the first complete checkpoint")
@@ -423,21 +436,23 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
             trial.checkpoint = steps[-1] if steps else None
             watch = Watch({w.pid for w in current}, args.nproc, time.monotonic())
             trial.killed = kill_victim(job, current, victim, args.mode)
+            trial.agent = job.killed_agent
             kill_wall = time.time()
             while not job.finished():
                 if time.monotonic() > deadline:
                     raise TimeoutError("timed out waiting for the job to finish")
                 watch.look(job.workers())
                 time.sleep(POLL_S)
-            trial.gone_s, trial.up_s, trial.restarts = watch.gone_s, watch.up_s, watch.restarts
-            if watch.gone_wall is not None:
-                back = first_training_record(run_dir, watch.gone_wall)
-                trial.back_s = None if back is None else back - kill_wall
     except TimeoutError as e:
         trial.note = str(e)
     finally:
         job.stop()
         del store
+    if watch is not None:  # what was seen after the kill, also when the job then timed out
+        trial.gone_s, trial.up_s, trial.restarts = watch.gone_s, watch.up_s, watch.restarts
+        if watch.gone_wall is not None:
+            back = first_training_record(run_dir, watch.gone_wall)
+            trial.back_s = None if back is None else back - kill_wall
     trial.wall_s = time.monotonic() - t0
     trial.exit_codes = [a.returncode for a in job.agents]
     trial.resumed_from = resumed_from(sorted(tdir.glob("agent-*.log")))
@@ -447,16 +462,28 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
     return trial
 
 
-def launcher_args(args: argparse.Namespace) -> tuple[Any, list[str]]:
-    """torchrun's arguments for one job; node mode also starts the job's rendezvous store."""
+def launcher_args(args: argparse.Namespace) -> tuple[Any, int | None, list[str]]:
+    """(store, its port, torchrun's arguments) for one job; node mode with ``--store tool``
+    starts the job's rendezvous store here."""
     if args.mode == "process":
-        return None, ["--standalone", "--nproc-per-node", str(args.nproc), "--max-restarts", "1"]
-    store, port = rendezvous_store()
-    return store, ["--nnodes", "2", "--nproc-per-node", str(args.nproc // 2),
-                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-                   "--rdzv-id", f"faults-{uuid.uuid4().hex[:8]}",
-                   "--rdzv-conf", f"is_host=false,keep_alive_interval={args.keep_alive}",
-                   "--max-restarts", "1"]
+        return None, None, ["--standalone", "--nproc-per-node", str(args.nproc),
+                            "--max-restarts", "1"]
+    rdzv_conf = f"keep_alive_interval={args.keep_alive}"
+    if args.store == "tool":
+        store, port = rendezvous_store()
+        rdzv_conf += ",is_host=false"
+    else:
+        store, port = None, free_port()
+    return store, port, ["--nnodes", "2", "--nproc-per-node", str(args.nproc // 2),
+                         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                         "--rdzv-id", f"faults-{uuid.uuid4().hex[:8]}", "--rdzv-conf", rdzv_conf,
+                         "--max-restarts", "1"]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def kill_victim(job: Job, current: list[Worker], victim: int, mode: str) -> list[int]:
@@ -500,12 +527,13 @@ def fmt(x: float | None, digits: int = 2) -> str:
 
 
 def table(trials: list[Trial], mode: str) -> str:
-    who = "killed ranks" if mode == "node" else "killed rank"
+    who = "killed agent: ranks" if mode == "node" else "killed rank"
     rows = [f"| trial | {who} | at s | checkpoint | from | restarts | resumed 1st | identical "
             "| lost | gone s | up s | back s | wall s |",
             "| --- " * 13 + "|"]
     for t in trials:
-        rows.append(f"| {t.trial} | {','.join(map(str, t.killed)) or '-'} | {fmt(t.at_s)} "
+        agent = "" if t.agent is None else f"{t.agent}: "
+        rows.append(f"| {t.trial} | {agent}{','.join(map(str, t.killed)) or '-'} | {fmt(t.at_s)} "
                     f"| {t.checkpoint if t.checkpoint is not None else '-'} "
                     f"| {t.resumed_from or '-'} | {t.restarts} "
                     f"| {yes(t.resumed_first)} | {yes(t.identical)} | {yes(t.lost)} "
@@ -567,7 +595,8 @@ def docs_section(args: argparse.Namespace, ref: Reference, trials: list[Trial]) 
             if args.mode == "process" else
             "SIGKILL of one of two agents (`--nnodes 2`, `--max-restarts 1`) and its workers, "
             "a replacement agent with the same arguments started at once; the rendezvous "
-            f"store is held by the tool, a heartbeat every {args.keep_alive} s")
+            f"store is held by {'the tool' if args.store == 'tool' else 'agent 0'}, a heartbeat "
+            f"every {args.keep_alive} s")
     return "\n".join([
         f"## Faults: {args.mode} mode", "", "```bash", command(args), "```", "",
         f"{what}. `{args.config}` with `{' '.join(train_overrides(args, Path('RUN'))[1:])}`, "
@@ -617,7 +646,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT / "tools"))
         from benchdocs import write_section
 
-        write_section(f"faults_{args.mode}", docs_section(args, ref, trials))
+        name = f"faults_{args.mode}" + ("_agent_store" if args.mode == "node"
+                                         and args.store == "agent" else "")
+        write_section(name, docs_section(args, ref, trials))
     return 1 if any(t.lost or not t.identical for t in trials) else 0
 
 
