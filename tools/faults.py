@@ -583,9 +583,10 @@ NOTES = {
                "(*up*). Most of *back* is the new workers' start-up on 2 cores: Python and "
                "torch, the gloo group, the data, the checkpoint read and its checksums.",
     "node": "The surviving node's workers see their peers vanish (a closed connection) and "
-            "exit, hence *gone*. *up* is mostly the rendezvous waiting for the killed agent's "
-            "heartbeats to stop: its round stays complete until 3 heartbeats are missed, "
-            "whatever the replacement does; `--keep-alive 1` cuts *up* to about 4 s.",
+            "exit, hence *gone*. *up* is mostly the rendezvous waiting for the killed agent: "
+            "its round stays complete, whatever the replacement does, until the dead agent's "
+            "last heartbeat is 3 intervals old (10 to 15 s with torch's default 5 s); "
+            "`--keep-alive 1` cuts *up* to about 4 s.",
 }
 """What the times of each mode are made of (measured while building this tool)."""
 
@@ -606,11 +607,12 @@ def docs_section(args: argparse.Namespace, ref: Reference, trials: list[Trial]) 
         table(trials, args.mode), "",
         f"**{summary(trials)}.** *at*: seconds after the job's first complete checkpoint; "
         "*checkpoint*: the newest complete one then; *from*: the one the restarted job resumed "
-        "from (rank 0's log; 0: the start); *gone*: from the kill until no old worker is left; "
-        "*up*: until a full set of new workers exists; *back*: until the first micro-batch "
-        "trained after the restart is logged in `metrics.jsonl` (none after a resume from "
-        "`final`); *identical*: `model.safetensors` equals the uninterrupted reference's, "
-        f"every tensor. {NOTES[args.mode]}",
+        "from (rank 0's log; 0: the start; it can be newer than *checkpoint*: the stages still "
+        "alive complete later ones before they stop); *gone*: from the kill until no old "
+        "worker is left; *up*: until a full set of new workers exists; *back*: until the "
+        "first micro-batch trained after the restart is logged in `metrics.jsonl` (none after "
+        "a resume from `final`); *identical*: `model.safetensors` equals the uninterrupted "
+        f"reference's, every tensor. {NOTES[args.mode]}",
     ])
 
 
