@@ -444,6 +444,7 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
         return run_stage(cfg, rank, role, layers, schedule, source, outbox, sync, metrics,
                          device, stats, decide, reporter, probe, progress, saver)
     finally:
+        stats.checkpoint_s += saver.seconds if saver is not None else 0.0
         if isinstance(source, Prefetcher):
             source.close()
 
