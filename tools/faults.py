@@ -1,0 +1,611 @@
+"""Fault injection: kill ranks, or whole nodes, of torchrun jobs at random moments and check that
+every job resumes from its checkpoints and ends with the uninterrupted run's weights, bit for bit.
+
+Run from the repository root::
+
+    python tools/faults.py --trials 20                 # process mode: SIGKILL one worker
+    python tools/faults.py --trials 5 --mode node      # node mode: SIGKILL an agent and its workers
+
+1. *Reference*: one uninterrupted run, ``pipedbn train CONFIG run.dir=REF --nproc N`` with the
+   trials' overrides. Its training window (from the first ``checkpoints/step-*`` to
+   ``model.safetensors``) bounds the moments at which the trials kill.
+2. *Trials*, each a fresh torchrun job with ``--max-restarts 1`` and ``run.dir=RUN``:
+
+   - ``process``: one agent (``--standalone``, N workers). Once the job's first checkpoint
+     exists, the tool waits a random moment (uniform in ``[0, --window x`` the reference's
+     window``]``) and SIGKILLs a random rank. The agent stops the other workers and starts a new
+     set, which resumes from the newest complete checkpoint.
+   - ``node``: two agents as two nodes (``--nnodes 2``, N/2 workers each, c10d rendezvous). At
+     the random moment one agent, drawn at random, is SIGKILLed together with its workers, and a
+     replacement agent with the same arguments is started at once. The rendezvous store is held
+     by this tool (the agents get ``--rdzv-conf is_host=false``), as an etcd server or a
+     launcher host would hold it on a cluster: the c10d backend otherwise keeps it inside
+     whichever agent started first, and killing that agent ends every job, resume or not.
+
+   The delays and the ranks (nodes) come from ``--seed``, drawn before each trial starts.
+3. *Per trial*: the ranks killed, when (seconds after the job's first checkpoint; the newest
+   checkpoint step then), the most restarts any new worker saw (``TORCHELASTIC_RESTART_COUNT``),
+   whether the job succeeded within its first restart, whether its ``model.safetensors`` equals
+   the reference's (every tensor, ``torch.equal``), whether the job was lost (non-zero exit,
+   timeout, or no model), and three times from the kill: *gone* (no worker that was alive at the
+   kill is left; zombies count as gone), *up* (a full set of new workers exists) and *back*
+   (the first training record, tag ``rbm/*`` or ``pipeline/*``, that a new worker wrote to the
+   run's ``metrics.jsonl``: a record with a wall time after *gone*, so no old worker wrote it).
+   The runs log every micro-batch (``monitor.scalars_every=1``), so *back* is the first trained
+   micro-batch, not the next logging step. Workers are found in ``/proc`` (environment has
+   ``RANK=``, command line names the run directory), polled every 10 ms.
+
+A straggler sleep (``--sleep`` seconds per micro-batch on layer 0, no CPU used; the weights do
+not depend on it) stretches tiny's 0.1 s of training to about 2 s, so that the kills land in
+the middle of training rather than in the start-up. One thread per process.
+
+Prints a table and ``trials N, resumed on first restart R, identical I, lost L`` with the median
+times; ``--json FILE`` writes every figure; ``--write-docs`` replaces this mode's section of
+``docs/benchmarks.md``. Exits 1 if any trial was lost or ended with different weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING_TAGS = ("rbm/", "pipeline/")
+"""Metrics a stage writes only while it trains (``eval/*`` and ``config`` come at set-up)."""
+POLL_S = 0.01
+RESUMING = re.compile(r"resuming \S+ from (?:step-(\d+)|(final)|the start)")
+"""Rank 0's log line when a restarted job continues its run (``pipedbn.resume``)."""
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       # without it, restarted workers often fail to rebuild the gloo group: the rendezvous
+       # store is then reused across restarts
+       "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+MODES: dict[str, dict[str, Any]] = {"process": {"nproc": 3, "overrides": []},
+         "node": {"nproc": 4, "overrides": ["layers=[32,24,16,12]"]}}
+"""Per mode: total ranks and the overrides used when none are given (tiny has 3 layers)."""
+
+
+# ------------------------------------------------------------------------------ options
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides for the reference and every trial (default: the "
+                         "mode's; node: layers=[32,24,16,12], as tiny has 3 layers)")
+    ap.add_argument("--mode", choices=sorted(MODES), default="process",
+                    help="process: kill one worker; node: kill an agent and its workers")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--config", default="configs/tiny.yaml")
+    ap.add_argument("--nproc", type=int, default=None,
+                    help="ranks in all, one per layer (default 3, node mode 4: 2 per node)")
+    ap.add_argument("--every", type=int, default=10,
+                    help="checkpoint.every: micro-batches between checkpoints")
+    ap.add_argument("--sleep", type=float, default=0.02,
+                    help="straggler seconds per micro-batch on layer 0, to stretch training")
+    ap.add_argument("--window", type=float, default=0.9,
+                    help="kill within this fraction of the reference's training window")
+    ap.add_argument("--keep-alive", type=int, default=5,
+                    help="node mode: seconds between rendezvous heartbeats; a node is dead "
+                         "after 3 missed (torch's default 5: a lost node is noticed in 15 s)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per job, at most")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="directory for the runs and logs (default tools/out/faults/<time>)")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="replace this mode's section of docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    mode = MODES[args.mode]
+    args.nproc = args.nproc or mode["nproc"]
+    args.overrides = args.overrides or list(mode["overrides"])
+    if args.mode == "node" and args.nproc % 2:
+        ap.error("--mode node splits the ranks over 2 nodes: --nproc must be even")
+    if args.trials < 1 or args.every < 1:
+        ap.error("--trials and --every must be >= 1 (a kill needs a checkpoint to resume from)")
+    if args.out is None:
+        args.out = ROOT / "tools" / "out" / "faults" / (
+            f"{args.mode}-{datetime.now():%Y%m%d-%H%M%S}")
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    return args
+
+
+def train_overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The config overrides of the reference and of every trial (only ``run.dir`` differs)."""
+    return [f"run.dir={run_dir}", "balancer.max_replicas=1", f"checkpoint.every={args.every}",
+            "monitor.scalars_every=1", "straggler.layer=0", f"straggler.sleep_s={args.sleep}",
+            *args.overrides]
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+@dataclass(frozen=True)
+class Worker:
+    pid: int
+    ppid: int
+    rank: int
+    restart: int
+    """``TORCHELASTIC_RESTART_COUNT`` of its agent when it started it."""
+
+
+def workers(marker: Path) -> list[Worker]:
+    """Live pipeline workers (environment has ``RANK=``) whose command line names ``marker``."""
+    found = []
+    needle = str(marker).encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            if not any(needle in c for c in cmd):
+                continue
+            env = dict(e.split(b"=", 1) for e in (d / "environ").read_bytes().split(b"\0")
+                       if b"=" in e)
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if b"RANK" in env and stat[0] != "Z":
+            found.append(Worker(int(d.name), int(stat[1]), int(env[b"RANK"]),
+                                int(env.get(b"TORCHELASTIC_RESTART_COUNT", b"0"))))
+    return found
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Job:
+    """The torchrun agents of one run (node mode: a killed one and its replacement too), their
+    logs, and the run's workers."""
+
+    run_dir: Path
+    agent_args: list[str]
+    logs: Path
+    train_args: list[str]
+    agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    files: list[IO[bytes]] = field(default_factory=list)
+    killed_agent: int | None = None
+
+    def start_agent(self) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"agent-{len(self.agents)}.log", "wb")
+        cmd = [sys.executable, "-m", "torch.distributed.run", *self.agent_args,
+               "-m", "pipedbn", "train", *self.train_args]
+        agent = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **ENV}, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self.agents.append(agent)
+        self.files.append(log)
+        return agent
+
+    def workers(self) -> list[Worker]:
+        return workers(self.run_dir)
+
+    def live_agents(self) -> list[subprocess.Popen[bytes]]:
+        return [a for i, a in enumerate(self.agents) if i != self.killed_agent]
+
+    def any_exited(self) -> bool:
+        return any(a.poll() is not None for a in self.live_agents())
+
+    def finished(self) -> bool:
+        return all(a.poll() is not None for a in self.live_agents())
+
+    def succeeded(self) -> bool:
+        return all(a.returncode == 0 for a in self.live_agents()) and \
+            (self.run_dir / "model.safetensors").is_file()
+
+    def stop(self) -> None:
+        """Kill whatever is left (after a timeout or an error in this tool)."""
+        for agent in self.agents:
+            agent.kill()
+        for w in self.workers():
+            kill(w.pid)
+        for agent in self.agents:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(timeout=10)
+        for f in self.files:
+            f.close()
+
+
+def wait_until(predicate: Any, deadline: float, what: str) -> None:
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(POLL_S)
+
+
+# ------------------------------------------------------------------------------ run directory
+
+
+def complete_checkpoints(run_dir: Path, layers: int) -> list[int]:
+    """Micro-batches of the complete ``step-<c>`` checkpoints: every layer's part has its
+    ``.json`` (written after the part itself, as ``pipedbn.checkpoint`` counts them)."""
+    found = []
+    for d in (run_dir / "checkpoints").glob("step-*"):
+        c = d.name.removeprefix("step-")
+        if c.isdigit() and all((d / f"layer-{i}.json").exists() for i in range(layers)):
+            found.append(int(c))
+    return sorted(found)
+
+
+def resumed_from(logs: list[Path]) -> str | None:
+    """The checkpoint the last resume started from, as rank 0 logged it ("0": the start)."""
+    found = None
+    for log in logs:
+        for m in RESUMING.finditer(log.read_text(errors="replace")):
+            found = m.group(1) or m.group(2) or "0"
+    return found
+
+
+def first_training_record(run_dir: Path, after_wall: float) -> float | None:
+    """Wall time of the first training record in ``metrics.jsonl`` written after ``after_wall``."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    times = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the kill
+        if str(record.get("tag", "")).startswith(TRAINING_TAGS) and \
+                record.get("wall_time", 0) > after_wall:
+            times.append(float(record["wall_time"]))
+    return min(times, default=None)
+
+
+def same_model(run_dir: Path, ref_dir: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    got, want = load_file(run_dir / "model.safetensors"), load_file(ref_dir / "model.safetensors")
+    return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+# ------------------------------------------------------------------------------ reference
+
+
+@dataclass
+class Reference:
+    run_dir: Path
+    layers: int
+    window_s: float
+    """From the first complete checkpoint to ``model.safetensors``."""
+    wall_s: float
+
+
+def count_layers(args: argparse.Namespace) -> int:
+    """Layers of the resolved config (``pipedbn train --print-config``; checks the overrides)."""
+    import yaml
+
+    proc = subprocess.run([sys.executable, "-m", "pipedbn", "train", args.config,
+                           *train_overrides(args, args.out / "unused"), "--print-config"],
+                          cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        raise SystemExit(f"faults: the config does not resolve:\n{proc.stderr}")
+    return len(yaml.safe_load(proc.stdout)["layers"])
+
+
+def reference(args: argparse.Namespace) -> Reference:
+    run_dir = args.out / "reference"
+    layers = count_layers(args)
+    cmd = [sys.executable, "-m", "pipedbn", "train", args.config,
+           *train_overrides(args, run_dir), "--nproc", str(args.nproc), "-q"]
+    t0 = time.monotonic()
+    with open(args.out / "reference.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **ENV}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = t0 + args.timeout
+            wait_until(lambda: bool(complete_checkpoints(run_dir, layers))
+                       or proc.poll() is not None, deadline, "the reference's first checkpoint")
+            t_first = time.monotonic()
+            wait_until(lambda: (run_dir / "model.safetensors").exists()
+                       or proc.poll() is not None, deadline, "the reference's model")
+            t_model = time.monotonic()
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            proc.kill()
+            for w in workers(run_dir):
+                kill(w.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+    if rc != 0 or not (run_dir / "model.safetensors").is_file():
+        raise SystemExit(f"faults: the reference run failed (exit {rc}); see "
+                         f"{args.out / 'reference.log'}")
+    return Reference(run_dir, layers, t_model - t_first, time.monotonic() - t0)
+
+
+# ------------------------------------------------------------------------------ trials
+
+
+@dataclass
+class Trial:
+    trial: int
+    killed: list[int] = field(default_factory=list)
+    """Ranks SIGKILLed (node mode: the killed agent's workers)."""
+    at_s: float | None = None
+    """Seconds after the job's first checkpoint."""
+    checkpoint: int | None = None
+    """Newest complete checkpoint at the kill (files; rank 0 may not have seen it yet)."""
+    resumed_from: str | None = None
+    """The checkpoint the restarted job resumed from, as its rank 0 logged it ("0": start)."""
+    restarts: int = 0
+    resumed_first: bool = False
+    identical: bool = False
+    lost: bool = True
+    gone_s: float | None = None
+    up_s: float | None = None
+    back_s: float | None = None
+    wall_s: float = 0.0
+    exit_codes: list[int | None] = field(default_factory=list)
+    missed: bool = False
+    """The job ended before the moment to kill came (nothing was killed)."""
+    note: str = ""
+
+
+@dataclass
+class Watch:
+    """Follows the workers after a kill: when the old ones are gone, when new ones are up."""
+
+    old: set[int]
+    nproc: int
+    t_kill: float
+    gone_s: float | None = None
+    gone_wall: float | None = None
+    up_s: float | None = None
+    restarts: int = 0
+
+    def look(self, current: list[Worker]) -> None:
+        now = time.monotonic()
+        pids = {w.pid for w in current}
+        if self.gone_s is None and not pids & self.old:
+            self.gone_s, self.gone_wall = now - self.t_kill, time.time()
+        new = [w for w in current if w.pid not in self.old]
+        self.restarts = max([self.restarts, *(w.restart for w in new)])
+        if self.up_s is None and self.gone_s is not None and \
+                len({w.rank for w in new}) == self.nproc:
+            self.up_s = now - self.t_kill
+
+
+def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Reference) -> Trial:
+    """One job, killed once at a random moment of its training; ``args.mode`` says what dies."""
+    # drawn before anything is timed: one seed gives the same delays and victims every time
+    delay = rng.uniform(0.0, args.window * ref.window_s)
+    victim = rng.randrange(args.nproc if args.mode == "process" else 2)
+    tdir = args.out / f"{args.mode}-{index:02d}"
+    tdir.mkdir(parents=True)
+    run_dir = tdir / "run"
+    trial = Trial(index)
+    store, agent_args = launcher_args(args)  # node mode: the store serves until we return
+    job = Job(run_dir, agent_args, tdir, [args.config, *train_overrides(args, run_dir)])
+    t0 = time.monotonic()
+    deadline = t0 + args.timeout
+    try:
+        for _ in range(2 if args.mode == "node" else 1):
+            job.start_agent()
+        wait_until(lambda: bool(complete_checkpoints(run_dir, ref.layers)) or job.any_exited(),
+                   deadline, "the first complete checkpoint")
+        t_first = time.monotonic()
+        wait_until(lambda: time.monotonic() >= t_first + delay or job.any_exited(), deadline,
+                   "the moment to kill")
+        current = job.workers()
+        if job.any_exited() or len(current) != args.nproc:
+            trial.missed = True  # it ended (or failed) first; whether it succeeded is checked
+            wait_until(job.finished, deadline, "the job to finish")
+        else:
+            trial.at_s = time.monotonic() - t_first
+            steps = complete_checkpoints(run_dir, ref.layers)
+            trial.checkpoint = steps[-1] if steps else None
+            watch = Watch({w.pid for w in current}, args.nproc, time.monotonic())
+            trial.killed = kill_victim(job, current, victim, args.mode)
+            kill_wall = time.time()
+            while not job.finished():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("timed out waiting for the job to finish")
+                watch.look(job.workers())
+                time.sleep(POLL_S)
+            trial.gone_s, trial.up_s, trial.restarts = watch.gone_s, watch.up_s, watch.restarts
+            if watch.gone_wall is not None:
+                back = first_training_record(run_dir, watch.gone_wall)
+                trial.back_s = None if back is None else back - kill_wall
+    except TimeoutError as e:
+        trial.note = str(e)
+    finally:
+        job.stop()
+        del store
+    trial.wall_s = time.monotonic() - t0
+    trial.exit_codes = [a.returncode for a in job.agents]
+    trial.resumed_from = resumed_from(sorted(tdir.glob("agent-*.log")))
+    trial.lost = bool(trial.note) or not job.succeeded()
+    trial.identical = not trial.lost and same_model(run_dir, ref.run_dir)
+    trial.resumed_first = not trial.lost and not trial.missed and trial.restarts <= 1
+    return trial
+
+
+def launcher_args(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """torchrun's arguments for one job; node mode also starts the job's rendezvous store."""
+    if args.mode == "process":
+        return None, ["--standalone", "--nproc-per-node", str(args.nproc), "--max-restarts", "1"]
+    store, port = rendezvous_store()
+    return store, ["--nnodes", "2", "--nproc-per-node", str(args.nproc // 2),
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                   "--rdzv-id", f"faults-{uuid.uuid4().hex[:8]}",
+                   "--rdzv-conf", f"is_host=false,keep_alive_interval={args.keep_alive}",
+                   "--max-restarts", "1"]
+
+
+def kill_victim(job: Job, current: list[Worker], victim: int, mode: str) -> list[int]:
+    """SIGKILL rank ``victim`` (process mode) or agent ``victim`` and its workers, then start
+    a replacement agent (node mode); the ranks killed."""
+    if mode == "process":
+        target = next(w for w in current if w.rank == victim)
+        kill(target.pid)
+        return [target.rank]
+    agent = job.agents[victim]
+    kill(agent.pid)
+    job.killed_agent = victim
+    mine = [w for w in current if w.ppid == agent.pid]
+    for w in mine:
+        kill(w.pid)
+    job.start_agent()  # the replacement node, with the same arguments
+    return sorted(w.rank for w in mine)
+
+
+def rendezvous_store() -> tuple[Any, int]:
+    """A c10d store in this process, on a free port, for the agents to rendezvous on."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    for _ in range(20):
+        port = free_port()
+        try:
+            return TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                            multi_tenant=True, timeout=timedelta(seconds=60)), port
+        except (RuntimeError, ValueError):
+            continue  # taken meanwhile
+    raise SystemExit("faults: no free port for the rendezvous store")
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def table(trials: list[Trial], mode: str) -> str:
+    who = "killed ranks" if mode == "node" else "killed rank"
+    rows = [f"| trial | {who} | at s | checkpoint | from | restarts | resumed 1st | identical "
+            "| lost | gone s | up s | back s | wall s |",
+            "| --- " * 13 + "|"]
+    for t in trials:
+        rows.append(f"| {t.trial} | {','.join(map(str, t.killed)) or '-'} | {fmt(t.at_s)} "
+                    f"| {t.checkpoint if t.checkpoint is not None else '-'} "
+                    f"| {t.resumed_from or '-'} | {t.restarts} "
+                    f"| {yes(t.resumed_first)} | {yes(t.identical)} | {yes(t.lost)} "
+                    f"| {fmt(t.gone_s)} | {fmt(t.up_s)} | {fmt(t.back_s)} | {fmt(t.wall_s, 1)} |")
+    return "\n".join(rows)
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summary(trials: list[Trial]) -> str:
+    n, missed = len(trials), sum(t.missed for t in trials)
+    return (f"trials {n}, resumed on first restart {sum(t.resumed_first for t in trials)}, "
+            f"identical {sum(t.identical for t in trials)}, lost {sum(t.lost for t in trials)}"
+            f"{f', not killed (ended first) {missed}' if missed else ''}; "
+            f"median s from the kill: old workers gone {fmt(median([t.gone_s for t in trials]))}"
+            f", new workers up {fmt(median([t.up_s for t in trials]))}, training again "
+            f"{fmt(median([t.back_s for t in trials]))}")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, one thread per process")
+
+
+def command(args: argparse.Namespace) -> str:
+    return shlex.join(["python", "tools/faults.py", *args.argv])
+
+
+def docs_section(args: argparse.Namespace, ref: Reference, trials: list[Trial]) -> str:
+    what = ("SIGKILL of one random worker; torchrun (`--max-restarts 1`) restarts the workers"
+            if args.mode == "process" else
+            "SIGKILL of one of two agents (`--nnodes 2`) and its workers, a replacement agent "
+            "started at once; rendezvous store held by the tool, a heartbeat every "
+            f"{args.keep_alive} s (a node counts as lost after 3 missed)")
+    return "\n".join([
+        f"## Faults: {args.mode} mode", "", "```bash", command(args), "```", "",
+        f"{what}. {args.config} with `{' '.join(train_overrides(args, Path('RUN'))[1:])}`, "
+        f"{args.nproc} ranks; each job killed once at a random moment of its training "
+        f"(reference window {ref.window_s:.2f} s), seed {args.seed}; {date.today()}. "
+        f"{machine()}.", "",
+        table(trials, args.mode), "",
+        f"**{summary(trials)}.** *at*: seconds after the job's first complete checkpoint; "
+        "*checkpoint*: the newest complete one then; *from*: the one the restarted job resumed "
+        "from (rank 0's log; 0: the start); *gone*: from the kill until no old worker is left; "
+        "*up*: until a full set of new workers exists; *back*: until the first micro-batch "
+        "trained after the restart is logged in `metrics.jsonl`; *identical*: "
+        "`model.safetensors` equals the uninterrupted reference's, every tensor.",
+    ])
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if any(args.out.iterdir()):
+        raise SystemExit(f"faults: {args.out} is not empty")
+    rng = random.Random(args.seed)
+    ref = reference(args)
+    print(f"reference: {ref.wall_s:.1f} s, training window {ref.window_s:.2f} s ({ref.run_dir})",
+          flush=True)
+    trials = []
+    for i in range(args.trials):
+        trial = run_trial(args, i, rng, ref)
+        trials.append(trial)
+        print(f"trial {i}: killed {trial.killed} at {fmt(trial.at_s)} s, identical "
+              f"{yes(trial.identical)}, lost {yes(trial.lost)} {trial.note}", flush=True)
+    print(table(trials, args.mode))
+    print(summary(trials))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": command(args), "machine": machine(), "mode": args.mode,
+            "overrides": train_overrides(args, Path("RUN"))[1:], "config": args.config,
+            "nproc": args.nproc, "seed": args.seed, "reference": {
+                "window_s": ref.window_s, "wall_s": ref.wall_s, "run_dir": str(ref.run_dir)},
+            "summary": summary(trials), "trials": [asdict(t) for t in trials]}, indent=1))
+    if args.write_docs:
+        sys.path.insert(0, str(ROOT / "tools"))
+        from benchdocs import write_section
+
+        write_section(f"faults_{args.mode}", docs_section(args, ref, trials))
+    return 1 if any(t.lost or not t.identical for t in trials) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
