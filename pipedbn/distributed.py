@@ -280,7 +280,7 @@ def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
     assert isinstance(planned, dict)
     if "error" in planned:
         if rank == 0:
-            if not prepared:  # the run never started: leave no half-written run directory
+            if not prepared and not msg["resumed"]:  # never started: leave nothing behind
                 discard_run_dir(run_dir)
             raise UserError(planned["error"])
         raise SetupFailed(f"stage 0 could not plan the run: {planned['error']}")

@@ -196,7 +196,8 @@ CASES = [
 ]
 
 PENDING = {"checkpoint-corrupt", "resume-other-config"}
-"""Rows of the table whose cases come with checkpoints and ``--resume``."""
+"""Rows run by ``tests/test_resume.py::test_resume_refuses_what_it_cannot_continue`` (they need
+a finished run with checkpoints first): status 2, the message, no traceback, nothing touched."""
 
 
 def _idx_bytes(x: np.ndarray) -> bytes:
