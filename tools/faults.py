@@ -549,25 +549,39 @@ def command(args: argparse.Namespace) -> str:
     return shlex.join(["python", "tools/faults.py", *args.argv])
 
 
+NOTES = {
+    "process": "torchrun's agent sees the dead worker within its monitor interval (0.1 s) and "
+               "stops the others (SIGTERM), hence *gone*; it then starts a new set at once "
+               "(*up*). Most of *back* is the new workers' start-up on 2 cores: Python and "
+               "torch, the gloo group, the data, the checkpoint read and its checksums.",
+    "node": "The surviving node's workers see their peers vanish (a closed connection) and "
+            "exit, hence *gone*. *up* is mostly the rendezvous waiting for the killed agent's "
+            "heartbeats to stop: its round stays complete until 3 heartbeats are missed, "
+            "whatever the replacement does; `--keep-alive 1` cuts *up* to about 4 s.",
+}
+"""What the times of each mode are made of (measured while building this tool)."""
+
+
 def docs_section(args: argparse.Namespace, ref: Reference, trials: list[Trial]) -> str:
     what = ("SIGKILL of one random worker; torchrun (`--max-restarts 1`) restarts the workers"
             if args.mode == "process" else
-            "SIGKILL of one of two agents (`--nnodes 2`) and its workers, a replacement agent "
-            "started at once; rendezvous store held by the tool, a heartbeat every "
-            f"{args.keep_alive} s (a node counts as lost after 3 missed)")
+            "SIGKILL of one of two agents (`--nnodes 2`, `--max-restarts 1`) and its workers, "
+            "a replacement agent with the same arguments started at once; the rendezvous "
+            f"store is held by the tool, a heartbeat every {args.keep_alive} s")
     return "\n".join([
         f"## Faults: {args.mode} mode", "", "```bash", command(args), "```", "",
-        f"{what}. {args.config} with `{' '.join(train_overrides(args, Path('RUN'))[1:])}`, "
-        f"{args.nproc} ranks; each job killed once at a random moment of its training "
-        f"(reference window {ref.window_s:.2f} s), seed {args.seed}; {date.today()}. "
-        f"{machine()}.", "",
+        f"{what}. `{args.config}` with `{' '.join(train_overrides(args, Path('RUN'))[1:])}`, "
+        f"{args.nproc} ranks; each job killed once at a random moment of its training (the "
+        f"uninterrupted run trains for {ref.window_s:.2f} s from its first complete checkpoint "
+        f"to its model), seed {args.seed}; {date.today()}. {machine()}.", "",
         table(trials, args.mode), "",
         f"**{summary(trials)}.** *at*: seconds after the job's first complete checkpoint; "
         "*checkpoint*: the newest complete one then; *from*: the one the restarted job resumed "
         "from (rank 0's log; 0: the start); *gone*: from the kill until no old worker is left; "
         "*up*: until a full set of new workers exists; *back*: until the first micro-batch "
-        "trained after the restart is logged in `metrics.jsonl`; *identical*: "
-        "`model.safetensors` equals the uninterrupted reference's, every tensor.",
+        "trained after the restart is logged in `metrics.jsonl` (none after a resume from "
+        "`final`); *identical*: `model.safetensors` equals the uninterrupted reference's, "
+        f"every tensor. {NOTES[args.mode]}",
     ])
 
 
