@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -63,6 +64,36 @@ def problem_for(cfg: Config, features: int, world: int,
                 for (n, h), lc in zip(pairs, cfg.layers, strict=True)],
         memory_cap=b.memory_mb * 2**20 if b.memory_mb is not None else None,
         max_replicas=b.max_replicas)
+
+
+def machine_memory(device: str) -> tuple[int, str]:
+    """Bytes of memory one rank has on ``device`` (``train.device``) and what they are."""
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        index = torch.device(device if device != "auto" else "cuda").index or 0
+        return torch.cuda.get_device_properties(index).total_memory, f"GPU {index}"
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's RAM"
+
+
+def check_memory(cfg: Config, features: int) -> None:
+    """Refuse, before any run directory exists, a layer too large to train even on a rank of
+    its own: its modelled state (``state_bytes``: weights, micro-batch buffers, persistent
+    chains) exceeds the whole memory of the device."""
+    have, what = machine_memory(cfg.train.device)
+    sizes = [features] + cfg.sizes
+    width = 8 if cfg.train.dtype == "float64" else 4
+    batch = cfg.train.batch_size  # the pipeline's buffers hold a full micro-batch
+    problems = []
+    for i, lc in enumerate(cfg.layers):
+        need = state_bytes(sizes[i], sizes[i + 1], batch, lc.pcd_chains or 0, width)
+        if need > have:
+            chains = f", {lc.pcd_chains} persistent chains" if lc.pcd_chains else ""
+            problems.append(
+                f"layers.{i}: {sizes[i]} x {sizes[i + 1]} units, micro-batches of {batch}"
+                f"{chains}: about {need / 2**30:.3g} GiB to train, more than the "
+                f"{have / 2**30:.3g} GiB of {what}; make the layer, train.batch_size or "
+                "pcd_chains smaller")
+    if problems:
+        raise ConfigError(problems)
 
 
 def first_plan(cfg: Config, features: int, world: int,

@@ -192,12 +192,8 @@ def train_config(cfg: Config, nproc: int, quiet: bool, resume: Path | None = Non
         run_dir = resume
     else:
         run_dir, data = start_run(cfg)
-    log.info("data: %s; %d training and %d held-out samples, %d features",
-             data.source.description, len(data.train_rows), len(data.held_rows), data.features)
-    log.info("run directory: %s", run_dir)
     if nproc > 1:
         from pipedbn.balance import first_plan
-        from pipedbn.launch import launch_local
 
         try:  # a plan the world cannot run is reported once, here, before any process starts
             plan, _ = first_plan(cfg, data.features, nproc)
@@ -205,6 +201,12 @@ def train_config(cfg: Config, nproc: int, quiet: bool, resume: Path | None = Non
             if resume is None:
                 discard_run_dir(run_dir)
             raise
+    log.info("data: %s; %d training and %d held-out samples, %d features",
+             data.source.description, len(data.train_rows), len(data.held_rows), data.features)
+    log.info("run directory: %s", run_dir)
+    if nproc > 1:
+        from pipedbn.launch import launch_local
+
         log.info("starting %d local processes; plan%s: %s", nproc,
                  " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
         return launch_local(run_dir, nproc, cfg.train.threads, quiet, resume is not None)

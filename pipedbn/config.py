@@ -595,6 +595,8 @@ def check(cfg: Config) -> list[str]:
         p.append(f"data.held_out: a fraction in [0, 1), got {d.held_out}")
     positive("data.limit", d.limit)
     positive("data.scale", d.scale)
+    if d.scale is not None and d.scale > 3.4e38:
+        p.append(f"data.scale: {d.scale:g} is beyond the largest float32 (3.4e38)")
     positive("data.prefetch", d.prefetch)
     if d.source in ("idx", "npy") and not d.path:
         p.append(f"data.path: required for data.source={d.source} (a file, a list or a glob)")
@@ -602,6 +604,10 @@ def check(cfg: Config) -> list[str]:
         if d.bars_size < 2:
             p.append(f"data.bars_size: must be >= 2, got {d.bars_size}")
         positive("data.bars_samples", d.bars_samples)
+        if d.bars_samples * d.bars_size**2 > 2**31:
+            p.append(f"data.bars_size: {d.bars_samples} images of {d.bars_size}x{d.bars_size} "
+                     "are more than 2^31 pixels; bars is a small synthetic set (lower "
+                     "data.bars_size or data.bars_samples)")
     t = cfg.train
     positive("train.batch_size", t.batch_size)
     positive("train.offset_epochs", t.offset_epochs, strict=False)
@@ -626,6 +632,16 @@ def check(cfg: Config) -> list[str]:
                 p.append(f"train.device: {t.device!r} but only {torch.cuda.device_count()} "
                          "CUDA devices are visible")
     pl = cfg.pipeline
+    if pl.backend != "auto" and not any("train.device" in q for q in p):
+        import torch
+
+        cuda = t.device.startswith("cuda") or (t.device == "auto" and torch.cuda.is_available())
+        if pl.backend == "nccl" and not cuda:
+            p.append(f"pipeline.backend: nccl sends CUDA tensors only, and train.device="
+                     f"{t.device} trains on the CPU; use gloo or auto")
+        elif pl.backend == "gloo" and cuda:
+            p.append(f"pipeline.backend: gloo cannot send CUDA tensors between stages, and "
+                     f"train.device={t.device} trains on CUDA; use nccl or auto")
     if pl.window < 1:
         p.append(f"pipeline.window: must be >= 1, got {pl.window}")
     positive("pipeline.timeout", pl.timeout)

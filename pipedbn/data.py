@@ -74,7 +74,8 @@ class Data:
         return f"{self.source.shards[k].name} sample {local}"
 
     def preprocess(self, x: np.ndarray) -> np.ndarray:
-        x *= np.float32(self.scale)
+        with np.errstate(over="ignore", invalid="ignore"):  # check() names what overflowed
+            x *= np.float32(self.scale)
         if self.binarize is not None:
             # NaN/Inf stay non-finite so that check() reports them instead of hiding them as 0/1
             x = np.where(np.isfinite(x), x > self.binarize, np.nan).astype(np.float32)
@@ -87,13 +88,24 @@ class Data:
     def check(self, x: np.ndarray, rows: np.ndarray) -> None:
         bad = ~np.isfinite(x)
         if bad.any():
-            r = int(np.argwhere(bad)[0][0])
+            r, c = (int(v) for v in np.argwhere(bad)[0])
+            raw = float(self.raw(rows[r : r + 1])[0, c])
+            if np.isfinite(raw):  # finite in the file: the preprocessing overflowed
+                raise DataError(f"data: value {raw:.4g} in {self._where(int(rows[r]))} (feature "
+                                f"{c}) times data.scale={self.scale:.4g} is not a finite float32; "
+                                "lower data.scale")
             raise DataError(f"data: non-finite value (NaN or Inf) in {self._where(int(rows[r]))}; "
                             "clean the data or drop those samples")
         if self.unit_range:
             bad = (x < 0) | (x > 1)
             if bad.any():
                 r, c = (int(v) for v in np.argwhere(bad)[0])
+                if self.mean is not None:
+                    raise DataError(
+                        f"data: data.standardize=true makes value {x[r, c]:.4g} in "
+                        f"{self._where(int(rows[r]))} (feature {c}), outside [0, 1], which a "
+                        "bernoulli first layer needs: use layers.0.kind=gaussian for "
+                        "standardised data, or set data.standardize=false")
                 raise DataError(
                     f"data: value {x[r, c]:.4g} in {self._where(int(rows[r]))} (feature {c}) is "
                     "outside [0, 1], which a bernoulli first layer needs: set data.scale (e.g. "

@@ -45,9 +45,12 @@ class Shard:
     def array(self) -> np.ndarray:
         if self._array is None:
             assert self.path is not None
-            self._array = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
-                                    shape=(self.rows, self.features),
-                                    order="F" if self.fortran else "C")
+            try:
+                self._array = np.memmap(self.path, dtype=self.dtype, mode="r",
+                                        offset=self.offset, shape=(self.rows, self.features),
+                                        order="F" if self.fortran else "C")
+            except OSError as e:
+                raise DataError(f"{self.path}: cannot read ({e.strerror})") from None
         return self._array
 
     def __getstate__(self) -> dict[str, Any]:
@@ -119,18 +122,23 @@ def bars_and_stripes(size: int, samples: int, seed: int) -> Source:
     return Source([in_memory("bars", x)], None, 1.0, f"bars-and-stripes {size}x{size}")
 
 
-def expand_paths(patterns: list[str]) -> list[str]:
+def expand_paths(patterns: list[str], field: str = "data.path") -> list[str]:
+    """Files named by ``patterns`` (paths or globs); ``field`` is the config field they came
+    from, for the messages."""
     out: list[str] = []
     for pattern in patterns:
         if any(ch in pattern for ch in "*?["):
             hits = sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
             if not hits:
-                raise DataError(f"data.path: the glob {pattern!r} matches no file")
+                raise DataError(f"{field}: the glob {pattern!r} matches no file")
             out.extend(hits)
         else:
             path = os.path.expanduser(pattern)
+            if os.path.isdir(path):
+                raise DataError(f"{field}: {pattern!r} is a directory; name its files or a glob "
+                                f"such as {os.path.join(pattern, '*.npy')!r}")
             if not os.path.isfile(path):
-                raise DataError(f"data.path: no such file {pattern!r}")
+                raise DataError(f"{field}: no such file {pattern!r}")
             out.append(path)
     return out
 
@@ -264,6 +272,14 @@ def open_source(source: str, paths: list[str], labels: str | None, key: str | No
         return digits()
     if source == "bars":
         return bars_and_stripes(bars_size, bars_samples, seed)
+    try:
+        return _open_files(source, paths, labels, key)
+    except OSError as e:  # unreadable (permissions, I/O error): a user's file, not a crash
+        raise DataError(f"{e.filename or 'data.path'}: cannot read ({e.strerror}); check the "
+                        "file's permissions") from None
+
+
+def _open_files(source: str, paths: list[str], labels: str | None, key: str | None) -> Source:
     files = expand_paths(paths)
     shards: list[Shard] = []
     label_parts: list[np.ndarray] = []
@@ -285,7 +301,7 @@ def open_source(source: str, paths: list[str], labels: str | None, key: str | No
                             f"has {shards[0].features}; all shards must agree")
     y: np.ndarray | None = None
     if source == "idx" and labels is not None:
-        lab_paths = expand_paths([labels])
+        lab_paths = expand_paths([labels], "data.labels")
         if len(lab_paths) != 1:
             raise DataError(f"data.labels: {labels!r} matches {len(lab_paths)} files; "
                             "give one IDX labels file")

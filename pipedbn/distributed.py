@@ -56,6 +56,7 @@ from pipedbn.replicas import ReplicaSync, replica_generator, round_boundaries
 from pipedbn.resume import mark_launcher, resume_run, torchrun_resume_dir
 from pipedbn.rundir import (
     atomic_write,
+    discard_run_dir,
     layer_state_path,
     record_failure,
     root_failure,
@@ -248,10 +249,6 @@ def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
         except UserError as e:
             dist.broadcast_object_list([{"error": str(e)}], src=0)
             raise
-        log.info("data: %s; %d training and %d held-out samples, %d features",
-                 data.source.description, len(data.train_rows), len(data.held_rows),
-                 data.features)
-        log.info("run directory: %s", run_dir)
         box = [{"config": cfg, "run_dir": str(run_dir), "features": data.features,
                 "batches": data.batches_per_epoch,
                 "feature_mean": data.feature_mean.tolist(), "checkpoint": ckpt,
@@ -283,8 +280,15 @@ def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
     assert isinstance(planned, dict)
     if "error" in planned:
         if rank == 0:
+            if not prepared and not msg["resumed"]:  # never started: leave nothing behind
+                discard_run_dir(run_dir)
             raise UserError(planned["error"])
         raise SetupFailed(f"stage 0 could not plan the run: {planned['error']}")
+    if data is not None:
+        log.info("data: %s; %d training and %d held-out samples, %d features",
+                 data.source.description, len(data.train_rows), len(data.held_rows),
+                 data.features)
+        log.info("run directory: %s", run_dir)
     msg.update(planned)
     return cfg, run_dir, data, msg
 
@@ -444,6 +448,7 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
         return run_stage(cfg, rank, role, layers, schedule, source, outbox, sync, metrics,
                          device, stats, decide, reporter, probe, progress, saver)
     finally:
+        stats.checkpoint_s += saver.seconds if saver is not None else 0.0
         if isinstance(source, Prefetcher):
             source.close()
 

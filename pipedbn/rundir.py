@@ -137,6 +137,7 @@ def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
     preprocessing; nothing is written before every check has passed. ``prepared``: the local
     launcher has done this already (``cfg.run.dir`` holds its config) and only the data is
     opened again."""
+    from pipedbn.balance import check_memory
     from pipedbn.data import open_data
     from pipedbn.errors import ConfigError
     from pipedbn.model import PREPROCESS_FILE
@@ -153,6 +154,11 @@ def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
     if first.visible is not None and first.visible != data.features:
         raise ConfigError([f"layers.0.visible: {first.visible}, but the data has "
                            f"{data.features} features per sample (remove it or fix the data)"])
+    shape = cfg.monitor.image_shape
+    if shape is not None and shape[0] * shape[1] != data.features:
+        raise ConfigError([f"monitor.image_shape: {shape[0]} x {shape[1]} is not the "
+                           f"{data.features} features of one sample (fix it or remove it)"])
+    check_memory(cfg, data.features)
     if prepared:
         return run_dir, data
     run_dir = claim_run_dir(cfg)

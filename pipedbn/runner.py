@@ -60,6 +60,8 @@ class StageStats:
     """Time spent exchanging updates with the other replicas of the stage."""
     monitor_s: float = 0.0
     """Time spent recording metrics, probes, images and histograms (part of compute)."""
+    checkpoint_s: float = 0.0
+    """Time spent writing this rank's checkpoint parts (part of compute or send-wait)."""
     active_s: float = 0.0
     segments: list[int] = field(default_factory=list)
     max_in_flight: int = 0

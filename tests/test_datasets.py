@@ -343,7 +343,7 @@ def test_glob_matching_nothing_and_missing_path(tmp_path):
         open_npy([str(tmp_path / "missing.npy")])
     assert "no such file" in str(e.value) and "missing.npy" in str(e.value)
     (tmp_path / "dir.npy").mkdir()
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match="is a directory; name its files or a glob"):
         open_npy([str(tmp_path / "dir.npy")])
 
 
