@@ -7,14 +7,15 @@ Run from the repository root::
     python tools/faults.py --trials 5 --mode node      # node mode: SIGKILL an agent and its workers
 
 1. *Reference*: one uninterrupted run, ``pipedbn train CONFIG run.dir=REF --nproc N`` with the
-   trials' overrides. Its training window (from the first ``checkpoints/step-*`` to
-   ``model.safetensors``) bounds the moments at which the trials kill.
+   trials' overrides. Its training window (from its first complete checkpoint, a
+   ``checkpoints/step-<c>`` with every layer's part, to ``model.safetensors``) bounds the
+   moments at which the trials kill.
 2. *Trials*, each a fresh torchrun job with ``--max-restarts 1`` and ``run.dir=RUN``:
 
-   - ``process``: one agent (``--standalone``, N workers). Once the job's first checkpoint
-     exists, the tool waits a random moment (uniform in ``[0, --window x`` the reference's
-     window``]``) and SIGKILLs a random rank. The agent stops the other workers and starts a new
-     set, which resumes from the newest complete checkpoint.
+   - ``process``: one agent (``--standalone``, N workers). Once the job's first complete
+     checkpoint exists, the tool waits a random moment (uniform in ``[0, --window x`` the
+     reference's window``]``) and SIGKILLs a random rank. The agent stops the other workers and
+     starts a new set, which resumes from the newest complete checkpoint.
    - ``node``: two agents as two nodes (``--nnodes 2``, N/2 workers each, c10d rendezvous). At
      the random moment one agent, drawn at random, is SIGKILLed together with its workers, and a
      replacement agent with the same arguments is started at once. The rendezvous store is held
@@ -23,20 +24,23 @@ Run from the repository root::
      whichever agent started first, and killing that agent ends every job, resume or not
      (``--store agent`` shows it: agent 0 starts first and holds the store; when it is the one
      killed, the survivor fails with ``RendezvousConnectionError`` and the replacement waits
-     until the trial's timeout).
+     until the trial's timeout). The rendezvous drops a dead agent only once its last heartbeat
+     is 3 intervals old (``--keep-alive``, torch's default 5 s): until then the restart waits.
 
    The delays and the ranks (nodes) come from ``--seed``, drawn before each trial starts.
-3. *Per trial*: the ranks killed, when (seconds after the job's first checkpoint; the newest
-   checkpoint step then), the most restarts any new worker saw (``TORCHELASTIC_RESTART_COUNT``),
-   whether the job succeeded within its first restart, whether its ``model.safetensors`` equals
-   the reference's (every tensor, ``torch.equal``), whether the job was lost (non-zero exit,
-   timeout, or no model), and three times from the kill: *gone* (no worker that was alive at the
-   kill is left; zombies count as gone), *up* (a full set of new workers exists) and *back*
-   (the first training record, tag ``rbm/*`` or ``pipeline/*``, that a new worker wrote to the
-   run's ``metrics.jsonl``: a record with a wall time after *gone*, so no old worker wrote it).
-   The runs log every micro-batch (``monitor.scalars_every=1``), so *back* is the first trained
-   micro-batch, not the next logging step. Workers are found in ``/proc`` (environment has
-   ``RANK=``, command line names the run directory), polled every 10 ms.
+3. *Per trial*: the ranks killed, when (seconds after the job's first complete checkpoint; the
+   newest complete one then), the checkpoint the restarted job resumed from (rank 0's log line
+   ``resuming RUN from step-<c>``), the most restarts any new worker saw
+   (``TORCHELASTIC_RESTART_COUNT``), whether the job succeeded within its first restart, whether
+   its ``model.safetensors`` equals the reference's (every tensor, ``torch.equal``), whether
+   the job was lost (non-zero exit, timeout, or no model; a job that ends before its moment to
+   kill is reported as not killed), and three times from the kill: *gone* (no worker that was
+   alive at the kill is left; zombies count as gone), *up* (a full set of new workers exists)
+   and *back* (the first training record, tag ``rbm/*`` or ``pipeline/*``, that a new worker
+   wrote to the run's ``metrics.jsonl``: a record with a wall time after *gone*, so no old
+   worker wrote it). The runs log every micro-batch (``monitor.scalars_every=1``), so *back* is
+   the first trained micro-batch, not the next logging step. Workers are found in ``/proc``
+   (environment has ``RANK=``, command line names the run directory), polled every 10 ms.
 
 A straggler sleep (``--sleep`` seconds per micro-batch on layer 0, no CPU used; the weights do
 not depend on it) stretches tiny's 0.1 s of training to about 2 s, so that the kills land in
@@ -88,7 +92,7 @@ MODES: dict[str, dict[str, Any]] = {"process": {"nproc": 3, "overrides": []},
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("overrides", nargs="*", metavar="key=value",
                     help="config overrides for the reference and every trial (default: the "
                          "mode's; node: layers=[32,24,16,12], as tiny has 3 layers)")
