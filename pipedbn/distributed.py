@@ -52,7 +52,7 @@ from pipedbn.links import Inbox, Outbox
 from pipedbn.monitor import Metrics, tensorboard_on
 from pipedbn.progress import Progress
 from pipedbn.rbm import RBM
-from pipedbn.replicas import ReplicaSync, replica_generator, round_boundaries
+from pipedbn.replicas import ReplicaSync, round_boundaries, start_replica
 from pipedbn.resume import mark_launcher, resume_run, torchrun_resume_dir
 from pipedbn.rundir import (
     atomic_write,
@@ -396,9 +396,7 @@ def _initial_layers(cfg: Config, plan: Plan, rank: int, features: int, schedule:
         if ckpt is not None:
             layer.load_state_dict(ckpt.load(run_dir, i))
         if role[1] > 0:
-            layer.generator = replica_generator(cfg.seed, i, role[1], begin, device)
-            for t in (layer.weight_inc, layer.visible_bias_inc, layer.hidden_bias_inc):
-                t.zero_()
+            start_replica(layer, cfg.seed, role[1], begin)
         out[i] = layer
     return out
 
@@ -498,9 +496,7 @@ def _move_layers(cfg: Config, old: Plan, new: Plan, rank: int, held: dict[int, R
                                               np.zeros(features, np.float32) if i == 0 else None)
             layer.load_state_dict(box[0])
             if role[1] > 0:
-                layer.generator = replica_generator(cfg.seed, i, role[1], begin, device)
-                for t in (layer.weight_inc, layer.visible_bias_inc, layer.hidden_bias_inc):
-                    t.zero_()
+                start_replica(layer, cfg.seed, role[1], begin)
             out[i] = layer
     return out
 

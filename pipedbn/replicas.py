@@ -143,10 +143,7 @@ class ReplicaSync:
                 t = getattr(layer, name)
                 t.copy_(flat[i:i + t.numel()].view_as(t))
                 i += t.numel()
-            for t in (layer.weight_inc, layer.visible_bias_inc, layer.hidden_bias_inc):
-                t.zero_()
-            layer.generator = replica_generator(self.seed, layer.index, self.replica, m,
-                                                layer.device)
+            start_replica(layer, self.seed, self.replica, m)
 
     def _tick(self, m: int, cut: bool = False) -> None:
         now = time.perf_counter()
@@ -265,3 +262,13 @@ def round_boundaries(trained: list[int], per_round: int, cuts: list[int]
         piece = [m for m in trained if lo <= m < hi]
         ticks.update(piece[per_round::per_round])
     return sorted(ticks), set(cut_points)
+
+
+def start_replica(layer: RBM, seed: int, replica: int, begin: int) -> None:
+    """Replica ``replica`` (>= 1) of a layer starts at micro-batch ``begin`` from the layer's
+    state, with no velocity of its own (the momentum carried over is counted once, by replica
+    0) and its own random stream. The rule for replicas a plan starts, at a checkpoint and on
+    resume alike."""
+    layer.generator = replica_generator(seed, layer.index, replica, begin, layer.device)
+    for t in (layer.weight_inc, layer.visible_bias_inc, layer.hidden_bias_inc):
+        t.zero_()
