@@ -291,7 +291,8 @@ def outcomes(request: pytest.FixtureRequest, bad_files: Path,
     """The selected cases, run two at a time (each process has one thread; most of a case is
     importing torch)."""
     selected = {item.callspec.params["case"].id for item in request.session.items
-                if getattr(item, "callspec", None) and "case" in item.callspec.params}
+                if getattr(item, "module", None) is request.module
+                and getattr(item, "callspec", None) and "case" in item.callspec.params}
     cases = [c for c in CASES if c.id in selected and c.skip is None]
     root = tmp_path_factory.mktemp("cases")
     with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as pool:

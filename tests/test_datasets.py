@@ -335,6 +335,25 @@ def test_not_an_npy_file(tmp_path, content):
         read_npy(str(tmp_path / "x.npy"), None)
 
 
+def test_unreadable_file_is_a_data_error(tmp_path, monkeypatch):
+    """Permissions (or an I/O error) while opening or mapping a file: a DataError naming it.
+    Faked, since the tests may run as root, who reads any file."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((4, 3), np.float32))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(datasets, "read_npy", denied)
+    with pytest.raises(DataError, match=r"x\.npy: cannot read \(Permission denied\)"):
+        open_npy([str(path)])
+    monkeypatch.undo()
+    shard, _ = read_npy(str(path), None)
+    monkeypatch.setattr(np, "memmap", denied)
+    with pytest.raises(DataError, match=r"x\.npy: cannot read \(Permission denied\)"):
+        _ = shard.array
+
+
 def test_glob_matching_nothing_and_missing_path(tmp_path):
     with pytest.raises(DataError) as e:
         open_npy([str(tmp_path / "nothing-*.npy")])
