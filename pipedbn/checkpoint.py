@@ -27,6 +27,7 @@ import io
 import json
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,9 @@ def complete(run_dir: Path, layers: int, length: int) -> list[Checkpoint]:
     return found
 
 
-def latest(run_dir: Path, cfg: Config, layers: int, length: int) -> Checkpoint | None:
-    """The newest complete checkpoint, its checksums verified and its config checked."""
+def latest(run_dir: Path, cfg: Config, layers: int, length: int, verify: bool = True
+           ) -> Checkpoint | None:
+    """The newest complete checkpoint, its config checked and (``verify``) its checksums."""
     found = complete(run_dir, layers, length)
     if not found:
         return None
@@ -162,7 +164,8 @@ def latest(run_dir: Path, cfg: Config, layers: int, length: int) -> Checkpoint |
             raise CheckpointError(
                 f"{part_path(run_dir, ckpt.tag, i)}: written by a run with other training "
                 "settings than this config's (compare with the run's config.yaml)")
-    ckpt.verify(run_dir)
+    if verify:
+        ckpt.verify(run_dir)
     return ckpt
 
 
@@ -270,8 +273,6 @@ class Saver:
     def save(self, layer: Any, c: int) -> None:
         """Layer ``layer``'s part of the checkpoint at ``c`` (``c = length``: the final state).
         A non-finite layer raises instead: the last good checkpoint stays the newest."""
-        import time
-
         if self.run_dir is None:
             return
         t0 = time.perf_counter()

@@ -44,7 +44,7 @@ from pipedbn.balance import (
     store,
 )
 from pipedbn.balancer import Plan, Problem
-from pipedbn.checkpoint import Checkpoint, Saver, boundaries, finalize
+from pipedbn.checkpoint import Checkpoint, Saver, boundaries, finalize, latest
 from pipedbn.config import Config, dump_yaml
 from pipedbn.data import Data, Prefetcher, open_data
 from pipedbn.errors import ConfigError, UserError
@@ -234,7 +234,13 @@ def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
         try:
             ckpt = None
             resume = resume or torchrun_resume_dir(cfg)
-            if resume is not None:
+            if resume is not None and prepared:
+                # the local launcher has checked and tidied the run (resume_run) already; each
+                # rank verifies the checksums of the parts it loads
+                run_dir, data = start_run(cfg, prepared)
+                ckpt = latest(run_dir, cfg, len(cfg.layers),
+                              make_schedule(cfg, data.batches_per_epoch).length, verify=False)
+            elif resume is not None:
                 cfg, data, ckpt = resume_run(cfg, resume)
                 run_dir = resume
             else:

@@ -16,14 +16,22 @@ import argparse
 import json
 import os
 import statistics
-import sys
-import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench_monitor import ROOT, run  # tools/ is this script's directory
+from bench_monitor import ROOT, compare  # tools/ is this script's directory
 from benchdocs import write_section
+
+
+def measure(run_dir: Path, record: dict[str, Any]) -> None:
+    """Checkpoints kept, their bytes, and the largest share of a rank's time spent writing."""
+    steps = [s for s in (run_dir / "checkpoints").iterdir() if s.name != "final"]
+    record["checkpoints_kept"] = len(steps)
+    record["checkpoint_bytes"] = sum(f.stat().st_size for s in steps for f in s.iterdir())
+    stages = json.loads((run_dir / "stages.json").read_text())
+    record["checkpoint_share"] = max(st["checkpoint_s"] / st["active_s"]
+                                     for st in stages if st["active_s"] > 0)
 
 
 def main() -> None:
@@ -33,27 +41,7 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides for both runs")
     args = ap.parse_args()
-    pairs = []
-    with tempfile.TemporaryDirectory() as d:
-        for p in range(args.pairs):
-            order = (True, False) if p % 2 == 0 else (False, True)
-            got = {}
-            for on in order:
-                run_dir = Path(d) / f"{p}-{on}"
-                extra = args.overrides + ([] if on else ["checkpoint.every=0"])
-                got[on] = run(args.config, run_dir, True, extra)
-                steps = [s for s in (run_dir / "checkpoints").iterdir() if s.name != "final"]
-                got[on]["checkpoints_kept"] = len(steps)
-                got[on]["checkpoint_bytes"] = sum(f.stat().st_size for s in steps
-                                                  for f in s.iterdir())
-                stages = json.loads((run_dir / "stages.json").read_text())
-                got[on]["checkpoint_share"] = max(st["checkpoint_s"] / st["active_s"]
-                                                  for st in stages if st["active_s"] > 0)
-            pairs.append({"on": got[True], "off": got[False],
-                          "ratio": got[True]["samples_per_s"] / got[False]["samples_per_s"]})
-            print(f"pair {p + 1}: checkpoints {got[True]['samples_per_s']:,.0f} samples/s, "
-                  f"none {got[False]['samples_per_s']:,.0f}, ratio {pairs[-1]['ratio']:.3f}",
-                  file=sys.stderr)
+    pairs = compare(args.config, args.pairs, args.overrides, ["checkpoint.every=0"], measure)
     result = {"date": str(date.today()), "machine": f"{os.cpu_count()} cores",
               "config": args.config, "overrides": args.overrides, "pairs": pairs,
               "median_ratio": statistics.median(p["ratio"] for p in pairs)}

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,8 @@ from benchdocs import write_section  # tools/ is this script's directory
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, run_dir: Path, monitored: bool, extra: list[str]) -> dict[str, Any]:
+def run(config: str, run_dir: Path, extra: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pipedbn", "train", config, f"run.dir={run_dir}", *extra]
-    if not monitored:
-        cmd.append("monitor.enabled=false")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -49,6 +48,30 @@ def run(config: str, run_dir: Path, monitored: bool, extra: list[str]) -> dict[s
             "metrics_lines": len(lines), "tensorboard_bytes": tb}
 
 
+def compare(config: str, n: int, overrides: list[str], off: list[str],
+            measure: Callable[[Path, dict[str, Any]], None] | None = None
+            ) -> list[dict[str, Any]]:
+    """``n`` pairs of runs of ``config``: one as given ("on") and one with the ``off``
+    overrides, alternating which goes first (these machines are noisy). ``measure(run_dir,
+    record)`` may add figures of its own to a run's record before its directory goes."""
+    pairs = []
+    with tempfile.TemporaryDirectory() as d:
+        for p in range(n):
+            order = (True, False) if p % 2 == 0 else (False, True)
+            got = {}
+            for on in order:
+                run_dir = Path(d) / f"{p}-{on}"
+                got[on] = run(config, run_dir, overrides + ([] if on else off))
+                if measure is not None:
+                    measure(run_dir, got[on])
+            pairs.append({"on": got[True], "off": got[False],
+                          "ratio": got[True]["samples_per_s"] / got[False]["samples_per_s"]})
+            print(f"pair {p + 1}: on {got[True]['samples_per_s']:,.0f} samples/s, off "
+                  f"{got[False]['samples_per_s']:,.0f}, ratio {pairs[-1]['ratio']:.3f}",
+                  file=sys.stderr)
+    return pairs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
@@ -56,17 +79,7 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides for both runs")
     args = ap.parse_args()
-    pairs = []
-    with tempfile.TemporaryDirectory() as d:
-        for p in range(args.pairs):
-            order = (True, False) if p % 2 == 0 else (False, True)
-            got = {on: run(args.config, Path(d) / f"{p}-{on}", on, args.overrides)
-                   for on in order}
-            pairs.append({"on": got[True], "off": got[False],
-                          "ratio": got[True]["samples_per_s"] / got[False]["samples_per_s"]})
-            print(f"pair {p + 1}: on {got[True]['samples_per_s']:,.0f} samples/s, off "
-                  f"{got[False]['samples_per_s']:,.0f}, ratio {pairs[-1]['ratio']:.3f}",
-                  file=sys.stderr)
+    pairs = compare(args.config, args.pairs, args.overrides, ["monitor.enabled=false"])
     result = {"date": str(date.today()), "machine": f"{os.cpu_count()} cores",
               "config": args.config, "overrides": args.overrides, "pairs": pairs,
               "median_ratio": statistics.median(p["ratio"] for p in pairs)}
