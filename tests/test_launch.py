@@ -80,7 +80,9 @@ def _streaming(run_dir: Path, n: int = 3) -> dict[int, int]:
         path = run_dir / "metrics.jsonl"
         if not path.exists():
             return False
-        stages = {json.loads(line)["stage"] for line in path.read_text().splitlines() if line}
+        # the file is being written: its last line may be half there
+        done = path.read_text().split("\n")[:-1]
+        stages = {json.loads(line)["stage"] for line in done if line}
         return stages >= set(range(n)) and len(workers(str(run_dir))) == n
     wait_for(all_training, 120, "every stage to train")
     return workers(str(run_dir))
