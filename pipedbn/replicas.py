@@ -67,7 +67,10 @@ class ReplicaSync:
         self.peer_clock = {k: 0 for k in self.peers}
         self.peer_speed = {k: 0.0 for k in self.peers}
         self.finished: set[int] = set()
-        self._sent: deque[tuple[list[dist.Work], torch.Tensor, torch.Tensor]] = deque()
+        self._sent: deque[tuple[list[dist.Work], torch.Tensor]] = deque()
+        per = max(1, 8 // self.snapshot.element_size())  # elements per int64 of the header
+        self._header_at = -(-self.snapshot.numel() // per) * per
+        self._msg_len = self._header_at + 3 * per
         self._t_tick = time.perf_counter()
         self.speed = 0.0  # seconds per micro-batch of this replica since its last tick
         self.wait_s = 0.0
@@ -156,9 +159,9 @@ class ReplicaSync:
         t0 = time.perf_counter()
         if self.policy == "bsp":
             deltas = {self.replica: own}
-            for k in self.peers:
-                if k not in self.finished:
-                    deltas[k] = self._receive(k)
+            posted = {k: self._post_receive(k) for k in self.peers if k not in self.finished}
+            for k, p in posted.items():  # all posted first: the peers' messages land at once
+                deltas[k] = self._take(k, p)
             total = self.snapshot.clone()
             for k in sorted(deltas):
                 total += deltas[k]
@@ -204,38 +207,51 @@ class ReplicaSync:
         for layer in self.layers:
             layer.replicas = 1
     def _send(self, kind: int, delta: torch.Tensor) -> None:
-        header = torch.tensor([kind, self.clock, int(self.speed * 1e9)], dtype=torch.int64,
-                              device=delta.device)
+        """One message per peer: the update with its header (kind, clock, speed) packed behind
+        it, so a tick costs r - 1 messages, not 2(r - 1)."""
+        msg = torch.empty(self._msg_len, dtype=delta.dtype, device=delta.device)
+        msg[:delta.numel()] = delta
+        self._header(msg).copy_(torch.tensor([kind, self.clock, int(self.speed * 1e9)]))
         works: list[dist.Work] = []
         for k in self.peers:  # a finished peer still takes updates until this one's FINAL
             what = f"{self.name}: lost replica {k} (rank {self.ranks[k]}) while syncing"
-            works += [_post(dist.isend, header, self.ranks[k], what),
-                      _post(dist.isend, delta, self.ranks[k], what)]
-        self._sent.append((works, header, delta))
+            works.append(_post(dist.isend, msg, self.ranks[k], what))
+        self._sent.append((works, msg))
         while len(self._sent) > 2 * self.max_stale + 4:  # a peer s behind takes ours 2s late
             self._retire()
 
     def _retire(self) -> None:
-        works, _, _ = self._sent.popleft()
+        works, _ = self._sent.popleft()
         for w in works:
             _wait(w, self.timeout, f"{self.name}: a replica stopped taking updates", -1)
 
-    def _receive(self, k: int) -> torch.Tensor:
-        """Peer k's next update (its clock and speed recorded; FINAL marks it finished)."""
+    def _post_receive(self, k: int) -> tuple[dist.Work, torch.Tensor]:
         rank = self.ranks[k]
+        msg = torch.empty(self._msg_len, dtype=self.snapshot.dtype, device=self.snapshot.device)
         what = f"{self.name}: lost replica {k} (rank {rank}) while syncing"
-        header = torch.empty(3, dtype=torch.int64, device=self.snapshot.device)
-        delta = torch.empty_like(self.snapshot)
-        works = [_post(dist.irecv, header, rank, what), _post(dist.irecv, delta, rank, what)]
-        for w in works:
-            _wait(w, self.timeout, what, rank)
-        kind, clock, speed_ns = header.tolist()
+        return _post(dist.irecv, msg, rank, what), msg
+
+    def _take(self, k: int, posted: tuple[dist.Work, torch.Tensor]) -> torch.Tensor:
+        """Peer k's update from a posted receive (its clock and speed recorded; FINAL marks it
+        finished)."""
+        work, msg = posted
+        rank = self.ranks[k]
+        _wait(work, self.timeout, f"{self.name}: lost replica {k} (rank {rank}) while syncing",
+              rank)
+        kind, clock, speed_ns = self._header(msg).tolist()
         self.peer_clock[k] = clock
         self.peer_speed[k] = speed_ns / 1e9
         if kind == FINAL:
             self.finished.add(k)
             self.peer_clock[k] = 1 << 62
-        return delta
+        return msg[:self.snapshot.numel()]
+
+    def _receive(self, k: int) -> torch.Tensor:
+        return self._take(k, self._post_receive(k))
+
+    def _header(self, msg: torch.Tensor) -> torch.Tensor:
+        """The int64[3] header at the end of a message, aligned to 8 bytes."""
+        return msg[self._header_at:].view(torch.int64)
 
 
 def replica_generator(seed: int, layer: int, replica: int, begin: int,
