@@ -109,20 +109,17 @@ def replan_run(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ranks", type=int, nargs="+", default=[5, 6, 8])
-    ap.add_argument("--epochs", type=float, default=12)
-    ap.add_argument("--sleep", type=float, default=0.02)
-    ap.add_argument("--onset", type=int, default=100)
-    ap.add_argument("--write-docs", action="store_true")
-    args = ap.parse_args()
+def run(ranks: list[int], epochs: float = 12, sleep: float = 0.02, onset: int = 100
+        ) -> dict[str, Any]:
+    """Every measurement of this tool, in one go; the results as a dict."""
+    args = argparse.Namespace(ranks=ranks, epochs=epochs, sleep=sleep, onset=onset)
     cfg = config(args)
     costs = standalone(cfg, steps=200)
-    costs[2] += args.sleep
+    costs[2] += sleep
     batch = cfg.train.batch_size
     results: dict[str, Any] = {"date": str(date.today()), "costs_s": costs,
-                               "machine": f"{os.cpu_count()} cores, torch {torch.__version__}"}
+                               "machine": f"{os.cpu_count()} cores, torch {torch.__version__}",
+                               "args": vars(args)}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         base = train(tmp / "one", 4, args, "balancer.plan=0|1|2|3")
@@ -131,7 +128,7 @@ def main() -> None:
             evaluate(problem_for(cfg, 64, 4, costs), one_per_layer(4)))
         results["one_per_layer"] = base
         rows = []
-        for n in args.ranks:
+        for n in ranks:
             sol = solve(problem_for(cfg, 64, n, costs))
             r = train(tmp / f"plan-{n}", n, args, f"balancer.plan={sol.plan.spec()}")
             r.pop("metrics")
@@ -139,17 +136,40 @@ def main() -> None:
                          "predicted_samples_per_s": sol.samples_per_s(batch),
                          "ideal_samples_per_s": batch * n / sum(costs), **r})
         results["balanced"] = rows
-        results["replan"] = replan_run(tmp, max(args.ranks), args)
+        # the same plan on the most ranks with a cheaper sync: what the plan allows
+        n, spec = rows[-1]["ranks"], rows[-1]["spec"]
+        variants = []
+        for label, extra in (("bsp, sync_every=4", ["balancer.sync_every=4"]),
+                             ("ssp, staleness 2", ["balancer.sync=ssp", "balancer.staleness=2"])):
+            r = train(tmp / f"variant-{len(variants)}", n, args, f"balancer.plan={spec}", *extra)
+            r.pop("metrics")
+            variants.append({"ranks": n, "spec": spec, "sync": label,
+                             "ideal_samples_per_s": batch * n / sum(costs), **r})
+        results["sync_variants"] = variants
+        results["replan"] = replan_run(tmp, max(ranks), args)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[5, 6, 8])
+    ap.add_argument("--epochs", type=float, default=12)
+    ap.add_argument("--sleep", type=float, default=0.02)
+    ap.add_argument("--onset", type=int, default=100)
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    results = run(args.ranks, args.epochs, args.sleep, args.onset)
     out = ROOT / "tools" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_balancer.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = report(results, args)
+    text = report(results)
     print(text)
     if args.write_docs:
         write_section("bench_balancer", text)
 
 
-def report(r: dict[str, Any], args: argparse.Namespace) -> str:
+def report(r: dict[str, Any]) -> str:
+    args = argparse.Namespace(**r["args"])
     one = r["one_per_layer"]
     lines = [
         f"Measured {r['date']} on {r['machine']}, one thread per process: "
@@ -175,6 +195,14 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
             f"{row['samples_per_s'] / one['samples_per_s']:.2f}x | "
             f"{row['ideal_samples_per_s']:,.0f} | "
             f"{row['samples_per_s'] / row['ideal_samples_per_s']:.2f} |")
+    if r.get("sync_variants"):
+        lines += ["", "The same plan with a cheaper sync (`balancer.sync`, `balancer.sync_every`):",
+                  "", "| ranks | plan | sync | measured | ideal | measured / ideal |",
+                  "|---|---|---|---|---|---|"]
+        for v in r["sync_variants"]:
+            lines.append(f"| {v['ranks']} | `{v['spec']}` | {v['sync']} | "
+                         f"{v['samples_per_s']:,.0f} | {v['ideal_samples_per_s']:,.0f} | "
+                         f"{v['samples_per_s'] / v['ideal_samples_per_s']:.2f} |")
     rp = r["replan"]
     lines.append("")
     if rp.get("replanned"):

@@ -108,15 +108,9 @@ def run_steps(step: Step, batches: list[torch.Tensor], steps: int, start: int) -
     return (time.perf_counter() - t0) / steps
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=200, help="timed steps per contender per round")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=30, help="untimed steps per contender first")
-    ap.add_argument("--json", type=Path, default=Path("tools/out/bench_step.json"))
-    args = ap.parse_args(argv)
+def measure(steps: int = 200, rounds: int = 7, warmup: int = 30) -> dict[str, Any]:
+    """Time the three contenders interleaved in rounds; the report as a dict."""
     torch.set_num_threads(1)
-
     cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 500}]", "data.source=mnist5k"]))
     data = open_data(cfg, unit_range=True)
     schedule = make_schedule(cfg, data.batches_per_epoch)
@@ -136,13 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     }
     names = list(contenders)
     for name in names:
-        run_steps(contenders[name], batches, args.warmup, 0)
+        run_steps(contenders[name], batches, warmup, 0)
     raw: dict[str, list[float]] = {name: [] for name in names}
-    position = args.warmup
-    for r in range(args.rounds):
+    position = warmup
+    for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
-            raw[name].append(run_steps(contenders[name], batches, args.steps, position))
-        position += args.steps
+            raw[name].append(run_steps(contenders[name], batches, steps, position))
+        position += steps
 
     flops = 10 * batch * n_visible * N_HIDDEN
     median = {name: statistics.median(raw[name]) for name in names}
@@ -155,31 +149,54 @@ def main(argv: list[str] | None = None) -> None:
             "ratio_to_gemm": median["gemm"] / median[name],
             "spread_pct": 100 * (max(raw[name]) - min(raw[name])) / median[name],
         }
-    print(f"RBM {n_visible}->{N_HIDDEN} CD-1, B={batch}, 1 thread, {args.rounds} rounds x "
-          f"{args.steps} steps, median; {cpu_model()}, torch {torch.__version__}")
-    print(f"{'contender':<10}{'step ms':>9}{'samples/s':>11}{'GFLOP/s':>9}{'ratio':>7}"
-          f"{'spread':>8}")
-    for name, row in results.items():
-        print(f"{name:<10}{row['step_ms']:>9.3f}{row['samples_per_s']:>11.0f}"
-              f"{row['gflops']:>9.1f}{row['ratio_to_gemm']:>7.3f}{row['spread_pct']:>7.1f}%")
-
-    report: dict[str, Any] = {
-        "machine": {
-            "cpu": cpu_model(), "processor": platform.processor(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "mkl": torch.backends.mkl.is_available(),
-        },
+    return {
+        "machine": machine(),
         "settings": {
             "n_visible": n_visible, "n_hidden": N_HIDDEN, "batch": batch, "method": lc.method,
             "k": lc.k, "lr": lc.lr, "momentum": lc.momentum, "weight_decay": lc.weight_decay,
-            "data": cfg.data.source, "micro_batches": len(batches), "steps": args.steps,
-            "rounds": args.rounds, "warmup": args.warmup, "flops_per_step": flops,
+            "data": cfg.data.source, "micro_batches": len(batches), "steps": steps,
+            "rounds": rounds, "warmup": warmup, "flops_per_step": flops,
         },
         "raw_seconds_per_step": raw,
         "results": results,
     }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "processor": platform.processor(),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl": torch.backends.mkl.is_available(),
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    """The results as a markdown table."""
+    rows = ["| contender | ms / step | samples/s | GFLOP/s | ratio to gemm | spread |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    names = {"gemm": "gemm (ceiling)", "pipedbn": "**pipedbn `train_step`**",
+             "minimal": "minimal PyTorch loop"}
+    for name, row in r["results"].items():
+        rows.append(f"| {names.get(name, name)} | {row['step_ms']:.3f} | "
+                    f"{row['samples_per_s']:,.0f} | {row['gflops']:.1f} | "
+                    f"{row['ratio_to_gemm']:.3f} | {row['spread_pct']:.1f}% |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200, help="timed steps per contender per round")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=30, help="untimed steps per contender first")
+    ap.add_argument("--json", type=Path, default=Path("tools/out/bench_step.json"))
+    args = ap.parse_args(argv)
+    report = measure(args.steps, args.rounds, args.warmup)
+    st = report["settings"]
+    print(f"RBM {st['n_visible']}->{N_HIDDEN} CD-1, B={st['batch']}, 1 thread, {args.rounds} "
+          f"rounds x {args.steps} steps, median; {cpu_model()}, torch {torch.__version__}")
+    print(table(report))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
