@@ -19,8 +19,9 @@ over rounds:
 * ``sklearn``: ``BernoulliRBM.partial_fit`` on each micro-batch. scikit-learn converts its
   input to float64 (``validate_data(dtype=np.float64)``) and keeps float64 parameters, so the
   micro-batches are handed over as float64 arrays (float32 input only adds a conversion per
-  call: measured 8.72 against 8.72 ms per step; the products run in float64 either way). Its update is PCD-1 (persistent chains), no momentum or weight decay: the same five
-  matrix products per step, in float64;
+  call: measured 8.72 against 8.72 ms per step; the products run in float64 either way). Its
+  update is PCD-1 (persistent chains), no momentum or weight decay: the same five matrix
+  products per step, in float64;
 * ``learnergy``: what a user gets from ``RBM.fit(dataset, batch_size=100, epochs=1)`` over a
   ``TensorDataset`` of the round's micro-batches: DataLoader (shuffled, collated per sample),
   ``gibbs_sampling``, a free-energy cost through autograd, SGD with momentum and weight decay,
