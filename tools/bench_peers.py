@@ -174,7 +174,7 @@ def run(rounds: int = 7, steps: int = 200, warmup: int = 20,
     raw: dict[str, list[float]] = {name: [] for name in names}
     with threadpool_limits(1):
         pools = _thread_pools()
-        for name in names:
+        for name in names if warmup > 0 else []:
             timers[name](0, warmup)
         position = warmup
         for r in range(rounds):
