@@ -51,7 +51,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -89,7 +89,7 @@ def first_reaching(times: Sequence[float], values: Sequence[float], target: floa
     return None
 
 
-def time_to_quality(curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+def time_to_quality(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                     higher_is_better: bool) -> tuple[float, dict[str, float | None]]:
     """``curves``: run -> (wall times, values) in time order. The common target (from each
     curve's last value) and, per run, when it first reaches it."""
