@@ -6,7 +6,8 @@ schedule. Activations in flight are not saved: a resumed run reads micro-batch `
 recomputes them, so no stage waits for the pipeline to drain. On disk::
 
     checkpoints/step-<c>/layer-<i>.pt     torch.save of the state (loads with weights_only=True)
-    checkpoints/step-<c>/layer-<i>.json   its SHA-256, size, micro-batch and config digest
+    checkpoints/step-<c>/layer-<i>.json   its SHA-256, size, micro-batch, config digest and
+                                          the wall time (time.time()) it was written
     checkpoints/step-<c>/MANIFEST.json    every part's checksum and the data position
     checkpoints/final/...                 the same for the end of the stream (c = its length)
 
@@ -84,7 +85,7 @@ def save_part(run_dir: Path, tag: str, c: int, layer: int, state: dict[str, Any]
     path = part_path(run_dir, tag, layer)
     atomic_write(path, blob)
     meta = {"layer": layer, "micro_batch": c, "sha256": hashlib.sha256(blob).hexdigest(),
-            "bytes": len(blob), "config": digest}
+            "bytes": len(blob), "config": digest, "wall_time": time.time()}
     atomic_write(path.with_suffix(".json"), (json.dumps(meta) + "\n").encode())
 
 

@@ -238,6 +238,26 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def eval_inputs(dbn: Model, data: Any, probe_samples: int
+                ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, np.ndarray] | None,
+                           np.ndarray | None]:
+    """What ``pipedbn eval`` measures ``dbn`` on, from its run's ``Data``: the held-out rows (a
+    training sample without a held-out split), a training reference sample of equal size, the
+    probe's training inputs and labels, and the held-out labels, all preprocessed the model's
+    own way; the probe parts are None without labels or without a held-out split."""
+    rows = data.held_rows if len(data.held_rows) else data.subset(data.train_rows, 1000, 0xE7A)
+    held = dbn.preprocess(data.raw(rows))
+    train_rows = data.subset(data.train_rows, min(len(rows), len(data.train_rows)), 0x7A1)
+    train = dbn.preprocess(data.raw(train_rows))
+    labels = data.source.labels
+    probe_train = held_labels = None
+    if labels is not None and len(data.held_rows):  # a probe tested on rows it trained on: no
+        probe_rows = data.subset(data.train_rows, probe_samples, 0x9B0)
+        probe_train = (dbn.preprocess(data.raw(probe_rows)), np.asarray(labels)[probe_rows])
+        held_labels = np.asarray(labels)[rows]
+    return held, train, probe_train, held_labels
+
+
 def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
              output: str | Path | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a run directory or an export file on its data; write ``eval.json`` (in the run
@@ -267,20 +287,9 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
     if data.features != dbn.sizes[0]:
         raise UserError(f"{config}: the data has {data.features} features and the model "
                         f"{dbn.sizes[0]} visible units")
-    rows = data.held_rows if len(data.held_rows) else data.subset(data.train_rows, 1000, 0xE7A)
     if not len(data.held_rows):
         log.warning("no held-out split (data.held_out=0): measuring on training samples")
-    # the model's own preprocessing, whatever the config says
-    held = dbn.preprocess(data.raw(rows))
-    train_rows = data.subset(data.train_rows, min(len(rows), len(data.train_rows)), 0x7A1)
-    train = dbn.preprocess(data.raw(train_rows))
-    labels = data.source.labels
-    probe_train = held_labels = None
-    if labels is not None and len(data.held_rows):  # a probe tested on rows it trained on: no
-        probe_rows = data.subset(data.train_rows, opts.probe_samples, 0x9B0)
-        probe_train = (dbn.preprocess(data.raw(probe_rows)), np.asarray(labels)[probe_rows])
-        held_labels = np.asarray(labels)[rows]
-    result = evaluate_dbn(dbn, held, train, probe_train, held_labels, opts)
+    result = evaluate_dbn(dbn, *eval_inputs(dbn, data, opts.probe_samples), opts)
     if not len(data.held_rows):
         result["notes"].append("no held-out split (data.held_out=0): measured on training "
                                "samples; no linear probe")

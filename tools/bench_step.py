@@ -39,8 +39,9 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from pipedbn.config import load_config, resolve_defaults  # noqa: E402
+from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 from pipedbn.data import open_data  # noqa: E402
+from pipedbn.rbm import RBM  # noqa: E402
 from pipedbn.trainer import make_layer, make_schedule  # noqa: E402
 
 Step = Callable[[torch.Tensor], object]
@@ -99,6 +100,19 @@ def minimal_step(n_visible: int, vbias: torch.Tensor, lr: float, mom: float, wd:
     return step
 
 
+def setup() -> tuple[Config, RBM, list[torch.Tensor]]:
+    """The setting: the resolved config (one layer 784 -> 500, mnist5k), a fresh layer 0 and the
+    full float32 micro-batches of two data epochs (read before any timing)."""
+    cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 500}]", "data.source=mnist5k"]))
+    data = open_data(cfg, unit_range=True)
+    schedule = make_schedule(cfg, data.batches_per_epoch)
+    layer = make_layer(cfg, 0, data.features, schedule, torch.device("cpu"),
+                       data.feature_mean)
+    batches = [torch.from_numpy(data.micro_batch(e, j)).to(torch.float32).contiguous()
+               for e in range(2) for j in range(data.batches_per_epoch)]
+    return cfg, layer, [x for x in batches if x.shape[0] == cfg.train.batch_size]
+
+
 def run_steps(step: Step, batches: list[torch.Tensor], steps: int, start: int) -> float:
     """Seconds per step over ``steps`` steps, cycling through the micro-batches."""
     n = len(batches)
@@ -111,15 +125,9 @@ def run_steps(step: Step, batches: list[torch.Tensor], steps: int, start: int) -
 def measure(steps: int = 200, rounds: int = 7, warmup: int = 30) -> dict[str, Any]:
     """Time the three contenders interleaved in rounds; the report as a dict."""
     torch.set_num_threads(1)
-    cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 500}]", "data.source=mnist5k"]))
-    data = open_data(cfg, unit_range=True)
-    schedule = make_schedule(cfg, data.batches_per_epoch)
-    layer = make_layer(cfg, 0, data.features, schedule, torch.device("cpu"),
-                       data.feature_mean)
-    batch, n_visible = cfg.train.batch_size, data.features
-    batches = [torch.from_numpy(data.micro_batch(e, j)).to(torch.float32).contiguous()
-               for e in range(2) for j in range(data.batches_per_epoch)]
-    batches = [x for x in batches if x.shape[0] == batch]
+
+    cfg, layer, batches = setup()
+    batch, n_visible = cfg.train.batch_size, batches[0].shape[1]
     lc = cfg.layers[0]
     assert lc.lr is not None and lc.momentum is not None
     contenders: dict[str, Step] = {
