@@ -12,9 +12,10 @@ A *process* is a generator that yields what it does next:
 heap of real times. An event costs O(log n).
 
 *Transfers* model a message on a link: it starts once the sender has posted it, the receiver has
-posted a buffer for it, the sender's egress port and the receiver's ingress port are free (one
-message at a time each way per rank, a NIC), and then takes ``seconds``; on a host link (loopback
-gloo) it is CPU work like any other.
+posted a buffer for it and the sender's egress port and the receiver's ingress port are free (one
+message's bytes at a time each way per rank, a NIC); it holds both ports for ``occupy`` seconds
+(its bytes) and arrives ``delay`` seconds later (its latency, which messages in flight overlap).
+On a host link (loopback gloo) both are CPU work like any other.
 """
 
 from __future__ import annotations
@@ -61,13 +62,20 @@ class Transfer:
 
     src: int
     dst: int
-    seconds: float
-    cpu: bool
+    occupy: float = 0.0
+    """Seconds it holds the ports (bytes / bandwidth)."""
+    delay: float = 0.0
+    """Seconds from leaving the ports to arriving (latency)."""
+    cpu: bool = False
     final: bool = False
     """The sender's last update (a replica's FINAL)."""
     posted: Signal = field(default_factory=Signal)
     """The receiver has posted a buffer for it."""
     done: Signal = field(default_factory=Signal)
+
+
+def _call(f: Callable[[Transfer], None], t: Transfer) -> Callable[[], None]:
+    return lambda: f(t)
 
 
 class Engine:
@@ -122,12 +130,12 @@ class Engine:
                 self._pending.remove(t)
                 self._busy_out.add(t.src)
                 self._busy_in.add(t.dst)
-                self.start(t.seconds, t.cpu, lambda t=t: self._arrived(t))
+                self.start(t.occupy, t.cpu, _call(self._sent, t))
 
-    def _arrived(self, t: Transfer) -> None:
+    def _sent(self, t: Transfer) -> None:
         self._busy_out.discard(t.src)
         self._busy_in.discard(t.dst)
-        self.fire(t.done)
+        self.start(t.delay, t.cpu, lambda: self.fire(t.done))
         self._try_transfers()
 
     def _rate(self) -> float:

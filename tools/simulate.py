@@ -13,10 +13,11 @@ What it models (each rule is the engine's, see ``pipedbn/runner.py``, ``links.py
 - a stage's time for m: per layer, in order, its training step (or its frozen forward pass) on
   a core, then its non-CPU delay (a straggler's sleep, a GPU's time);
 - a message between stages costs ``latency + bytes / bandwidth`` (the payload is always the
-  link's static ``batch x width``); a sender keeps at most ``window`` unconfirmed messages per
-  link and waits for the oldest when full; a message moves only once its receiver has posted a
-  buffer for it (gloo's rendezvous), and a receiver keeps two posted, re-posting one when it
-  asks for the next message; each rank sends one message at a time and receives one at a time;
+  link's static ``batch x width``); its bytes hold the sender's and the receiver's port (one
+  message at a time each way per rank), its latency does not; a sender keeps at most
+  ``window`` unconfirmed messages per link and waits for the oldest when full; a message moves
+  only once its receiver has posted a buffer for it (gloo's rendezvous), and a receiver keeps
+  two posted, re-posting one when it asks for the next message;
 - the end of the stream: two END messages per link, each stage closes after its input ended;
 - replicas tick at ``pipedbn.replicas.round_boundaries`` (no checkpoints); a tick sends each
   peer ``messages`` messages with the parameter delta; ``bsp`` waits for every peer's same tick,
@@ -39,7 +40,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -195,7 +196,7 @@ class _Channel:
 
     def message(self, n: int) -> Transfer:
         while len(self.messages) <= n:
-            self.messages.append(Transfer(self.src, self.dst, 0.0, False))
+            self.messages.append(Transfer(self.src, self.dst))
         return self.messages[n]
 
 
@@ -205,7 +206,9 @@ class _Sim:
     def __init__(self, schedule: Schedule, stages: Sequence[SimStage],
                  layers: Sequence[LayerCost], network: Network, window: int, batch: int,
                  rows: Sequence[int] | None, cores: float | None, sync: SyncPolicy,
-                 dtype_bytes: int, read_s: float, prefetch: int, buffers: int) -> None:
+                 dtype_bytes: int, read_s: float, prefetch: int, buffers: int,
+                 speed: Mapping[int, float]) -> None:
+        self.speed = speed
         self.schedule, self.stages, self.layers, self.network = schedule, stages, layers, network
         self.window, self.batch, self.rows, self.sync = window, batch, rows, sync
         self.dtype_bytes, self.read_s, self.prefetch, self.buffers = \
@@ -222,7 +225,7 @@ class _Sim:
 
     def transmit(self, t: Transfer, nbytes: float, messages: int = 1) -> None:
         link = self.network.between(t.src, t.dst)
-        t.seconds, t.cpu = link.seconds(nbytes, messages), link.cpu
+        t.occupy, t.delay, t.cpu = nbytes / link.bandwidth, messages * link.latency, link.cpu
         self.engine.send(t)
 
     def run(self) -> SimResult:
@@ -288,7 +291,8 @@ class _Sim:
                 if i > top:
                     break
                 cost = self.layers[i]
-                yield Work(cost.step_s if sch.trains(i, m) else cost.forward_s)
+                cpu = cost.step_s if sch.trains(i, m) else cost.forward_s
+                yield Work(cpu * self.speed.get(rank, 1.0))
                 if cost.sleep_s > 0 and m >= cost.sleep_from:
                     yield Work(cost.sleep_s, cpu=False)
             res.compute_s += engine.now - t0
@@ -435,7 +439,8 @@ def simulate(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[La
              network: Network | Link, window: int = 4, batch: int = 100,
              cores: float | None = None, sync: SyncPolicy | None = None,
              rows: Sequence[int] | None = None, dtype_bytes: int = 4, read_s: float = 0.0,
-             prefetch: int = 4, buffers: int = 2) -> SimResult:
+             prefetch: int = 4, buffers: int = 2, speed: Mapping[int, float] | None = None
+             ) -> SimResult:
     """Simulate one run of ``schedule`` on ``stages`` (see the module docstring).
 
     ``layers``: one ``LayerCost`` per layer of the schedule; ``network``: the links (a single
@@ -443,13 +448,16 @@ def simulate(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[La
     payload's static size); ``rows``: rows of batch j of an epoch, if not all ``batch``;
     ``cores``: host cores the CPU work shares (None: unlimited); ``read_s``: seconds of stage
     0's prefetch thread per micro-batch (``prefetch`` ahead); ``buffers``: receives a stage keeps
-    posted per link."""
+    posted per link; ``speed``: per rank, a multiplier of its layers' CPU time (2: twice as
+    slow), as the planner's ``Problem.speed``."""
     sync = sync or SyncPolicy()
     net = network if isinstance(network, Network) else Network(network)
     _check(schedule, stages, layers, net, window, batch, cores, sync, rows, dtype_bytes, read_s,
            prefetch, buffers)
+    if speed and any(not (math.isfinite(x) and x > 0) for x in speed.values()):
+        raise ValueError(f"simulate: speed {dict(speed)}: each multiplier must be > 0")
     return _Sim(schedule, stages, layers, net, window, batch, rows, cores, sync, dtype_bytes,
-                read_s, prefetch, buffers).run()
+                read_s, prefetch, buffers, speed or {}).run()
 
 
 def stages_of(plan: Plan | str, world: int | None = None, layers: int | None = None
@@ -607,7 +615,8 @@ def layer_times(cfg: Config, steps: int = 50) -> tuple[list[float], list[float]]
     layers = make_layers(cfg, data, make_schedule(cfg, data.batches_per_epoch),
                          torch.device("cpu"))
     xs = [torch.from_numpy(data.micro_batch(0, j)) for j in range(8)]
-    train, forward = [], []
+    train: list[float] = []
+    forward: list[float] = []
     for layer in layers:
         for out, call in ((train, layer.train_step), (forward, layer.forward)):
             times = []
@@ -678,6 +687,7 @@ def _pingpong(rank: int, init: str, out: str, small: int, large: int, rounds: in
                 else:
                     works = [dist.irecv(header, peer), dist.irecv(payload, peer)]
                 for w in works:
+                    assert w is not None
                     w.wait()
             if i >= 10:
                 times.append((time.perf_counter() - t0) / 2)
@@ -742,12 +752,35 @@ def run_pipedbn(config: str, nproc: int, overrides: Sequence[str], run_dir: Path
             "stages": json.loads((run_dir / "stages.json").read_text())}
 
 
+def cpu_busy() -> float:
+    """CPU seconds spent by every process of the machine so far (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(limit: float = 0.25, timeout: float = 300.0) -> float:
+    """Wait (at most ``timeout`` seconds) until other processes use less than ``limit`` cores
+    over a second; returns the last load seen. Other jobs on a shared machine skew timings."""
+    import time
+
+    t_end = time.monotonic() + timeout
+    while True:
+        b0, t0 = cpu_busy(), time.monotonic()
+        time.sleep(1.0)
+        load = (cpu_busy() - b0) / (time.monotonic() - t0)
+        if load < limit or time.monotonic() > t_end:
+            return load
+
+
 def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
              link: Link | None = None) -> list[dict[str, Any]]:
     """Run each case here and simulate it with this machine's measured step times, link and
     ``cores=os.cpu_count()``; one row per case: predicted and measured samples/s, their
     ratio, and each stage's busy fraction both ways. ``epochs`` scales every case's epochs."""
     import tempfile
+    import time
 
     from pipedbn.balance import problem_for
     from pipedbn.balancer import solve
@@ -774,8 +807,11 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
                 spec = solve(problem_for(cfg, shape[0], case.nproc, work)).plan.spec()
             pred = from_config(cfg, spec, case.nproc, step, fwd, sleep, link.latency,
                                link.bandwidth, cores, link_cpu=link.cpu, shape=shape)
+            wait_quiet()
+            b0, c0, t0 = cpu_busy(), _children_cpu(), time.monotonic()
             meas = run_pipedbn(case.config, case.nproc, [*over, f"balancer.plan={spec}"],
                                Path(tmp) / f"run-{n}")
+            others = (cpu_busy() - b0 - (_children_cpu() - c0)) / (time.monotonic() - t0)
             rows.append({
                 "case": case.name, "ranks": case.nproc, "plan": spec,
                 "predicted": pred.samples_per_s, "measured": meas["samples_per_s"],
@@ -783,19 +819,26 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
                 "busy_predicted": [round(r.busy_frac, 3) for r in pred.ranks],
                 "busy_measured": [round(s["busy_frac"], 3) for s in meas["stages"]],
                 "step_ms": [round(s * 1e3, 3) for s in step],
-                "command": meas["command"],
+                "command": meas["command"], "other_cores": round(max(others, 0.0), 2),
                 "link": {"latency_s": link.latency, "bandwidth_Bps": link.bandwidth},
             })
     return rows
 
 
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def report_validation(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of ``validate``'s rows."""
-    lines = ["| case | ranks | plan | predicted samples/s | measured | predicted / measured |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| case | ranks | plan | predicted samples/s | measured | predicted / measured "
+             "| other jobs (cores) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['ranks']} | `{r['plan']}` | {r['predicted']:,.0f} | "
-                     f"{r['measured']:,.0f} | {r['ratio']:.2f} |")
+                     f"{r['measured']:,.0f} | {r['ratio']:.2f} | {r['other_cores']:.2f} |")
     return "\n".join(lines)
 
 
