@@ -79,10 +79,12 @@ def _call(f: Callable[[Transfer], None], t: Transfer) -> Callable[[], None]:
 
 
 class Engine:
-    def __init__(self, cores: float | None = None) -> None:
+    def __init__(self, cores: float | None = None, background: float = 0.0) -> None:
+        """``background``: CPU-bound work of other jobs that shares the cores all along, in
+        activities (1.5: one busy process and one half busy)."""
         if cores is not None and not cores > 0:
             raise ValueError(f"cores is {cores!r}; give a number > 0, or None for no limit")
-        self.cores = cores
+        self.cores, self.background = cores, background
         self.now = 0.0
         self._seq = itertools.count()  # ties resolve in creation order: deterministic
         self._ready: deque[Process] = deque()
@@ -139,7 +141,7 @@ class Engine:
         self._try_transfers()
 
     def _rate(self) -> float:
-        n = len(self._cpu)
+        n = len(self._cpu) + self.background
         return 1.0 if self.cores is None or n <= self.cores else self.cores / n
 
     def run(self) -> float:

@@ -207,13 +207,13 @@ class _Sim:
                  layers: Sequence[LayerCost], network: Network, window: int, batch: int,
                  rows: Sequence[int] | None, cores: float | None, sync: SyncPolicy,
                  dtype_bytes: int, read_s: float, prefetch: int, buffers: int,
-                 speed: Mapping[int, float]) -> None:
+                 speed: Mapping[int, float], background: float) -> None:
         self.speed = speed
         self.schedule, self.stages, self.layers, self.network = schedule, stages, layers, network
         self.window, self.batch, self.rows, self.sync = window, batch, rows, sync
         self.dtype_bytes, self.read_s, self.prefetch, self.buffers = \
             dtype_bytes, read_s, prefetch, buffers
-        self.engine = Engine(cores)
+        self.engine = Engine(cores, background)
         self.channels: dict[tuple[str, int, int], _Channel] = {}
         self.results: list[RankResult] = []
 
@@ -439,8 +439,8 @@ def simulate(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[La
              network: Network | Link, window: int = 4, batch: int = 100,
              cores: float | None = None, sync: SyncPolicy | None = None,
              rows: Sequence[int] | None = None, dtype_bytes: int = 4, read_s: float = 0.0,
-             prefetch: int = 4, buffers: int = 2, speed: Mapping[int, float] | None = None
-             ) -> SimResult:
+             prefetch: int = 4, buffers: int = 2, speed: Mapping[int, float] | None = None,
+             background: float = 0.0) -> SimResult:
     """Simulate one run of ``schedule`` on ``stages`` (see the module docstring).
 
     ``layers``: one ``LayerCost`` per layer of the schedule; ``network``: the links (a single
@@ -449,15 +449,16 @@ def simulate(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[La
     ``cores``: host cores the CPU work shares (None: unlimited); ``read_s``: seconds of stage
     0's prefetch thread per micro-batch (``prefetch`` ahead); ``buffers``: receives a stage keeps
     posted per link; ``speed``: per rank, a multiplier of its layers' CPU time (2: twice as
-    slow), as the planner's ``Problem.speed``."""
+    slow), as the planner's ``Problem.speed``; ``background``: other jobs' CPU-bound work
+    sharing the ``cores`` (busy processes, may be fractional)."""
     sync = sync or SyncPolicy()
     net = network if isinstance(network, Network) else Network(network)
     _check(schedule, stages, layers, net, window, batch, cores, sync, rows, dtype_bytes, read_s,
-           prefetch, buffers)
+           prefetch, buffers, background)
     if speed and any(not (math.isfinite(x) and x > 0) for x in speed.values()):
         raise ValueError(f"simulate: speed {dict(speed)}: each multiplier must be > 0")
     return _Sim(schedule, stages, layers, net, window, batch, rows, cores, sync, dtype_bytes,
-                read_s, prefetch, buffers, speed or {}).run()
+                read_s, prefetch, buffers, speed or {}, background).run()
 
 
 def stages_of(plan: Plan | str, world: int | None = None, layers: int | None = None
@@ -473,7 +474,7 @@ def stages_of(plan: Plan | str, world: int | None = None, layers: int | None = N
 def _check(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[LayerCost],
            net: Network, window: int, batch: int, cores: float | None, sync: SyncPolicy,
            rows: Sequence[int] | None, dtype_bytes: int, read_s: float, prefetch: int,
-           buffers: int) -> None:
+           buffers: int, background: float) -> None:
     """Raise ValueError naming every bad input (what, and what would do)."""
     bad = []
     if len(layers) != schedule.layers:
@@ -513,6 +514,8 @@ def _check(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[Laye
         bad.append(f"sync.staleness is {sync.staleness}; it must be >= 0")
     if not (math.isfinite(read_s) and read_s >= 0):
         bad.append(f"read_s is {read_s!r}; it must be finite and >= 0")
+    if not (math.isfinite(background) and background >= 0):
+        bad.append(f"background is {background!r}; it must be finite and >= 0")
     if rows is not None and (len(rows) != schedule.batches_per_epoch
                              or any(not 1 <= n <= batch for n in rows)):
         bad.append(f"rows: give {schedule.batches_per_epoch} counts (one per batch of an "
@@ -544,7 +547,8 @@ def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int,
                 sleep_s: Sequence[float] | None = None, latency: float = 1e-4,
                 bandwidth: float = 1e9, cores: float | None = None, link_cpu: bool = False,
                 read_s: float = 0.0, sync_messages: int = 1,
-                shape: tuple[int, int, list[int]] | None = None) -> SimResult:
+                shape: tuple[int, int, list[int]] | None = None, background: float = 0.0
+                ) -> SimResult:
     """Simulate the config's run on ``world`` ranks with measured (or modelled) step times.
 
     ``plan_spec``: a plan (``Plan.parse`` forms); None: ``balancer.plan``, and for ``auto`` the
@@ -592,7 +596,7 @@ def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int,
         batch=cfg.train.batch_size, cores=cores, rows=rows,
         sync=SyncPolicy(b.sync, b.sync_every, b.staleness, sync_messages),
         dtype_bytes=8 if cfg.train.dtype == "float64" else 4, read_s=read_s,
-        prefetch=cfg.data.prefetch)
+        prefetch=cfg.data.prefetch, background=background)
     result.plan = plan.spec()
     return result
 
@@ -775,10 +779,14 @@ def wait_quiet(limit: float = 0.25, timeout: float = 300.0) -> float:
 
 
 def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
-             link: Link | None = None) -> list[dict[str, Any]]:
+             link: Link | None = None, quiet_s: float = 60.0) -> list[dict[str, Any]]:
     """Run each case here and simulate it with this machine's measured step times, link and
     ``cores=os.cpu_count()``; one row per case: predicted and measured samples/s, their
-    ratio, and each stage's busy fraction both ways. ``epochs`` scales every case's epochs."""
+    ratio, and each stage's busy fraction both ways. ``epochs`` scales every case's epochs.
+
+    Before each run it waits (``quiet_s`` at most) for other jobs to leave the cores; the CPU
+    they used during the run (``other_cores``) is recorded, and a second prediction
+    (``predicted_loaded``) lets that much background work share the cores."""
     import tempfile
     import time
 
@@ -805,21 +813,25 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
             if spec is None:
                 work = [s + z for s, z in zip(step, sleep, strict=True)]
                 spec = solve(problem_for(cfg, shape[0], case.nproc, work)).plan.spec()
-            pred = from_config(cfg, spec, case.nproc, step, fwd, sleep, link.latency,
-                               link.bandwidth, cores, link_cpu=link.cpu, shape=shape)
-            wait_quiet()
+            args = (cfg, spec, case.nproc, step, fwd, sleep, link.latency, link.bandwidth, cores)
+            pred = from_config(*args, link_cpu=link.cpu, shape=shape)
+            wait_quiet(timeout=quiet_s)
             b0, c0, t0 = cpu_busy(), _children_cpu(), time.monotonic()
             meas = run_pipedbn(case.config, case.nproc, [*over, f"balancer.plan={spec}"],
                                Path(tmp) / f"run-{n}")
-            others = (cpu_busy() - b0 - (_children_cpu() - c0)) / (time.monotonic() - t0)
+            others = max(0.0, (cpu_busy() - b0 - (_children_cpu() - c0))
+                         / (time.monotonic() - t0))
+            loaded = from_config(*args, link_cpu=link.cpu, shape=shape, background=others)
             rows.append({
                 "case": case.name, "ranks": case.nproc, "plan": spec,
                 "predicted": pred.samples_per_s, "measured": meas["samples_per_s"],
                 "ratio": pred.samples_per_s / meas["samples_per_s"],
+                "predicted_loaded": loaded.samples_per_s,
+                "ratio_loaded": loaded.samples_per_s / meas["samples_per_s"],
                 "busy_predicted": [round(r.busy_frac, 3) for r in pred.ranks],
                 "busy_measured": [round(s["busy_frac"], 3) for s in meas["stages"]],
                 "step_ms": [round(s * 1e3, 3) for s in step],
-                "command": meas["command"], "other_cores": round(max(others, 0.0), 2),
+                "command": meas["command"], "other_cores": round(others, 2),
                 "link": {"latency_s": link.latency, "bandwidth_Bps": link.bandwidth},
             })
     return rows
@@ -835,10 +847,12 @@ def _children_cpu() -> float:
 def report_validation(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of ``validate``'s rows."""
     lines = ["| case | ranks | plan | predicted samples/s | measured | predicted / measured "
-             "| other jobs (cores) |", "|---|---|---|---|---|---|---|"]
+             "| other jobs (cores) | predicted with them | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['ranks']} | `{r['plan']}` | {r['predicted']:,.0f} | "
-                     f"{r['measured']:,.0f} | {r['ratio']:.2f} | {r['other_cores']:.2f} |")
+                     f"{r['measured']:,.0f} | {r['ratio']:.2f} | {r['other_cores']:.2f} | "
+                     f"{r['predicted_loaded']:,.0f} | {r['ratio_loaded']:.2f} |")
     return "\n".join(lines)
 
 
