@@ -102,6 +102,11 @@ def test_three_cpu_stages_share_two_cores() -> None:
     assert alone.seconds == pytest.approx((L + 2) * step)
 
 
+def test_other_jobs_share_the_cores() -> None:
+    r = simulate(streaming(1, 50), chain(1), [LayerCost(MS)], FREE, cores=1, background=1.0)
+    assert r.seconds == pytest.approx(2 * 50 * MS)
+
+
 def test_sleeping_stages_use_no_core() -> None:
     L = 100
     costs = [LayerCost(0.0, sleep_s=2 * MS)] * 3

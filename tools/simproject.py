@@ -20,7 +20,7 @@ from pipedbn.schedule import build_schedule
 
 SIZES = [784, 2000, 2000, 2000, 2000]
 BATCH = 1000
-WORLDS = [1, 8, 16, 32, 64]
+WORLDS = [1, 4, 8, 16, 32, 64]
 
 
 @dataclass(frozen=True)
