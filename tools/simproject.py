@@ -41,6 +41,11 @@ class GPU:
         return cd_flops(n_in, n_out, 1) * BATCH / (self.peak_flops * self.efficiency)
 
 
+def cell(spec: str) -> str:
+    """A plan spec inside a markdown table cell."""
+    return spec.replace("|", "\\|")
+
+
 def costs(gpu: GPU) -> list[LayerCost]:
     pairs = list(zip(SIZES[:-1], SIZES[1:], strict=True))
     return [LayerCost(gpu.step_s(a, b), gpu.step_s(a, b) * forward_flops(a, b) / cd_flops(a, b, 1),
@@ -83,7 +88,7 @@ def table(gpu: GPU, worlds: list[int], sync_every: int = 1) -> tuple[list[str], 
             "bottleneck |", "|---|---|---|---|---|---|"]
     for n in worlds:
         spec, planned, res = plan_and_run(n, gpu, sync_every)
-        rows.append(f"| {n} | `{spec}` | {planned:,.0f} | {res.samples_per_s:,.0f} | "
+        rows.append(f"| {n} | `{cell(spec)}` | {planned:,.0f} | {res.samples_per_s:,.0f} | "
                     f"{res.samples_per_s / (n * one):.2f} | {why(res, layers, gpu, spec, n)} |")
     return rows, one
 
@@ -95,7 +100,7 @@ def sweep_sync(gpu: GPU, worlds: list[int]) -> list[str]:
     for n in worlds:
         for every in (1, 4, 16):
             spec, _, res = plan_and_run(n, gpu, every)
-            rows.append(f"| {n} | {every} | `{spec}` | {res.samples_per_s:,.0f} | "
+            rows.append(f"| {n} | {every} | `{cell(spec)}` | {res.samples_per_s:,.0f} | "
                         f"{res.samples_per_s / (n * one):.2f} |")
     return rows
 
@@ -108,7 +113,7 @@ def sweep_bandwidth(gpu: GPU, worlds: list[int]) -> list[str]:
         for gbs in (12.5, 25, 50, 100):
             g = replace(gpu, inter=replace(gpu.inter, bandwidth=gbs * 1e9))
             spec, _, res = plan_and_run(n, g)
-            rows.append(f"| {n} | {gbs:g} | `{spec}` | {res.samples_per_s:,.0f} | "
+            rows.append(f"| {n} | {gbs:g} | `{cell(spec)}` | {res.samples_per_s:,.0f} | "
                         f"{res.samples_per_s / (n * one):.2f} |")
     return rows
 

@@ -850,7 +850,8 @@ def report_validation(rows: Sequence[dict[str, Any]]) -> str:
              "| other jobs (cores) | predicted with them | ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['ranks']} | `{r['plan']}` | {r['predicted']:,.0f} | "
+        plan = r["plan"].replace("|", "\\|")  # a pipe inside a table cell
+        lines.append(f"| {r['case']} | {r['ranks']} | `{plan}` | {r['predicted']:,.0f} | "
                      f"{r['measured']:,.0f} | {r['ratio']:.2f} | {r['other_cores']:.2f} | "
                      f"{r['predicted_loaded']:,.0f} | {r['ratio_loaded']:.2f} |")
     return "\n".join(lines)
