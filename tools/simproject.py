@@ -1,0 +1,165 @@
+"""Projections of ``simulate.py``: a 784-2000-2000-2000-2000 DBN on 8 to 64 GPUs.
+
+    python tools/simulate.py --project [--write-docs]
+
+Every figure here is a model's, from stated assumptions (``GPU``), not a measurement: per-layer
+step times from ``cd_flops`` at an assumed sustained FP32 rate, links from vendor-class figures.
+For each world size the real planner (``pipedbn.balancer.solve``) picks the plan for those costs
+and the simulator runs it (streaming, every layer on every micro-batch, BSP).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from simulate import LayerCost, Link, Network, SimResult, SyncPolicy, simulate, stages_of
+
+from pipedbn.balancer import Problem, cd_flops, forward_flops, param_count, solve
+from pipedbn.schedule import build_schedule
+
+SIZES = [784, 2000, 2000, 2000, 2000]
+BATCH = 1000
+WORLDS = [1, 4, 8, 16, 32, 64]
+
+
+@dataclass(frozen=True)
+class GPU:
+    peak_flops: float = 50e12
+    """FP32 FLOP/s of one GPU without TF32 tensor cores: H100 PCIe is listed at 51 TFLOP/s,
+    SXM at 67 (an assumption: no H100 was run for these figures)."""
+    efficiency: float = 0.6
+    """Share of the peak a CD-1 step sustains: five GEMMs of 1000 x 2000 x 2000 are large
+    enough for cuBLAS to run near its best, the sampling and elementwise passes are not."""
+    intra: Link = Link(latency=8e-6, bandwidth=300e9)
+    """Between GPUs of a node (NVLink-class: ~300 GB/s one way achieved of H100's 450)."""
+    inter: Link = Link(latency=15e-6, bandwidth=25e9)
+    """Between nodes, per GPU (one 200 Gb/s InfiniBand NIC per GPU)."""
+    per_node: int = 8
+
+    def step_s(self, n_in: int, n_out: int) -> float:
+        return cd_flops(n_in, n_out, 1) * BATCH / (self.peak_flops * self.efficiency)
+
+
+def cell(spec: str) -> str:
+    """A plan spec inside a markdown table cell."""
+    return spec.replace("|", "\\|")
+
+
+def costs(gpu: GPU) -> list[LayerCost]:
+    pairs = list(zip(SIZES[:-1], SIZES[1:], strict=True))
+    return [LayerCost(gpu.step_s(a, b), gpu.step_s(a, b) * forward_flops(a, b) / cd_flops(a, b, 1),
+                      width=b, params=param_count(a, b)) for a, b in pairs]
+
+
+def plan_and_run(world: int, gpu: GPU, sync_every: int = 1) -> tuple[str, float, SimResult]:
+    """The planner's plan for ``world`` GPUs (priced with the inter-node link once the world
+    spans nodes) and its simulation; returns (plan spec, planner samples/s, result)."""
+    layers = costs(gpu)
+    link = gpu.intra if world <= gpu.per_node else gpu.inter
+    problem = Problem(costs=[c.step_s for c in layers], world=world,
+                      sync_bytes=[4.0 * c.params for c in layers], bandwidth=link.bandwidth,
+                      latency=link.latency, sync_every=sync_every)
+    sol = solve(problem)
+    r_max = max(s.replicas for s in sol.plan.stages)
+    length = max(400, 8 * r_max * sync_every)  # whole rounds, fill and drain a small part
+    schedule = build_schedule("streaming", length, [1.0] * len(layers), 0.0)
+    net = Network(gpu.intra, gpu.inter, gpu.per_node)
+    res = simulate(schedule, stages_of(sol.plan), layers, net, window=4, batch=BATCH,
+                   sync=SyncPolicy("bsp", sync_every))
+    return sol.plan.spec(), sol.samples_per_s(BATCH), res
+
+
+def why(res: SimResult, layers: list[LayerCost], gpu: GPU, spec: str, world: int) -> str:
+    """The bottleneck stage and what bounds it, in words."""
+    stage = stages_of(spec, world, len(layers))[res.bottleneck]
+    r = len(stage.ranks)
+    work = sum(layers[i].step_s for i in stage.layers) * 1e3
+    nodes = len({k // gpu.per_node for k in stage.ranks})
+    where = f"{r} replicas on {nodes} node{'s' if nodes > 1 else ''}" if r > 1 else "1 GPU"
+    return (f"stage {res.bottleneck} (layers {stage.layers[0]}-{stage.layers[-1]}, "
+            f"{work:.2f} ms work, {where}): {res.limit}")
+
+
+def table(gpu: GPU, worlds: list[int], sync_every: int = 1) -> tuple[list[str], float]:
+    layers = costs(gpu)
+    one = BATCH / sum(c.step_s for c in layers)
+    rows = ["| GPUs | plan | planner samples/s | simulated samples/s | efficiency | "
+            "bottleneck |", "|---|---|---|---|---|---|"]
+    for n in worlds:
+        spec, planned, res = plan_and_run(n, gpu, sync_every)
+        rows.append(f"| {n} | `{cell(spec)}` | {planned:,.0f} | {res.samples_per_s:,.0f} | "
+                    f"{res.samples_per_s / (n * one):.2f} | {why(res, layers, gpu, spec, n)} |")
+    return rows, one
+
+
+def sweep_sync(gpu: GPU, worlds: list[int]) -> list[str]:
+    rows = ["| GPUs | sync_every | plan | simulated samples/s | efficiency |",
+            "|---|---|---|---|---|"]
+    one = BATCH / sum(c.step_s for c in costs(gpu))
+    for n in worlds:
+        for every in (1, 4, 16):
+            spec, _, res = plan_and_run(n, gpu, every)
+            rows.append(f"| {n} | {every} | `{cell(spec)}` | {res.samples_per_s:,.0f} | "
+                        f"{res.samples_per_s / (n * one):.2f} |")
+    return rows
+
+
+def sweep_bandwidth(gpu: GPU, worlds: list[int]) -> list[str]:
+    rows = ["| GPUs | inter-node GB/s per GPU | plan | simulated samples/s | efficiency |",
+            "|---|---|---|---|---|"]
+    one = BATCH / sum(c.step_s for c in costs(gpu))
+    for n in worlds:
+        for gbs in (12.5, 25, 50, 100):
+            g = replace(gpu, inter=replace(gpu.inter, bandwidth=gbs * 1e9))
+            spec, _, res = plan_and_run(n, g)
+            rows.append(f"| {n} | {gbs:g} | `{cell(spec)}` | {res.samples_per_s:,.0f} | "
+                        f"{res.samples_per_s / (n * one):.2f} |")
+    return rows
+
+
+def report(gpu: GPU | None = None) -> str:
+    gpu = gpu or GPU()
+    layers = costs(gpu)
+    main, one = table(gpu, WORLDS)
+    mb = BATCH * 2000 * 4 / 1e6
+    sync_mb = 4 * layers[1].params / 1e6
+    lines = [
+        f"784-2000-2000-2000-2000 DBN, CD-1, micro-batch {BATCH}, fp32; every layer on every "
+        f"micro-batch (`offset_epochs=0`), BSP. Assumed GPU: {gpu.peak_flops / 1e12:g} TFLOP/s "
+        f"FP32 at {gpu.efficiency:.0%} efficiency, so CD-1 steps of "
+        + ", ".join(f"{c.step_s * 1e3:.2f}" for c in layers)
+        + f" ms per layer and {one:,.0f} samples/s on one GPU. Links: {gpu.per_node} GPUs per "
+        f"node, intra-node {gpu.intra.bandwidth / 1e9:g} GB/s + {gpu.intra.latency * 1e6:g} µs, "
+        f"inter-node {gpu.inter.bandwidth / 1e9:g} GB/s + {gpu.inter.latency * 1e6:g} µs per "
+        f"GPU. An activation message is {mb:g} MB, a 2000x2000 layer's update {sync_mb:.1f} MB.",
+        "",
+        "Scaling, `sync_every: 1` (efficiency: simulated samples/s over N x one GPU):",
+        "",
+        *main,
+        "",
+        "`sync_every` (replicas exchange their updates every n of their micro-batches; "
+        "staleness grows with it, see balancer.md):",
+        "",
+        *sweep_sync(gpu, [16, 32, 64]),
+        "",
+        "Inter-node bandwidth per GPU, `sync_every: 1`:",
+        "",
+        *sweep_bandwidth(gpu, [16, 64]),
+    ]
+    return "\n".join(lines)
+
+
+def project(write_docs: bool = False) -> None:
+    text = report()
+    print(text)
+    if write_docs:
+        from benchdocs import write_section
+        from simulate import ROOT
+
+        write_section("simulate", text, ROOT / "docs" / "simulate.md")
+
+
+if __name__ == "__main__":
+    assert math.isfinite(GPU().step_s(784, 2000))
+    project()
