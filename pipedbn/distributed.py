@@ -430,7 +430,7 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
         cuts = [c for c in boundaries(cfg.checkpoint.every, schedule.length) if c > role.begin]
         ticks, cut_set = round_boundaries(trained, b.sync_every * stage.replicas, cuts)
         sync = ReplicaSync(layers, stage.ranks, role.replica, b, ticks, pl.timeout, name,
-                           metrics, cut_set, cfg.seed)
+                           metrics, cut_set, cfg.seed, tb_every=cfg.monitor.scalars_every)
     reporter = Reporter(kv, rank, role.segment) if b.replan else None
     decide = None
     source: Prefetcher | Inbox

@@ -51,10 +51,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny.yaml"
 
 
+# tiny.yaml monitors densely (for the tests); a speed benchmark runs the product's defaults
+DEFAULT_MONITOR = ["monitor.scalars_every=50", "monitor.eval_every=100",
+                   "monitor.histograms_every=500", "monitor.images_every=1000"]
+
+
 def overrides(args: argparse.Namespace) -> list[str]:
     return ["layers=[48,40,32,16]", f"rbm.epochs={args.epochs}", "train.offset_epochs=0",
-            "straggler.layer=2", f"straggler.sleep_s={args.sleep}", "monitor.scalars_every=10",
-            "balancer.max_replicas=null"]
+            "straggler.layer=2", f"straggler.sleep_s={args.sleep}", "balancer.max_replicas=null",
+            *DEFAULT_MONITOR]
 
 
 def config(args: argparse.Namespace, *extra: str) -> Config:
@@ -88,7 +93,8 @@ def input_rate(metrics: list[dict[str, Any]], ranks: set[int], t0: float, t1: fl
 
 def replan_run(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
     r = train(tmp / f"replan-{n}", n, args, "balancer.plan=0|1|2|3", "balancer.replan=true",
-              f"straggler.after={args.onset}", "balancer.check_every=20")
+              f"straggler.after={args.onset}", "balancer.check_every=20",
+              "monitor.scalars_every=10")  # input rates at a finer grain
     m = r.pop("metrics")
     onset = min(x["wall_time"] for x in m if x["tag"] == "straggler/onset")
     replans = [x for x in m if x["tag"] == "balancer/replan" and x["wall_time"] > onset]
@@ -138,7 +144,7 @@ def run(ranks: list[int], epochs: float = 12, sleep: float = 0.02, onset: int = 
         results["balanced"] = rows
         # the same plan on the most ranks with a cheaper sync: what the plan allows
         n, spec = rows[-1]["ranks"], rows[-1]["spec"]
-        variants = []
+        variants: list[dict[str, Any]] = []
         for label, extra in (("bsp, sync_every=4", ["balancer.sync_every=4"]),
                              ("ssp, staleness 2", ["balancer.sync=ssp", "balancer.staleness=2"])):
             r = train(tmp / f"variant-{len(variants)}", n, args, f"balancer.plan={spec}", *extra)
@@ -176,7 +182,8 @@ def report(r: dict[str, Any]) -> str:
         f"`python tools/bench_balancer.py --ranks {' '.join(map(str, args.ranks))} "
         f"--epochs {args.epochs:g} --sleep {args.sleep:g} --onset {args.onset}`.",
         "",
-        f"4-layer DBN 64-48-40-32-16 on digits, batch 50, every layer on every micro-batch; "
+        f"4-layer DBN 64-48-40-32-16 on digits, batch 50, every layer on every micro-batch, "
+        "monitoring at its default intervals; "
         f"layer 2 sleeps {args.sleep * 1e3:g} ms per micro-batch (a slower device). Step costs "
         "(ms): " + ", ".join(f"{c * 1e3:.2f}" for c in r["costs_s"]) + ".",
         "",

@@ -4,6 +4,7 @@
         [--flops F] [--latency S] [--bandwidth B] [--cores C]
     python tools/simulate.py --project [--write-docs]   # multi-GPU projections (docs/simulate.md)
     python tools/simulate.py --validate                  # predicted against measured, here
+                                                         # (tools/simvalidate.py)
 
 What it models (each rule is the engine's, see ``pipedbn/runner.py``, ``links.py``,
 ``transport.py`` and ``replicas.py``):
@@ -39,11 +40,9 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import math  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 from simengine import Engine, Process, Signal, Transfer, Wait, Work  # noqa: E402
 
@@ -384,10 +383,14 @@ class _Replicas:
             for t in self.sent.pop(0):
                 yield Wait(t.done)
 
-    def receive(self, k: int) -> Process:
-        """``_receive``: post a buffer for peer k's next update and wait for it."""
+    def post(self, k: int) -> Transfer:
+        """``_post_receive``: a buffer posted for peer k's next update."""
         t = self.sim.channel("sync", k, self.rank).message(self.received[k])
         self.sim.engine.post(t)
+        return t
+
+    def take(self, k: int, t: Transfer) -> Process:
+        """``_take``: wait for a posted update."""
         yield Wait(t.done)
         self.received[k] += 1
         if t.final:
@@ -395,9 +398,17 @@ class _Replicas:
         else:
             self.peer_clock[k] += 1
 
+    def receive(self, k: int) -> Process:
+        yield from self.take(k, self.post(k))
+
     def tick(self) -> Process:
         self.clock += 1
         yield from self.send(final=False)
+        if self.sim.sync.kind == "bsp":  # every peer's receive posted first, then taken
+            posted = [(k, self.post(k)) for k in self.peers if k not in self.finished]
+            for k, t in posted:
+                yield from self.take(k, t)
+            return
         for k in self.peers:
             while k not in self.finished and self.peer_clock[k] < self.clock - self.stale:
                 yield from self.receive(k)
@@ -601,262 +612,6 @@ def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int,
     return result
 
 
-# -- measuring this machine ----------------------------------------------------------------------
-
-def layer_times(cfg: Config, steps: int = 50) -> tuple[list[float], list[float]]:
-    """Median seconds of each layer's ``train_step`` and frozen ``forward`` on one thread, on
-    real micro-batches passed up by fresh layers (``tools/bench_pipeline.standalone``'s way)."""
-    import statistics
-    import time
-
-    import torch
-
-    from pipedbn.data import open_data
-    from pipedbn.trainer import make_layers, make_schedule
-
-    torch.set_num_threads(1)
-    data = open_data(cfg, unit_range=True)
-    layers = make_layers(cfg, data, make_schedule(cfg, data.batches_per_epoch),
-                         torch.device("cpu"))
-    xs = [torch.from_numpy(data.micro_batch(0, j)) for j in range(8)]
-    train: list[float] = []
-    forward: list[float] = []
-    for layer in layers:
-        for out, call in ((train, layer.train_step), (forward, layer.forward)):
-            times = []
-            for s in range(steps + 10):
-                t0 = time.perf_counter()
-                call(xs[s % len(xs)], s)
-                times.append(time.perf_counter() - t0)
-            out.append(statistics.median(times[10:]))
-        xs = [layer.hidden_probs(x) for x in xs]
-    return train, forward
-
-
-def sleep_overshoot(seconds: float, n: int = 20) -> float:
-    """How long ``time.sleep(seconds)`` really takes here (median)."""
-    import statistics
-    import time
-
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        time.sleep(seconds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def measure_link(small: int = 4, large: int = 2 << 20, rounds: int = 200) -> Link:
-    """Latency and bandwidth of one pipedbn message (a header and a payload, as ``transport``
-    sends them) between two local gloo processes, by ping-pong: half the median round trip of a
-    ``small``-byte and a ``large``-byte payload. On loopback the transfer is CPU work."""
-    import json
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        init, out = Path(tmp) / "init", Path(tmp) / "out.json"
-        procs = [subprocess.Popen(
-            [sys.executable, __file__, "--pingpong", str(rank), str(init), str(out),
-             str(small), str(large), str(rounds)],
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-            for rank in (0, 1)]
-        for p in procs:
-            if p.wait(timeout=120):
-                raise RuntimeError(f"the ping-pong worker failed (exit {p.returncode})")
-        t_small, t_large = json.loads(out.read_text())
-    return Link(t_small, (large - small) / max(t_large - t_small, 1e-12), cpu=True)
-
-
-def _pingpong(rank: int, init: str, out: str, small: int, large: int, rounds: int) -> None:
-    import json
-    import statistics
-    import time
-
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
-    peer = 1 - rank
-    half = []
-    for nbytes in (small, large):
-        header, payload = torch.zeros(3, dtype=torch.int64), torch.zeros(nbytes // 4)
-        times = []
-        for i in range(rounds + 10):
-            t0 = time.perf_counter()
-            for turn in (0, 1):
-                if turn == rank:
-                    works = [dist.isend(header, peer), dist.isend(payload, peer)]
-                else:
-                    works = [dist.irecv(header, peer), dist.irecv(payload, peer)]
-                for w in works:
-                    assert w is not None
-                    w.wait()
-            if i >= 10:
-                times.append((time.perf_counter() - t0) / 2)
-        half.append(statistics.median(times))
-    if rank == 0:
-        Path(out).write_text(json.dumps(half))
-    dist.destroy_process_group()
-
-
-# -- validation: predicted against measured on this machine ------------------------------------
-
-STRAGGLER = ["layers=[48,40,32,16]", "train.offset_epochs=0", "straggler.layer=2",
-             "straggler.sleep_s=0.02", "monitor.scalars_every=10", "balancer.max_replicas=null"]
-"""``tools/bench_balancer.py``'s straggler DBN (its ``overrides`` at the default sleep)."""
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    config: str
-    """Relative to the repository root."""
-    nproc: int
-    overrides: tuple[str, ...]
-    epochs: float
-    """``rbm.epochs`` (a few seconds of streaming)."""
-    plan: str | None = None
-    """A plan spec; None: ``auto``, the planner's plan for the measured costs."""
-
-
-CASES = [
-    Case("quickstart, streaming", "configs/quickstart.yaml", 3, (), 4, "0|1|2"),
-    Case("quickstart, offset_epochs=0", "configs/quickstart.yaml", 3,
-         ("train.offset_epochs=0",), 4, "0|1|2"),
-    Case("straggler, one rank per layer", "configs/tiny.yaml", 4, tuple(STRAGGLER), 4,
-         "0|1|2|3"),
-    Case("straggler, planner's plan", "configs/tiny.yaml", 5, tuple(STRAGGLER), 12),
-    Case("straggler, planner's plan", "configs/tiny.yaml", 8, tuple(STRAGGLER), 12),
-    Case("quickstart, greedy", "configs/quickstart.yaml", 3, ("train.schedule=greedy",), 2,
-         "0|1|2"),
-]
-
-
-def run_pipedbn(config: str, nproc: int, overrides: Sequence[str], run_dir: Path
-                ) -> dict[str, Any]:
-    """``pipedbn train`` on ``nproc`` local processes of one thread each; the run's
-    ``throughput/end_to_end_samples_per_s`` and ``stages.json``."""
-    import json
-    import subprocess
-
-    cmd = [sys.executable, "-m", "pipedbn", "train", config, f"run.dir={run_dir}",
-           "train.threads=1", "--nproc", str(nproc), "-q", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    rate = [r["value"] for r in map(json.loads, lines)
-            if r["tag"] == "throughput/end_to_end_samples_per_s"][-1]
-    return {"command": "pipedbn " + " ".join(cmd[3:]).replace(str(run_dir), "RUN"),
-            "samples_per_s": rate,
-            "stages": json.loads((run_dir / "stages.json").read_text())}
-
-
-def cpu_busy() -> float:
-    """CPU seconds spent by every process of the machine so far (``/proc/stat``)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    ticks = [int(x) for x in fields]
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(limit: float = 0.25, timeout: float = 300.0) -> float:
-    """Wait (at most ``timeout`` seconds) until other processes use less than ``limit`` cores
-    over a second; returns the last load seen. Other jobs on a shared machine skew timings."""
-    import time
-
-    t_end = time.monotonic() + timeout
-    while True:
-        b0, t0 = cpu_busy(), time.monotonic()
-        time.sleep(1.0)
-        load = (cpu_busy() - b0) / (time.monotonic() - t0)
-        if load < limit or time.monotonic() > t_end:
-            return load
-
-
-def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
-             link: Link | None = None, quiet_s: float = 60.0) -> list[dict[str, Any]]:
-    """Run each case here and simulate it with this machine's measured step times, link and
-    ``cores=os.cpu_count()``; one row per case: predicted and measured samples/s, their
-    ratio, and each stage's busy fraction both ways. ``epochs`` scales every case's epochs.
-
-    Before each run it waits (``quiet_s`` at most) for other jobs to leave the cores; the CPU
-    they used during the run (``other_cores``) is recorded, and a second prediction
-    (``predicted_loaded``) lets that much background work share the cores."""
-    import tempfile
-    import time
-
-    from pipedbn.balance import problem_for
-    from pipedbn.balancer import solve
-
-    link = link or measure_link()
-    cores = os.cpu_count()
-    rows: list[dict[str, Any]] = []
-    measured_costs: dict[str, tuple[list[float], list[float], Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n, case in enumerate(cases):
-            over = [*case.overrides, f"rbm.epochs={case.epochs * epochs:g}"]
-            cfg = load(ROOT / case.config, over)
-            key = f"{case.config} {cfg.sizes}"
-            if key not in measured_costs:
-                step, fwd = layer_times(cfg)
-                measured_costs[key] = (step, fwd, data_shape(cfg))
-            step, fwd, shape = measured_costs[key]
-            sleep = [0.0] * len(step)
-            if cfg.straggler.layer is not None and cfg.straggler.sleep_s > 0:
-                sleep[cfg.straggler.layer] = sleep_overshoot(cfg.straggler.sleep_s)
-            spec = case.plan
-            if spec is None:
-                work = [s + z for s, z in zip(step, sleep, strict=True)]
-                spec = solve(problem_for(cfg, shape[0], case.nproc, work)).plan.spec()
-            args = (cfg, spec, case.nproc, step, fwd, sleep, link.latency, link.bandwidth, cores)
-            pred = from_config(*args, link_cpu=link.cpu, shape=shape)
-            wait_quiet(timeout=quiet_s)
-            b0, c0, t0 = cpu_busy(), _children_cpu(), time.monotonic()
-            meas = run_pipedbn(case.config, case.nproc, [*over, f"balancer.plan={spec}"],
-                               Path(tmp) / f"run-{n}")
-            others = max(0.0, (cpu_busy() - b0 - (_children_cpu() - c0))
-                         / (time.monotonic() - t0))
-            loaded = from_config(*args, link_cpu=link.cpu, shape=shape, background=others)
-            rows.append({
-                "case": case.name, "ranks": case.nproc, "plan": spec,
-                "predicted": pred.samples_per_s, "measured": meas["samples_per_s"],
-                "ratio": pred.samples_per_s / meas["samples_per_s"],
-                "predicted_loaded": loaded.samples_per_s,
-                "ratio_loaded": loaded.samples_per_s / meas["samples_per_s"],
-                "busy_predicted": [round(r.busy_frac, 3) for r in pred.ranks],
-                "busy_measured": [round(s["busy_frac"], 3) for s in meas["stages"]],
-                "step_ms": [round(s * 1e3, 3) for s in step],
-                "command": meas["command"], "other_cores": round(others, 2),
-                "link": {"latency_s": link.latency, "bandwidth_Bps": link.bandwidth},
-            })
-    return rows
-
-
-def _children_cpu() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def report_validation(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of ``validate``'s rows."""
-    lines = ["| case | ranks | plan | predicted samples/s | measured | predicted / measured "
-             "| other jobs (cores) | predicted with them | ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        plan = r["plan"].replace("|", "\\|")  # a pipe inside a table cell
-        lines.append(f"| {r['case']} | {r['ranks']} | `{plan}` | {r['predicted']:,.0f} | "
-                     f"{r['measured']:,.0f} | {r['ratio']:.2f} | {r['other_cores']:.2f} | "
-                     f"{r['predicted_loaded']:,.0f} | {r['ratio_loaded']:.2f} |")
-    return "\n".join(lines)
-
-
 # -- command line ------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -875,14 +630,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="with --project or --validate: write docs/simulate.md")
     ap.add_argument("--validate", action="store_true", help="predicted against measured here")
     ap.add_argument("--epochs", type=float, default=1.0, help="with --validate: scale epochs")
-    ap.add_argument("--pingpong", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.pingpong:
-        rank, init, out, small, large, rounds = args.pingpong
-        _pingpong(int(rank), init, out, int(small), int(large), int(rounds))
-    elif args.validate:
+    if args.validate:
         import json
         from datetime import date
+
+        from simvalidate import report_validation, validate
 
         rows = validate(epochs=args.epochs)
         text = (f"Measured {date.today()} on {os.cpu_count()} cores, one thread per process: "
