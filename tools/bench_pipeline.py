@@ -120,7 +120,9 @@ def train(run_dir: Path, nproc: int, threads: int, extra: list[str]) -> dict[str
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tag = "throughput/end_to_end_samples_per_s" if nproc > 1 else "throughput/samples_per_s"
     rate = [r["value"] for r in metrics if r["tag"] == tag][-1]
-    samples = int(re.search(r"(\d+) samples through", (run_dir / "summary.txt").read_text())[1])
+    found = re.search(r"(\d+) samples through", (run_dir / "summary.txt").read_text())
+    assert found is not None, "summary.txt has the sample count"
+    samples = int(found[1])
     out: dict[str, Any] = {"command": "pipedbn " + " ".join(cmd[3:]).replace(str(ROOT) + "/", ""),
                            "wall_s": wall, "samples_per_s": rate, "samples": samples,
                            "training_s": samples / rate}
