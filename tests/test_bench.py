@@ -98,7 +98,7 @@ def test_from_json_renders_without_measuring(tmp_path: Path, capsys: pytest.Capt
                                              ) -> None:
     row = {"case": "quickstart", "ranks": 3, "plan": "0|1|2", "predicted": 1000.0,
            "measured": 950.0, "ratio": 1.0526, "other_cores": 0.0, "predicted_loaded": 1000.0,
-           "ratio_loaded": 1.0526}
+           "ratio_loaded": 1.0526, "link": {"latency_s": 5e-5, "bandwidth_Bps": 5e9}}
     r = {"argv": [], "machine": {"cores": 2}, "simulate": [row]}
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(r))

@@ -159,7 +159,7 @@ def goals_table(rows: list[dict[str, Any]]) -> str:
 def machine_text(r: dict[str, Any], argv: list[str]) -> str:
     m = bench_step.machine()
     return "\n".join([
-        f"Measured {r['date']} by `python tools/bench.py {' '.join(argv)}` "
+        f"Measured {r['date']} by `{' '.join(['python tools/bench.py', *argv])}` "
         f"({r['seconds'] / 60:.0f} minutes) on: {m['cpu']}, {m['cores']} cores, "
         f"{m['platform']}, Python {m['python']}, torch {m['torch']} "
         f"({m['cpu_capability']}, MKL {'on' if m['mkl'] else 'off'}), one thread per process.",
@@ -249,8 +249,11 @@ def reports(r: dict[str, Any]) -> dict[str, str]:
     if "quality" in r:
         texts["quality"] = bench_quality.report(r["quality"])
     if "simulate" in r:
-        texts["simulate"] = simvalidate.report_validation(r["simulate"])
-    return texts
+        scale = r.get("settings", {}).get("simulate", {}).get("epochs", 1)
+        texts["simulate"] = simvalidate.section(r["simulate"], scale)
+    # the page has its own headings; a section tool's own goes
+    return {k: t.split("\n", 1)[1].lstrip("\n") if t.startswith("## ") else t
+            for k, t in texts.items()}
 
 
 def measure(only: list[str], conf: dict[str, dict[str, Any]], argv: list[str]
@@ -292,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, text in texts.items():
         print(f"\n## {name}\n\n{text}")
     print("\n" + goals_table(r["goals"]))
-    print(f"wrote {args.json}")
+    if not args.from_json:
+        print(f"wrote {args.json}")
     if args.write_docs:
         images = plots(r)
         for name, text in texts.items():

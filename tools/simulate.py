@@ -627,29 +627,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--cores", type=float, help="host cores shared (default: a device each)")
     ap.add_argument("--project", action="store_true", help="multi-GPU projections")
     ap.add_argument("--write-docs", action="store_true",
-                    help="with --project or --validate: write docs/simulate.md")
+                    help="--project: write docs/simulate.md; --validate: docs/benchmarks.md")
     ap.add_argument("--validate", action="store_true", help="predicted against measured here")
     ap.add_argument("--epochs", type=float, default=1.0, help="with --validate: scale epochs")
     args = ap.parse_args(argv)
     if args.validate:
         import json
-        from datetime import date
 
-        from simvalidate import report_validation, validate
+        from simvalidate import section, validate
 
         rows = validate(epochs=args.epochs)
-        text = (f"Measured {date.today()} on {os.cpu_count()} cores, one thread per process: "
-                f"`python tools/simulate.py --validate --epochs {args.epochs:g}`; link "
-                f"{rows[0]['link']['latency_s'] * 1e6:.0f} µs + "
-                f"{rows[0]['link']['bandwidth_Bps'] / 1e9:.2f} GB/s (ping-pong).\n\n"
-                + report_validation(rows))
+        text = section(rows, args.epochs)
         print(text)
         out = ROOT / "tools" / "out" / "simulate_validation.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1) + "\n")
         if args.write_docs:
             from benchdocs import write_section
-            write_section("simulate-validation", text, ROOT / "docs" / "simulate.md")
+            write_section("bench_simulate", text)
     elif args.project:
         from simproject import project
         project(write_docs=args.write_docs)

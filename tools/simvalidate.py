@@ -284,6 +284,17 @@ def report_validation(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+
+def section(rows: Sequence[dict[str, Any]], scale: float) -> str:
+    """The validation's section of docs/benchmarks.md (``bench_simulate``)."""
+    link = rows[0]["link"]
+    return (f"Link measured by ping-pong: {link['latency_s'] * 1e6:.0f} µs + "
+            f"{link['bandwidth_Bps'] / 1e9:.2f} GB/s; each case's epochs x {scale:g} "
+            f"(`python tools/simulate.py --validate --epochs {scale:g}`). The last columns "
+            "repeat the prediction with the CPU other jobs used during the run as background "
+            "load.\n\n" + report_validation(rows))
+
+
 if __name__ == "__main__":  # the ping-pong worker: simvalidate.py RANK INIT OUT SMALL LARGE ROUNDS
     rank, init, out, small, large, rounds = sys.argv[1:7]
     _pingpong(int(rank), init, out, int(small), int(large), int(rounds))
