@@ -2,7 +2,7 @@
 
 Run from the repository root (``pip install -e '.[bench]'`` first for the learnergy peer)::
 
-    python tools/bench.py --write-docs              # about 15 minutes on 2 cores
+    python tools/bench.py --write-docs              # about 12 minutes on 2 cores
     python tools/bench.py --only peers pipeline     # some sections only
     python tools/bench.py --quick                   # shorter runs, for a first look
 
