@@ -31,16 +31,14 @@ os.environ["MKL_NUM_THREADS"] = "1"
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import benchrun  # noqa: E402  (tools/ is this script's directory)
 import torch  # noqa: E402
-from bench_pipeline import standalone  # noqa: E402  (tools/ is this script's directory)
+from bench_pipeline import standalone  # noqa: E402
 from benchdocs import write_section  # noqa: E402
 
 from pipedbn.balance import problem_for  # noqa: E402
@@ -68,17 +66,7 @@ def config(args: argparse.Namespace, *extra: str) -> Config:
 
 def train(run_dir: Path, nproc: int, args: argparse.Namespace, *extra: str
           ) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pipedbn", "train", str(CONFIG), f"run.dir={run_dir}",
-           "--nproc", str(nproc), "-q", *overrides(args), *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rate = [r["value"] for r in metrics if r["tag"] == "throughput/end_to_end_samples_per_s"]
-    return {"command": "pipedbn " + " ".join(cmd[3:]).replace(str(ROOT) + "/", ""),
-            "wall_s": time.perf_counter() - t0, "samples_per_s": rate[-1], "metrics": metrics}
+    return benchrun.train(CONFIG, run_dir, nproc, [*overrides(args), *extra])
 
 
 def input_rate(metrics: list[dict[str, Any]], ranks: set[int], t0: float, t1: float) -> float:

@@ -16,36 +16,25 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from benchdocs import write_section  # tools/ is this script's directory
+import benchrun  # tools/ is this script's directory
+from benchdocs import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(config: str, run_dir: Path, extra: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pipedbn", "train", config, f"run.dir={run_dir}", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    rate = [r["value"] for r in records if r["tag"] == "throughput/end_to_end_samples_per_s"]
-    rate = rate or [r["value"] for r in records  # a run in one process
-                    if r["tag"] == "throughput/samples_per_s" and r["stage"] == 0]
+    r = benchrun.train(ROOT / config, run_dir, None, extra, timeout=3600)
     tb = sum(f.stat().st_size for f in (run_dir / "tb").rglob("*") if f.is_file()) \
         if (run_dir / "tb").exists() else 0
-    return {"samples_per_s": rate[-1], "wall_s": time.perf_counter() - t0,
-            "metrics_lines": len(lines), "tensorboard_bytes": tb}
+    return {"samples_per_s": r["samples_per_s"], "wall_s": r["wall_s"],
+            "metrics_lines": len(r["metrics"]), "tensorboard_bytes": tb}
 
 
 def compare(config: str, n: int, overrides: list[str], off: list[str],

@@ -31,8 +31,6 @@ os.environ["MKL_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -41,9 +39,10 @@ from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import benchrun  # noqa: E402  (tools/ is this script's directory)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchdocs import write_section  # noqa: E402  (tools/ is this script's directory)
+from benchdocs import write_section  # noqa: E402
 
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 from pipedbn.data import open_data  # noqa: E402
@@ -59,23 +58,9 @@ def config(epochs: float, *extra: str) -> Config:
 
 def standalone(cfg: Config, steps: int) -> list[float]:
     """Median seconds of one ``train_step`` per layer, on inputs passed up by fresh layers."""
-    torch.set_num_threads(1)
-    data = open_data(cfg, unit_range=True)
-    schedule = make_schedule(cfg, data.batches_per_epoch)
-    layers = make_layers(cfg, data, schedule, torch.device("cpu"))
-    xs = [torch.from_numpy(data.micro_batch(0, j)) for j in range(8)]
-    out = []
-    for layer in layers:
-        times = []
-        for s in range(steps + 10):
-            x = xs[s % len(xs)]
-            t0 = time.perf_counter()
-            layer.train_step(x, s)
-            if s >= 10:
-                times.append(time.perf_counter() - t0)
-        out.append(statistics.median(times))
-        xs = [layer.hidden_probs(x) for x in xs]
-    return out
+    from simvalidate import layer_times
+
+    return layer_times(cfg, steps)[0]
 
 
 def busy_worker(epochs: float) -> None:
@@ -109,26 +94,9 @@ def standalone_loaded(cfg: Config, steps: int, epochs: float) -> float:
 
 
 def train(run_dir: Path, nproc: int, threads: int, extra: list[str]) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "pipedbn", "train", str(CONFIG), f"run.dir={run_dir}",
-           f"train.threads={threads}", "--nproc", str(nproc), "-q", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    tag = "throughput/end_to_end_samples_per_s" if nproc > 1 else "throughput/samples_per_s"
-    rate = [r["value"] for r in metrics if r["tag"] == tag][-1]
-    found = re.search(r"(\d+) samples through", (run_dir / "summary.txt").read_text())
-    assert found is not None, "summary.txt has the sample count"
-    samples = int(found[1])
-    out: dict[str, Any] = {"command": "pipedbn " + " ".join(cmd[3:]).replace(str(ROOT) + "/", ""),
-                           "wall_s": wall, "samples_per_s": rate, "samples": samples,
-                           "training_s": samples / rate}
-    if nproc > 1:
-        out["stages"] = json.loads((run_dir / "stages.json").read_text())
-    return out
+    r = benchrun.train(CONFIG, run_dir, nproc, extra, threads)
+    r.pop("metrics")
+    return r
 
 
 def ideal_seconds(cfg: Config, batches_per_epoch: int, step_s: list[float]) -> float:

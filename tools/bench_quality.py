@@ -48,7 +48,6 @@ import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -57,6 +56,9 @@ from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchrun, when imported
+import benchrun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
@@ -127,24 +129,14 @@ def stream_length(epochs: float, schedule: str) -> int:
 def train(run_dir: Path, schedule: str, nproc: int, seed: int, epochs: float, every: int,
           timeout: float) -> dict[str, Any]:
     """One training run (a subprocess, one thread per process); what it took."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    overrides = [f"run.dir={run_dir}", f"seed={seed}", f"rbm.epochs={epochs}",
-                 f"train.schedule={schedule}", f"checkpoint.every={every}",
-                 "checkpoint.keep=1000", "train.threads=1"]
-    cmd = [sys.executable, "-m", "pipedbn", "train", str(CONFIG.relative_to(ROOT)), *overrides,
-           "--nproc", str(nproc), "-q"]
-    launch = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    process_s = time.time() - launch
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    overrides = [f"seed={seed}", f"rbm.epochs={epochs}", f"train.schedule={schedule}",
+                 f"checkpoint.every={every}", "checkpoint.keep=1000"]
+    r = benchrun.train(CONFIG, run_dir, nproc, overrides, timeout=timeout)
+    launch, process_s = r["launched_at"], r["wall_s"]
     start = run_start(run_dir / "metrics.jsonl")
     return {"name": f"{schedule}, {nproc} process{'es' if nproc > 1 else ''}",
             "schedule": schedule, "nproc": nproc, "seed": seed, "every": every,
-            "command": "pipedbn train configs/quickstart.yaml " + " ".join(
-                o for o in overrides if not o.startswith("run.dir")) + f" --nproc {nproc}",
+            "command": r["command"],
             "run_dir": str(run_dir), "process_s": process_s, "startup_s": start - launch,
             "checkpoints": checkpoint_times(run_dir, start)}
 

@@ -163,24 +163,12 @@ CASES = [
 
 def run_pipedbn(config: str, nproc: int, overrides: Sequence[str], run_dir: Path
                 ) -> dict[str, Any]:
-    """``pipedbn train`` on ``nproc`` local processes of one thread each; the run's
-    ``throughput/end_to_end_samples_per_s`` and ``stages.json``."""
-    import json
-    import subprocess
+    """``pipedbn train`` on ``nproc`` local processes of one thread each."""
+    from benchrun import train
 
-    cmd = [sys.executable, "-m", "pipedbn", "train", config, f"run.dir={run_dir}",
-           "train.threads=1", "--nproc", str(nproc), "-q", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    rate = [r["value"] for r in map(json.loads, lines)
-            if r["tag"] == "throughput/end_to_end_samples_per_s"][-1]
-    return {"command": "pipedbn " + " ".join(cmd[3:]).replace(str(run_dir), "RUN"),
-            "samples_per_s": rate,
-            "stages": json.loads((run_dir / "stages.json").read_text())}
+    r = train(ROOT / config, run_dir, nproc, overrides, timeout=600)
+    r.pop("metrics")
+    return r
 
 
 def cpu_busy() -> float:
