@@ -51,7 +51,7 @@ import bench_pipeline  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_step  # noqa: E402
 import simvalidate  # noqa: E402
-from benchdocs import write_section  # noqa: E402
+from benchdocs import save_figure, write_section  # noqa: E402
 
 SECTIONS = ("peers", "pipeline", "balancer", "quality", "simulate")
 IMG = ROOT / "docs" / "img"
@@ -192,10 +192,7 @@ def plots(r: dict[str, Any]) -> dict[str, Path]:
         ax.bar(names, [p[k]["training_s"] for k in keys], color="tab:blue")
         ax.set_ylabel("training seconds (lower is better)")
         ax.set_title(f"Quickstart DBN, {p['epochs']:g} epochs per layer, same updates")
-        fig.tight_layout()
-        out["pipeline"] = IMG / "bench-pipeline.png"
-        fig.savefig(out["pipeline"], dpi=110)
-        plt.close(fig)
+        out["pipeline"] = save_figure(fig, IMG / "bench-pipeline.png")
     if "balancer" in r:
         b = r["balancer"]
         ranks = [4] + [row["ranks"] for row in b["balanced"]]
@@ -209,10 +206,7 @@ def plots(r: dict[str, Any]) -> dict[str, Path]:
         ax.set_ylabel("samples/s")
         ax.set_title("Balancer: a 20 ms straggler layer on spare ranks")
         ax.legend()
-        fig.tight_layout()
-        out["balancer"] = IMG / "bench-balancer.png"
-        fig.savefig(out["balancer"], dpi=110)
-        plt.close(fig)
+        out["balancer"] = save_figure(fig, IMG / "bench-balancer.png")
     if "simulate" in r:
         rows = r["simulate"]
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -230,10 +224,7 @@ def plots(r: dict[str, Any]) -> dict[str, Path]:
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
         ax.legend(loc="upper left")
-        fig.tight_layout()
-        out["simulate"] = IMG / "bench-simulate.png"
-        fig.savefig(out["simulate"], dpi=110)
-        plt.close(fig)
+        out["simulate"] = save_figure(fig, IMG / "bench-simulate.png")
     return out
 
 

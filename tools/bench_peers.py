@@ -58,6 +58,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step, when imported
 import bench_step  # noqa: E402
+from benchdocs import save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "not installed (pip install -e '.[bench]')"
@@ -293,12 +294,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"RBM {s['n_visible']}->{s['n_hidden']} CD-1, B={s['batch']}, "
                  f"median of {s['rounds']} rounds", fontsize=10)
     ax.set_xlim(0, max(rates) * 1.18)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

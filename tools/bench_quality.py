@@ -59,6 +59,7 @@ from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchrun, when imported
 import benchrun  # noqa: E402
+from benchdocs import save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
@@ -406,12 +407,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Quickstart DBN, {result['settings']['epochs']:g} epochs per layer: "
                  "quality at each checkpoint (black: each seed's common target)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
@@ -18,3 +19,15 @@ def write_section(name: str, text: str, doc: Path = DOC) -> None:
     else:
         head, tail = body.rstrip("\n") + "\n\n", "\n"
     doc.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG (its folder made if need be) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
