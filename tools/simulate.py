@@ -173,10 +173,10 @@ class SimResult:
         return [r for r in self.ranks if r.stage == s]
 
     def describe(self) -> str:
-        lines = [f"{'stage':>5} {'rank':>4} {'batches':>7} {'busy':>6} {'recv wait':>9} "
+        lines = [f"{'stage.replica':>13} {'rank':>4} {'batches':>7} {'busy':>6} {'recv wait':>9} "
                  f"{'send wait':>9} {'sync':>7}"]
         for r in self.ranks:
-            lines.append(f"{r.stage:>3}.{r.replica:<1} {r.rank:>4} {r.micro_batches:>7} "
+            lines.append(f"{f'{r.stage}.{r.replica}':>13} {r.rank:>4} {r.micro_batches:>7} "
                          f"{r.busy_frac:>6.1%} {r.recv_wait_s:>9.3f} {r.send_wait_s:>9.3f} "
                          f"{r.sync_wait_s:>7.3f}")
         lines.append(f"{self.samples:,} samples in {self.seconds:.3f} s: "
@@ -649,7 +649,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         from simproject import project
         project(write_docs=args.write_docs)
     elif args.config:
-        print(predict(args).describe())
+        from pipedbn.errors import UserError
+
+        try:
+            print(predict(args).describe())
+        except (UserError, ValueError) as e:  # a config, plan or option the user got wrong
+            ap.exit(2, f"simulate.py: error: {e}\n")
     else:
         ap.error("give a CONFIG, --project or --validate")
 
