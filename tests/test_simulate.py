@@ -207,7 +207,8 @@ def test_bad_inputs_are_refused_with_the_reason(change: dict, message: str) -> N
 def test_the_command_line_answers_a_bad_plan_with_one_line(capsys: pytest.CaptureFixture[str]
                                                            ) -> None:
     with pytest.raises(SystemExit) as e:
-        main([str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"), "--plan", "0|1", "--step-ms", "4,3"])
+        config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+        main([str(config), "--plan", "0|1", "--step-ms", "4,3"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("simulate.py: error: plan '0|1': covers 2 layers")
