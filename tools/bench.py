@@ -274,7 +274,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="rewrite the generated sections of docs/benchmarks.md and its plots")
     args = ap.parse_args(argv)
     if args.from_json:
-        r = json.loads(args.from_json.read_text())
+        try:
+            r = json.loads(args.from_json.read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"--from-json {args.from_json}: {e}")
         args.only = [name for name in SECTIONS if name in r]
         argv = r["argv"]
     else:
