@@ -172,9 +172,10 @@ def test_bad_data_under_torchrun_does_not_burn_the_restarts(tmp_path: Path) -> N
          f"data.path={tmp_path / 'x.npy'}", f"run.dir={tmp_path / 'run'}", "layers=[8,4]"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0
-    # one attempt: rank 0 reports the data once (rank 1 may or may not echo it before torchrun
-    # stops it), where every restart would have reported it again
-    assert proc.stderr.count("stage 0: data: non-finite value (NaN or Inf)") == 1, proc.stderr
+    # one attempt: rank 0 reports the data and rank 1 relays it, either of them possibly cut
+    # short when the other's request stops torchrun; every restart would report it again
+    assert 1 <= proc.stderr.count("non-finite value (NaN or Inf)") <= 2, proc.stderr
+    assert proc.stderr.count("asking torchrun to stop") <= 2, proc.stderr
     assert proc.stderr.count("could not prepare the run") <= 1, proc.stderr
     assert "recurs on every restart" in proc.stderr
     assert time.monotonic() - t0 < 120
