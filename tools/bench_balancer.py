@@ -29,7 +29,6 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported
 os.environ["MKL_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 from datetime import date  # noqa: E402
@@ -39,7 +38,7 @@ from typing import Any  # noqa: E402
 import benchrun  # noqa: E402  (tools/ is this script's directory)
 import torch  # noqa: E402
 from bench_pipeline import standalone  # noqa: E402
-from benchdocs import write_section  # noqa: E402
+from benchdocs import publish  # noqa: E402
 
 from pipedbn.balance import problem_for  # noqa: E402
 from pipedbn.balancer import Plan, evaluate, one_per_layer, solve  # noqa: E402
@@ -153,13 +152,8 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     results = run(args.ranks, args.epochs, args.sleep, args.onset)
-    out = ROOT / "tools" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_balancer.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = report(results)
-    print(text)
-    if args.write_docs:
-        write_section("bench_balancer", text)
+    publish(results, ROOT / "tools" / "out" / "bench_balancer.json", report(results),
+            "bench_balancer" if args.write_docs else None)
 
 
 def report(r: dict[str, Any]) -> str:

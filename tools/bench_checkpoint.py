@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench_monitor import ROOT, compare  # tools/ is this script's directory
-from benchdocs import write_section
+from bench_monitor import ROOT, overhead  # tools/ is this script's directory
+from benchdocs import publish
 
 
 def measure(run_dir: Path, record: dict[str, Any]) -> None:
@@ -41,17 +39,9 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides for both runs")
     args = ap.parse_args()
-    pairs = compare(args.config, args.pairs, args.overrides, ["checkpoint.every=0"], measure)
-    result = {"date": str(date.today()), "machine": f"{os.cpu_count()} cores",
-              "config": args.config, "overrides": args.overrides, "pairs": pairs,
-              "median_ratio": statistics.median(p["ratio"] for p in pairs)}
-    out = ROOT / "tools" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_checkpoint.json").write_text(json.dumps(result, indent=1) + "\n")
-    text = report(result)
-    print(text)
-    if args.write_docs:
-        write_section("checkpoints", text)
+    result = overhead(args.config, args.pairs, args.overrides, ["checkpoint.every=0"], measure)
+    publish(result, ROOT / "tools" / "out" / "bench_checkpoint.json", report(result),
+            "checkpoints" if args.write_docs else None)
 
 
 def report(r: dict[str, Any]) -> str:

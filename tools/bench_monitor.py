@@ -13,7 +13,6 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import benchrun  # tools/ is this script's directory
-from benchdocs import write_section
+from benchdocs import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +60,15 @@ def compare(config: str, n: int, overrides: list[str], off: list[str],
     return pairs
 
 
+def overhead(config: str, n: int, overrides: list[str], off: list[str],
+             measure: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """``compare``'s pairs with the run's settings and the median on / off ratio."""
+    pairs = compare(config, n, overrides, off, measure)
+    return {"date": str(date.today()), "machine": f"{os.cpu_count()} cores",
+            "config": config, "overrides": overrides, "pairs": pairs,
+            "median_ratio": statistics.median(p["ratio"] for p in pairs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
@@ -68,17 +76,9 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides for both runs")
     args = ap.parse_args()
-    pairs = compare(args.config, args.pairs, args.overrides, ["monitor.enabled=false"])
-    result = {"date": str(date.today()), "machine": f"{os.cpu_count()} cores",
-              "config": args.config, "overrides": args.overrides, "pairs": pairs,
-              "median_ratio": statistics.median(p["ratio"] for p in pairs)}
-    out = ROOT / "tools" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_monitor.json").write_text(json.dumps(result, indent=1) + "\n")
-    text = report(result)
-    print(text)
-    if args.write_docs:
-        write_section("bench_monitor", text)
+    result = overhead(args.config, args.pairs, args.overrides, ["monitor.enabled=false"])
+    publish(result, ROOT / "tools" / "out" / "bench_monitor.json", report(result),
+            "bench_monitor" if args.write_docs else None)
 
 
 def report(r: dict[str, Any]) -> str:

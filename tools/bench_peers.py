@@ -43,7 +43,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"  # before torch or numpy is imported
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -58,7 +57,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step, when imported
 import bench_step  # noqa: E402
-from benchdocs import save_figure  # noqa: E402
+from benchdocs import publish, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "not installed (pip install -e '.[bench]')"
@@ -307,10 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", type=Path, help="also write the bar chart (PNG) here")
     args = ap.parse_args(argv)
     result = run(args.rounds, args.steps, args.warmup, args.only)
-    print(report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nwrote {args.json}")
+    publish(result, args.json, report(result))
     if args.plot:
         print(f"wrote {plot(result, args.plot)}")
 

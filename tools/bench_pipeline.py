@@ -42,7 +42,7 @@ from typing import Any  # noqa: E402
 import benchrun  # noqa: E402  (tools/ is this script's directory)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchdocs import write_section  # noqa: E402
+from benchdocs import publish  # noqa: E402
 
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 from pipedbn.data import open_data  # noqa: E402
@@ -225,13 +225,8 @@ def main() -> None:
         busy_worker(args.epochs)
         return
     res = run(args.epochs, args.microbatches, args.steps)
-    out = ROOT / "tools" / "out" / "bench_pipeline.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    text = report(res)
-    print(text)
-    if args.write_docs:
-        write_section("bench_pipeline", text)
+    publish(res, ROOT / "tools" / "out" / "bench_pipeline.json", report(res),
+            "bench_pipeline" if args.write_docs else None)
 
 
 def report(r: dict[str, Any]) -> str:

@@ -59,7 +59,7 @@ from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchrun, when imported
 import benchrun  # noqa: E402
-from benchdocs import save_figure  # noqa: E402
+from benchdocs import publish, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
@@ -425,10 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     result = run(args.epochs, args.seeds, args.points, args.jobs, args.ais_temperatures,
                  args.timeout, args.keep)
-    print(report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nwrote {args.json}")
+    publish(result, args.json, report(result))
     if args.plot:
         print(f"wrote {plot(result, args.plot)}")
 

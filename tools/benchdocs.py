@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,15 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def publish(result: dict[str, Any], json_path: Path, text: str, section: str | None = None
+            ) -> None:
+    """A bench tool's ending: its results to ``json_path``, its report to stdout and, given a
+    ``section``, into docs/benchmarks.md."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    print(text)
+    print(f"\nwrote {json_path}")
+    if section is not None:
+        write_section(section, text)
