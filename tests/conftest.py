@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.process
 import os
 import signal
 import socket
@@ -15,6 +16,36 @@ import pytest
 import torch
 
 torch.set_num_threads(1)  # one thread per process in tests, as in the subprocesses below
+
+PROCESS_FIXTURES = {"tiny_run"}
+"""Fixtures that start processes: a test that uses one belongs to the slow tier."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Two tiers: ``slow`` (the test starts processes: the CLI, torchrun, pipeline workers) and
+    ``fast`` (everything else: pure functions in one process), so ``pytest -m fast`` is the
+    quick loop and plain ``pytest`` runs both."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(request: pytest.FixtureRequest,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the tiers honest: a test outside the slow tier that starts a process fails, naming
+    the marker it needs, instead of slowing the fast tier down unnoticed."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"{request.node.nodeid} starts a process: mark it @pytest.mark.slow "
+                    "(or the module with pytestmark = pytest.mark.slow)", pytrace=False)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_PER_LAYER = "balancer.max_replicas=1"

@@ -26,6 +26,8 @@ import pytest
 import torch
 from conftest import ROOT, env1, free_port
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 T = "configs/tiny.yaml"  # 64 -> 32 -> 24 -> 16 on the bundled 8x8 digits: fails fast
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0  # root writes and reads anything
 

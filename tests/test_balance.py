@@ -12,6 +12,8 @@ from conftest import ROOT, cli
 
 from pipedbn.rundir import layer_state_path
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 TINY = str(ROOT / "configs" / "tiny.yaml")
 LEARN = ["rbm.epochs=10"]  # long enough for layer 0's reconstruction error to fall by 3/4
 

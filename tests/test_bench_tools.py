@@ -25,6 +25,7 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+@pytest.mark.slow
 def test_peers_tiny_run_rates_and_report(tmp_path: Path) -> None:
     result = bench_peers.run(rounds=2, steps=2, warmup=1)
     expected = ["gemm", "pipedbn", "minimal"]
@@ -44,6 +45,7 @@ def test_peers_tiny_run_rates_and_report(tmp_path: Path) -> None:
     json.dumps(result)  # JSON-ready
 
 
+@pytest.mark.slow
 def test_peers_missing_peer_gets_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
     def missing(*args: Any) -> Any:
         raise ImportError("no learnergy")

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from conftest import cli
@@ -13,6 +14,8 @@ from safetensors import safe_open
 
 import pipedbn
 from pipedbn.rundir import layer_state_path
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 
 def assert_user_error(proc, *words: str) -> None:  # type: ignore[no-untyped-def]

@@ -130,6 +130,7 @@ def test_gaussian_default_learning_rate_is_smaller() -> None:
     assert cfg.layers[0].lr == 0.01 and cfg.layers[1].lr == 0.1
 
 
+@pytest.mark.slow
 def test_config_reference_doc_is_up_to_date() -> None:
     import subprocess
     import sys

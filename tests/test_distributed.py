@@ -19,6 +19,8 @@ from pipedbn.monitor import Metrics
 from pipedbn.rundir import layer_state_path
 from pipedbn.trainer import train_in_process
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 # Every pair of (layers, schedule, method) values appears at least once, and plans without

@@ -14,6 +14,8 @@ from sklearn.datasets import load_digits
 import pipedbn
 from pipedbn.estimator import option_key
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 OPTIONS = {"epochs": 2, "batch_size": 50, "lr": 0.05, "seed": 3}
 CONFIG = """\
 layers: [{hidden: 32}, {hidden: 16}]

@@ -133,6 +133,7 @@ def test_cli_eval_of_an_export_file(tiny_run: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m.eval.json").read_text())["layers"][0]["hidden"] == 32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", ["missing", "no_model"])
 def test_cli_eval_bad_input_is_one_line_exit_2(make: str, tmp_path: Path) -> None:
     target = tmp_path / "nowhere"

@@ -10,6 +10,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "faults.py"
 
@@ -44,6 +46,7 @@ def _check(trial: dict[str, Any], killed: int) -> None:
     assert 0 <= trial["gone_s"] <= trial["up_s"] <= trial["back_s"] < trial["wall_s"], trial
 
 
+@pytest.mark.slow
 def test_a_killed_worker_resumes_to_the_same_weights(tmp_path: Path) -> None:
     result = _run(tmp_path, "--trials", "2", "--seed", "1")
     assert len(result["trials"]) == 2
@@ -53,6 +56,7 @@ def test_a_killed_worker_resumes_to_the_same_weights(tmp_path: Path) -> None:
                                         "lost 0;")
 
 
+@pytest.mark.slow
 def test_a_lost_node_replaced_resumes_to_the_same_weights(tmp_path: Path) -> None:
     # heartbeats every second: the survivor's rendezvous drops the dead node after 3 s, not 15
     result = _run(tmp_path, "--mode", "node", "--trials", "1", "--keep-alive", "1")

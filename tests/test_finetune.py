@@ -74,6 +74,7 @@ def test_finetuning_beats_a_linear_probe_on_the_dbn_features(digits_run: Path) -
                                        ).report["epochs"]  # seeded
 
 
+@pytest.mark.slow
 def test_finetune_cli_writes_a_loadable_classifier_and_its_figures(digits_run: Path,
                                                                    tmp_path: Path) -> None:
     proc = cli("finetune", str(digits_run), "--epochs", "3", "--head-epochs", "2", "-q",
@@ -105,6 +106,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+@pytest.mark.slow
 def test_sample_writes_a_png_of_the_requested_grid(digits_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "samples.png"
     proc = cli("sample", str(digits_run), "-o", str(out), "--n", "12", "--columns", "4",
@@ -142,6 +144,7 @@ def test_png_bytes_round_trip() -> None:
     assert np.array_equal(got, (img * 255).round().to(torch.uint8).numpy())
 
 
+@pytest.mark.slow
 def test_mistakes_exit_2_with_one_message(unlabelled_run: Path, digits_run: Path,
                                           tmp_path: Path) -> None:
     cases = [

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import ONE_PER_LAYER, ROOT, cli, env1, kill_workers, wait_for, workers
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 

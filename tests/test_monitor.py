@@ -98,6 +98,7 @@ def test_metrics_jsonl_agrees_with_the_event_files(logged: tuple[Path, str]) -> 
         [(step, pytest.approx(value, rel=1e-6))]
 
 
+@pytest.mark.slow
 def test_tensorboard_server_serves_the_run(logged: tuple[Path, str], tmp_path: Path) -> None:
     run_dir, _ = logged
     err = tmp_path / "tb.err"
@@ -158,6 +159,7 @@ def test_progress_lines_carry_rank_stage_rate_epoch_and_bottleneck(
     assert any("bottleneck stage" in ln for ln in lines)
 
 
+@pytest.mark.slow
 def test_monitoring_changes_no_weight_and_can_be_switched_off(logged: tuple[Path, str],
                                                               tmp_path: Path) -> None:
     run_dir, _ = logged
@@ -173,6 +175,7 @@ def test_monitoring_changes_no_weight_and_can_be_switched_off(logged: tuple[Path
     assert "bottleneck" not in proc.stderr  # no progress lines
 
 
+@pytest.mark.slow
 def test_replicas_get_runs_of_their_own_and_probes_in_pieces_change_nothing(tmp_path: Path
                                                                            ) -> None:
     # batch 20, probe 50: each probe crosses the replicated links in three pieces

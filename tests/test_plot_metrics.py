@@ -145,6 +145,7 @@ GOOD = json.dumps(rec("rbm/lr", 0, 0, 1.0))
      "metrics.jsonl:2: not a metrics record (missing or mistyped: wall_time)"),
     ("\n", "metrics.jsonl: no records"),
 ], ids=["no-dir", "no-metrics", "bad-json", "not-an-object", "missing-key", "empty"])
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_clear_message(tmp_path: Path, content: str | None,
                                                   expected: str) -> None:
     run_dir = tmp_path / "run"

@@ -21,6 +21,8 @@ from safetensors.torch import load_file
 
 from pipedbn.checkpoint import part_path
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 TINY = "configs/tiny.yaml"
 EVERY = ["checkpoint.every=20", "checkpoint.keep=100"]
 

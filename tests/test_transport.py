@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 FEATURES, ROWS = 6, 5
 
 
