@@ -327,9 +327,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
         if not p.is_file():
             raise ConfigError([f"no such file {str(p)!r} (give the path of a YAML config)"], source)
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(read_text(p)) or {}
         except yaml.YAMLError as e:
             raise ConfigError([f"not valid YAML: {e}"], source) from None
+        except TextError as e:
+            raise ConfigError([str(e)], source) from None
         if not isinstance(raw, dict):
             raise ConfigError(["the top level must be a mapping of sections"], source)
     problems: list[str] = []
@@ -344,6 +346,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
         raise ConfigError(problems, source)
     assert cfg is not None
     return cfg
+
+
+class TextError(ValueError):
+    """A file that should be UTF-8 text and is not, or cannot be read; the message says which."""
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; TextError (one line, with the fix) for bytes that are not UTF-8
+    (a binary file, another encoding) or a file that cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TextError(f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        "save it as UTF-8") from None
+    except OSError as e:
+        raise TextError(f"cannot read ({e.strerror}); check the file's permissions") from None
 
 
 def _expand_layers(raw: dict[str, Any]) -> None:
