@@ -699,9 +699,29 @@ def check(cfg: Config) -> list[str]:
     positive("straggler.after", st.after, strict=False)
     positive("checkpoint.every", cfg.checkpoint.every, strict=False)
     positive("checkpoint.keep", cfg.checkpoint.keep)
-    if not cfg.run.name or "/" in cfg.run.name:
-        p.append(f"run.name: must be a non-empty name without '/', got {cfg.run.name!r}")
+    if (why := _bad_run_name(cfg.run.name)) is not None:
+        p.append(f"run.name: {cfg.run.name!r} {why}; give one directory name such as "
+                 "'mnist-500x500' (run.dir names any path)")
     return p
+
+
+def _bad_run_name(name: str) -> str | None:
+    """Why ``name`` cannot be one directory inside ``run.out`` (None: it can): the run
+    directory is ``run.out/name/<timestamp>``, and torchrun restarts find it again through a
+    one-line pointer file beside it."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return "names run.out itself or its parent, not a directory in it"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "holds a control character"
+    if name != name.strip():
+        return "starts or ends with white space"
+    if len(name.encode()) > 200:
+        return f"is {len(name.encode())} bytes long (at most 200)"
+    return None
 
 
 def resolve_defaults(cfg: Config) -> Config:
