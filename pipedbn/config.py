@@ -272,7 +272,8 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     name: str = "dbn"
-    """Experiment name: the run directory is ``<out>/<name>/<timestamp>/``."""
+    """Experiment name: the run directory is ``<out>/<name>/<timestamp>/``. One directory
+    name (no ``/``, not ``.`` or ``..``)."""
     out: str = "runs"
     """Parent directory of run directories."""
     dir: str | None = None

@@ -7,6 +7,10 @@ The export is one safetensors file (loads without executing code):
 - ``preprocess.mean`` / ``preprocess.std`` when the data was standardised;
 - metadata (strings): ``format``, ``kinds`` (JSON list), ``scale``, ``binarize`` and ``config``
   (the resolved YAML config of the run).
+
+``load`` and ``from_run`` check every field before a Model exists (``ModelError`` naming the file,
+the field and the fix): an edited or damaged file fails there, not as a KeyError or a matmul
+shape error deep in ``sample`` or ``eval``.
 """
 
 from __future__ import annotations
