@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, env1, free_port
+from conftest import ROOT, cli, env1, free_port
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -444,3 +444,23 @@ def test_the_doc_table_lists_every_case() -> None:
     ids = [m.group(1) for line in rows if (m := re.search(r"\| `([a-z0-9-]+)` \|\s*$", line))]
     assert len(ids) == len(set(ids)), "a case id appears twice in docs/errors.md"
     assert set(ids) == {c.id for c in CASES} | PENDING
+
+
+def test_resume_reads_past_damaged_records(tiny_run: Path, tmp_path: Path) -> None:
+    """A metrics.jsonl with bytes that are not UTF-8 and failure records that are not records
+    (JSON of another shape, not UTF-8) are dropped on --resume, not a traceback (were: a
+    UnicodeDecodeError from the metrics trim, a TypeError from root_failure)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with (run / "metrics.jsonl").open("ab") as f:
+        f.write(b'\xff\xfe{"step": 1}\n{"step": "x"}\n')
+    (run / "failures").mkdir()
+    (run / "failures" / "stage-0.json").write_text("[1, 2]\n")
+    (run / "failures" / "stage-1.json").write_bytes(b"\xff\n")
+    (run / "failures" / "stage-2.json").write_text('{"kind": "own", "seen_by": [1]}\n')
+    proc = cli("train", str(run / "config.yaml"), "--resume", str(run), "--nproc", "1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = (run / "metrics.jsonl").read_bytes().splitlines()
+    assert lines and all(b"\xff" not in line and b'"x"' not in line for line in lines)
+    assert not (run / "failures").exists()
