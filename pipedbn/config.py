@@ -272,7 +272,8 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     name: str = "dbn"
-    """Experiment name: the run directory is ``<out>/<name>/<timestamp>/``."""
+    """Experiment name: the run directory is ``<out>/<name>/<timestamp>/``. One directory
+    name (no ``/``, not ``.`` or ``..``)."""
     out: str = "runs"
     """Parent directory of run directories."""
     dir: str | None = None
@@ -327,9 +328,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
         if not p.is_file():
             raise ConfigError([f"no such file {str(p)!r} (give the path of a YAML config)"], source)
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(read_text(p)) or {}
         except yaml.YAMLError as e:
             raise ConfigError([f"not valid YAML: {e}"], source) from None
+        except TextError as e:
+            raise ConfigError([str(e)], source) from None
         if not isinstance(raw, dict):
             raise ConfigError(["the top level must be a mapping of sections"], source)
     problems: list[str] = []
@@ -344,6 +347,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
         raise ConfigError(problems, source)
     assert cfg is not None
     return cfg
+
+
+class TextError(ValueError):
+    """A file that should be UTF-8 text and is not, or cannot be read; the message says which."""
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; TextError (one line, with the fix) for bytes that are not UTF-8
+    (a binary file, another encoding) or a file that cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TextError(f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        "save it as UTF-8") from None
+    except OSError as e:
+        raise TextError(f"cannot read ({e.strerror}); check the file's permissions") from None
 
 
 def _expand_layers(raw: dict[str, Any]) -> None:
@@ -681,9 +700,29 @@ def check(cfg: Config) -> list[str]:
     positive("straggler.after", st.after, strict=False)
     positive("checkpoint.every", cfg.checkpoint.every, strict=False)
     positive("checkpoint.keep", cfg.checkpoint.keep)
-    if not cfg.run.name or "/" in cfg.run.name:
-        p.append(f"run.name: must be a non-empty name without '/', got {cfg.run.name!r}")
+    if (why := _bad_run_name(cfg.run.name)) is not None:
+        p.append(f"run.name: {cfg.run.name!r} {why}; give one directory name such as "
+                 "'mnist-500x500' (run.dir names any path)")
     return p
+
+
+def _bad_run_name(name: str) -> str | None:
+    """Why ``name`` cannot be one directory inside ``run.out`` (None: it can): the run
+    directory is ``run.out/name/<timestamp>``, and torchrun restarts find it again through a
+    one-line pointer file beside it."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return "names run.out itself or its parent, not a directory in it"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "holds a control character"
+    if name != name.strip():
+        return "starts or ends with white space"
+    if len(name.encode()) > 200:
+        return f"is {len(name.encode())} bytes long (at most 200)"
+    return None
 
 
 def resolve_defaults(cfg: Config) -> Config:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import gzip
 import importlib.util
+import math
 import os
 import struct
 import zipfile
@@ -174,7 +175,7 @@ def read_idx(path: str, labels: bool = False) -> Shard | np.ndarray:
         size = os.path.getsize(path)
     dtype, dims, offset = _idx_header(buf, name)
     itemsize = np.dtype(dtype).itemsize
-    expected = offset + int(np.prod(dims)) * itemsize
+    expected = offset + math.prod(dims) * itemsize  # Python ints: np.prod wraps in int64
     if size != expected:
         raise DataError(
             f"{name}: {'truncated' if size < expected else 'has trailing bytes'}: header says "
@@ -186,7 +187,11 @@ def read_idx(path: str, labels: bool = False) -> Shard | np.ndarray:
             raise DataError(f"{name}: a labels file must be 1-D, this one is {dims}")
         return np.frombuffer(buf, dtype=dtype, offset=offset).astype(np.int64) if _is_gzip(
             path) else np.fromfile(path, dtype=dtype, offset=offset).astype(np.int64)
-    features = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+    features = math.prod(dims[1:])
+    if features == 0:
+        raise DataError(f"{name}: header says {'x'.join(map(str, dims))} values: a sample "
+                        "dimension of 0 leaves no features; write the file with every "
+                        "dimension after the first >= 1")
     if _is_gzip(path):
         x = np.frombuffer(buf, dtype=dtype, offset=offset).reshape(dims[0], features)
         return in_memory(name, x.astype(np.dtype(dtype).newbyteorder("=")))
@@ -203,20 +208,35 @@ def _npy_header(f: Any, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
         raise DataError(f"{name}: not a .npy array ({e})") from None
 
 
-def _npy_shard(name: str, path: str, f: Any, start: int, size: int) -> Shard:
+def _npy_layout(f: Any, name: str, start: int, size: int
+                ) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran, dtype, offset) of a .npy stream whose header has been checked against
+    the ``size`` bytes it occupies from ``start``: a header can claim any shape."""
     shape, fortran, dtype = _npy_header(f, name)
     offset = f.tell()
     if dtype.kind not in "biuf" or dtype.hasobject:
         raise DataError(f"{name}: dtype {dtype} is not numeric (need bool, int, uint or float)")
-    if len(shape) < 2:
-        raise DataError(f"{name}: shape {shape}: need (samples, features) or (samples, h, w)")
-    expected = offset - start + int(np.prod(shape)) * dtype.itemsize
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise DataError(f"{name}: corrupt header: shape {shape} has a negative dimension; "
+                        "write the file again with np.save")
+    expected = offset - start + math.prod(shape) * dtype.itemsize  # np.prod wraps in int64
     if size != expected:
         raise DataError(
             f"{name}: {'truncated' if size < expected else 'has trailing bytes'}: header says "
             f"{shape} of {dtype} ({expected} bytes), the file has {size} bytes"
         )
-    features = int(np.prod(shape[1:]))
+    return shape, fortran, dtype, offset
+
+
+def _npy_shard(name: str, path: str, f: Any, start: int, size: int) -> Shard:
+    shape, fortran, dtype, offset = _npy_layout(f, name, start, size)
+    if len(shape) < 2:
+        raise DataError(f"{name}: shape {shape}: need (samples, features) or (samples, h, w)")
+    features = math.prod(shape[1:])
+    if features == 0:
+        raise DataError(f"{name}: shape {shape}: a sample dimension of 0 leaves no features; "
+                        "save (samples, features) with features >= 1")
     if fortran and len(shape) > 2:
         raise DataError(f"{name}: Fortran-ordered arrays with more than 2 dimensions: "
                         "save it C-ordered (np.ascontiguousarray)")
@@ -256,11 +276,24 @@ def read_npy(path: str, key: str | None) -> tuple[Shard, str | None]:
 
 
 def npz_labels(path: str, key: str) -> np.ndarray:
-    with np.load(path) as z:
-        if key not in z:
-            raise DataError(f"{os.path.basename(path)}: no labels array {key!r} "
-                            f"(it holds {', '.join(z.files)}); fix data.labels")
-        return np.asarray(z[key]).astype(np.int64).reshape(-1)
+    """The labels array ``key`` of a .npz, its header checked before numpy reads it."""
+    name = os.path.basename(path)
+    with zipfile.ZipFile(path) as zf:
+        members = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        if key not in members:
+            raise DataError(f"{name}: no labels array {key!r} (it holds {', '.join(members)}); "
+                            "fix data.labels")
+        try:
+            with zf.open(key + ".npy") as f:
+                _npy_layout(f, f"{name}[{key}]", 0, zf.getinfo(key + ".npy").file_size)
+                f.seek(0)
+                y = np.lib.format.read_array(f, allow_pickle=False)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise DataError(f"{name}: corrupt .npz ({e})") from None
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
+        raise DataError(f"{name}[{key}]: labels must be whole numbers (class values), this "
+                        f"{y.dtype} array holds others; fix data.labels")
+    return y.astype(np.int64).reshape(-1)
 
 
 def open_source(source: str, paths: list[str], labels: str | None, key: str | None,

@@ -27,6 +27,11 @@ class DataError(UserError):
     """Data that cannot be trained on: missing, truncated, wrong shape or dtype, out of range."""
 
 
+class ModelError(UserError):
+    """A model file (an export, a run's ``preprocess.pt`` or layer states) that is corrupt or was
+    edited: the message names the file, the field and how to get a good one."""
+
+
 class RunDirError(UserError):
     """A run directory that cannot be used (exists already, not writable, incomplete)."""
 

@@ -294,11 +294,12 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 
 def _configured_shape(config: str) -> list[int] | None:
+    """The run's ``monitor.image_shape``, when the config a model carries names a usable one."""
     try:
         shape = (yaml.safe_load(config) or {}).get("monitor", {}).get("image_shape")
-    except (yaml.YAMLError, AttributeError):
-        return None
-    return [int(v) for v in shape] if isinstance(shape, list) and len(shape) == 2 else None
+        return [int(v) for v in shape] if isinstance(shape, list) and len(shape) == 2 else None
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return None  # an edited config: the shape is then inferred or given with --image-shape
 
 
 def cmd_sample(args: Any) -> int:

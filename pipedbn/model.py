@@ -7,11 +7,17 @@ The export is one safetensors file (loads without executing code):
 - ``preprocess.mean`` / ``preprocess.std`` when the data was standardised;
 - metadata (strings): ``format``, ``kinds`` (JSON list), ``scale``, ``binarize`` and ``config``
   (the resolved YAML config of the run).
+
+``load`` and ``from_run`` check every field before a Model exists (``ModelError`` naming the file,
+the field and the fix): an edited or damaged file fails there, not as a KeyError or a matmul
+shape error deep in ``sample`` or ``eval``.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,8 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
-from pipedbn.errors import UserError
+from pipedbn.config import TextError, read_text
+from pipedbn.errors import ModelError, UserError
 from pipedbn.rbm import RBM, free_energy
 from pipedbn.rundir import atomic_write, layer_state_path
 
@@ -135,8 +142,117 @@ class Model:
         atomic_write(Path(path), save(tensors, metadata=meta))
 
 
+EXPORT_FIX = "export the run again (pipedbn export RUN_DIR -o FILE)"
+PREPROCESS_FIX = ("pipedbn train writes it when a run starts; restore it from a copy of the run "
+                  "or train again")
+_PARAMS = ("weight", "visible_bias", "hidden_bias")
+
+
+def _bad(path: Path, field: str, what: str, fix: str) -> ModelError:
+    return ModelError(f"{path}: {field}: {what}; {fix}")
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` of tensors only; a file it cannot read raises ValueError with one line
+    (torch's own messages run to paragraphs, and its unpickling one suggests turning the
+    safety off)."""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": stderr stays ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError("not a file of tensors: a pickle of other objects, or not a torch "
+                         "file at all") from None
+    except Exception as e:  # truncated zip, foreign bytes: whatever torch's reader raises
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise ValueError(f"unreadable: {type(e).__name__}: {first}") from None
+
+
+def _kinds(path: Path, field: str, kinds: Any, fix: str) -> list[str]:
+    """A non-empty list of registered layer kinds, the first-layer-only ones at layer 0."""
+    from stages import registry
+
+    if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise _bad(path, field, f"{str(kinds)[:80]!r} is not a list of layer kinds such as "
+                   "[\"bernoulli\", \"bernoulli\"]", fix)
+    for i, k in enumerate(kinds):
+        if k not in registry.kinds():
+            raise _bad(path, field, f"layer {i}: unknown layer kind {k!r} (known: "
+                       f"{', '.join(registry.kinds())})", fix)
+        if i > 0 and not registry.get(k).stackable:
+            raise _bad(path, field, f"layer {i}: {k!r} can only be the first layer", fix)
+    return kinds
+
+
+def _number(path: Path, field: str, value: Any, fix: str) -> float:
+    """A finite number: a metadata string or a 0-d tensor of preprocess.pt."""
+    try:
+        x = float(value.item() if isinstance(value, torch.Tensor) and value.numel() == 1
+                  else value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not np.isfinite(x):
+        raise _bad(path, field, f"{value!r} is not a finite number", fix)
+    return x
+
+
+def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: str
+            ) -> list[dict[str, torch.Tensor]]:
+    """Each layer's weight (n_visible, n_hidden) and biases: floating, finite, of one dtype,
+    and chaining (layer i's hidden units are layer i+1's visible ones). ``where[i]``: the file
+    that holds layer i and the prefix of its fields there, for the messages."""
+    params: list[dict[str, torch.Tensor]] = []
+    for i, raw in enumerate(layers):
+        path, prefix = where[i]
+        p = {}
+        for name in _PARAMS:
+            t = raw.get(name)
+            if not isinstance(t, torch.Tensor):
+                raise _bad(path, prefix + name, "missing" if t is None else
+                           f"not a tensor ({type(t).__name__})", fix)
+            if not t.is_floating_point() or t.dim() != (2 if name == "weight" else 1):
+                raise _bad(path, prefix + name, f"a {t.dtype} tensor of shape "
+                           f"{tuple(t.shape)}, expected a {'2' if name == 'weight' else '1'}-D "
+                           "floating-point one", fix)
+            if not torch.isfinite(t).all():
+                raise _bad(path, prefix + name, "holds NaN or Inf", fix)
+            p[name] = t
+        w = p["weight"]
+        for name, size in (("visible_bias", w.shape[0]), ("hidden_bias", w.shape[1])):
+            if p[name].shape[0] != size or p[name].dtype != w.dtype:
+                raise _bad(path, prefix + name, f"{p[name].dtype} of {p[name].shape[0]} units, "
+                           f"but {prefix}weight is {w.dtype} {tuple(w.shape)}", fix)
+        if params and (params[-1]["weight"].shape[1] != w.shape[0]
+                       or params[-1]["weight"].dtype != w.dtype):
+            up = params[-1]["weight"]
+            raise _bad(path, prefix + "weight", f"{w.dtype} {tuple(w.shape)} does not chain "
+                       f"with layer {i - 1}'s weight {up.dtype} {tuple(up.shape)} (its visible "
+                       "units are the hidden units below)", fix)
+        params.append(p)
+    return params
+
+
+def _standardisation(path: Path, mean: Any, std: Any, n: int, fix: str, prefix: str
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Both or neither of the per-feature mean and std, 1-D of ``n`` floats, std > 0."""
+    if mean is None and std is None:
+        return None, None
+    for name, t in (("mean", mean), ("std", std)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() \
+                or tuple(t.shape) != (n,) or not torch.isfinite(t).all():
+            got = (f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+                   if isinstance(t, torch.Tensor) else repr(t))
+            raise _bad(path, prefix + name, f"{got}, expected {n} finite floats (one per "
+                       "input feature)", fix)
+    assert isinstance(std, torch.Tensor)
+    if not (std > 0).all():
+        raise _bad(path, prefix + "std", "holds a value <= 0", fix)
+    return mean, std
+
+
 def load(path: str | Path) -> Model:
-    """A DBN from an export file, or from a run directory (its ``model.safetensors``)."""
+    """A DBN from an export file, or from a run directory (its ``model.safetensors``); every
+    field is checked (ModelError naming the file and the field)."""
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
@@ -152,48 +268,88 @@ def load(path: str | Path) -> Model:
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: not a pipedbn model (format {meta.get('format')!r}, "
                         f"expected {FORMAT!r})")
+    for key in ("kinds", "scale"):
+        if key not in meta:
+            raise _bad(path, f"metadata {key}", "missing", EXPORT_FIX)
     try:
-        kinds = json.loads(meta["kinds"])
-        params = [{name: tensors[f"layers.{i}.{name}"]
-                   for name in ("weight", "visible_bias", "hidden_bias")}
-                  for i in range(len(kinds))]
-    except (KeyError, ValueError) as e:
-        raise UserError(f"{path}: incomplete pipedbn model (missing {e})") from None
-    return Model(kinds, params, scale=float(meta["scale"]),
-               binarize=float(meta["binarize"]) if meta.get("binarize") else None,
-               mean=tensors.get("preprocess.mean"), std=tensors.get("preprocess.std"),
-               config=meta.get("config", ""))
+        kinds = _kinds(path, "metadata kinds", json.loads(meta["kinds"]), EXPORT_FIX)
+    except ValueError:
+        raise _bad(path, "metadata kinds", f"{meta['kinds'][:80]!r} is not JSON",
+                   EXPORT_FIX) from None
+    expected = {f"layers.{i}.{name}" for i in range(len(kinds)) for name in _PARAMS}
+    expected |= {"preprocess.mean", "preprocess.std"}
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        raise _bad(path, extra[0], f"not part of a {len(kinds)}-layer model (metadata kinds "
+                   f"names {len(kinds)} layers)", EXPORT_FIX)
+    params = _layers([{name: tensors.get(f"layers.{i}.{name}") for name in _PARAMS}
+                      for i in range(len(kinds))],
+                     [(path, f"layers.{i}.") for i in range(len(kinds))], EXPORT_FIX)
+    binarize = meta.get("binarize", "")
+    mean, std = _standardisation(path, tensors.get("preprocess.mean"),
+                                 tensors.get("preprocess.std"), params[0]["weight"].shape[0],
+                                 EXPORT_FIX, "preprocess.")
+    return Model(kinds, params, scale=_number(path, "metadata scale", meta["scale"], EXPORT_FIX),
+                 binarize=_number(path, "metadata binarize", binarize, EXPORT_FIX)
+                 if binarize else None,
+                 mean=mean, std=std, config=meta.get("config", ""))
 
 
 PREPROCESS_FILE = "preprocess.pt"
-_PARAMS = ("weight", "visible_bias", "hidden_bias")
+
+
+def _preprocessing(run_dir: Path, n_visible: int) -> dict[str, Any]:
+    """The run's ``preprocess.pt``, checked: scale, optional binarize, optional mean and std."""
+    path = run_dir / PREPROCESS_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: {PREPROCESS_FILE} is missing: the run did not start "
+                        "properly")
+    try:
+        pre = _torch_load(path)
+    except ValueError as e:
+        raise _bad(path, "the whole file", str(e), PREPROCESS_FIX) from None
+    if not isinstance(pre, dict):
+        raise _bad(path, "the whole file", f"holds a {type(pre).__name__}, not a dict",
+                   PREPROCESS_FIX)
+    if "scale" not in pre:
+        raise _bad(path, "scale", "missing", PREPROCESS_FIX)
+    mean, std = _standardisation(path, pre.get("mean"), pre.get("std"), n_visible,
+                                 PREPROCESS_FIX, "")
+    return {"scale": _number(path, "scale", pre["scale"], PREPROCESS_FIX),
+            "binarize": _number(path, "binarize", pre["binarize"], PREPROCESS_FIX)
+            if "binarize" in pre else None, "mean": mean, "std": std}
 
 
 def from_run(run_dir: str | Path, tag: str = "final") -> Model:
-    """Assemble a DBN from a run directory's per-layer states (``checkpoints/<tag>/``)."""
+    """Assemble a DBN from a run directory's per-layer states (``checkpoints/<tag>/``), checked
+    as ``load`` checks an export file."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = (run_dir / "config.yaml").read_text()
+    cfg_path = run_dir / "config.yaml"
     try:
+        config = read_text(cfg_path)
         kinds = [layer["kind"] for layer in yaml.safe_load(config)["layers"]]
-    except (yaml.YAMLError, KeyError, TypeError):
-        raise UserError(f"{run_dir / 'config.yaml'}: not a pipedbn run config") from None
-    if not (run_dir / PREPROCESS_FILE).is_file():
-        raise UserError(f"{run_dir}: {PREPROCESS_FILE} is missing: the run did not start "
-                        "properly")
-    params = []
+    except (yaml.YAMLError, KeyError, TypeError, TextError):
+        raise UserError(f"{cfg_path}: not a pipedbn run config") from None
+    fix = "resume the run or train it again"
+    kinds = _kinds(cfg_path, "layers.*.kind", kinds, fix)
+    states, where = [], []
     for i in range(len(kinds)):
         path = layer_state_path(run_dir, i, tag)
         if not path.is_file():
             raise UserError(f"{run_dir}: no state for layer {i} ({path.relative_to(run_dir)} is "
                             "missing): the run did not finish")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or foreign file: report, do not trace back
-            raise UserError(f"{path}: unreadable layer state ({e})") from None
-        params.append({k: state[k] for k in _PARAMS})
-    pre = torch.load(run_dir / PREPROCESS_FILE, map_location="cpu", weights_only=True)
-    return Model(kinds, params, scale=float(pre["scale"]),
-               binarize=float(pre["binarize"]) if "binarize" in pre else None,
-               mean=pre.get("mean"), std=pre.get("std"), config=config)
+            state = _torch_load(path)
+        except ValueError as e:
+            raise _bad(path, "the whole file", str(e), fix) from None
+        if not isinstance(state, dict):
+            raise _bad(path, "the whole file", f"a {type(state).__name__}, not a layer state",
+                       fix)
+        states.append(state)
+        where.append((path, ""))
+    params = _layers(states, where, fix)
+    pre = _preprocessing(run_dir, params[0]["weight"].shape[0])
+    return Model(kinds, params, scale=pre["scale"], binarize=pre["binarize"], mean=pre["mean"],
+                 std=pre["std"], config=config)

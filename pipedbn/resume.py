@@ -130,7 +130,8 @@ def resume_run(cfg: Config, run_dir: Path) -> tuple[Config, Data, Checkpoint | N
 def _trim_metrics(path: Path, c: int) -> None:
     """Keep the records of steps before ``c`` (none when the stream starts over)."""
     try:
-        lines = path.read_text().splitlines()
+        # bytes that are not UTF-8 (an edited or damaged file) make lines dropped below
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return
     keep = []
@@ -139,6 +140,6 @@ def _trim_metrics(path: Path, c: int) -> None:
             step = json.loads(line)["step"]
         except (ValueError, KeyError, TypeError):
             continue  # a line torn by the kill
-        if c > 0 and step < c:
+        if c > 0 and isinstance(step, int | float) and step < c:
             keep.append(line + "\n")
     atomic_write(path, "".join(keep).encode())

@@ -186,9 +186,11 @@ def root_failure(run_dir: Path) -> dict[str, Any] | None:
     records = []
     for path in sorted((run_dir / FAILURES_DIR).glob("stage-*.json")):
         try:
-            records.append(dict(json.loads(path.read_text())))
-        except (OSError, ValueError):
+            record = json.loads(path.read_bytes())
+        except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
             continue
+        if _is_record(record):
+            records.append(record)  # else not a record this code wrote: an edited file
     if not records:
         return None
     records.sort(key=lambda r: r.get("time", 0.0))
@@ -211,6 +213,13 @@ def root_failure(run_dir: Path) -> dict[str, Any] | None:
             trail.append(record)
         return record
     return records[0]
+
+
+def _is_record(record: Any) -> bool:
+    """A failure record as ``failure_record`` writes it (the fields ``root_failure`` follows)."""
+    return (isinstance(record, dict) and isinstance(record.get("kind"), str)
+            and all(isinstance(record.get(k), int) for k in ("seen_by", "stage"))
+            and isinstance(record.get("time", 0.0), int | float))
 
 
 def write_root_failure(run_dir: Path) -> dict[str, Any] | None:

@@ -12,11 +12,15 @@ is there unchanged, no run directory appeared, no ``.tmp`` file was left.
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import pickle
 import re
+import shutil
 import struct
 import subprocess
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, env1, free_port
+from conftest import ROOT, cli, env1, free_port
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -108,7 +114,13 @@ CASES = [
          "data.scale: 1e+40 is beyond the largest float32"),
     Case("bars-too-large", ("train", T, "data.source=bars", "data.bars_size=100000"),
          "data.bars_size: 1000 images of 100000x100000"),
-    Case("run-name", ("train", T, "run.name=a/b"), "run.name: must be a non-empty name"),
+    Case("run-name", ("train", T, "run.name=a/b"), "run.name: 'a/b' holds a path separator"),
+    Case("run-name-parent", ("train", T, "run.name=..", "run.out={tmp}/out"),
+         "run.name: '..' names run.out itself or its parent"),
+    Case("run-name-control", ("train", T, "run.name=a\tb", "run.out={tmp}/out"),
+         "holds a control character"),
+    Case("config-not-utf8", ("train", "{d}/latin1.yaml"),
+         "latin1.yaml: 1 problem:\n  - not UTF-8 text (byte 0xe9 at offset"),
     # --------------------------------------------------------------------------------- data
     Case("data-missing", ("train", T, *npy("missing.npy")), "data.path: no such file"),
     Case("data-glob-empty", ("train", T, *npy("*.nope")), "matches no file"),
@@ -135,6 +147,24 @@ CASES = [
     Case("npy-empty", ("train", T, *npy("empty.npy")), "holds no samples"),
     Case("npy-truncated", ("train", T, *npy("truncated.npy")), "truncated: header says (40, 64)"),
     Case("npy-not-npy", ("train", T, *npy("text.npy")), "not a .npy array"),
+    Case("npy-shape-overflows", ("train", T, *npy("huge.npy")),
+         "huge.npy: truncated: header says (8589934592, 2147483648) of float32 "
+         "(73786976294838206592 bytes), the file has 128 bytes"),
+    Case("npy-no-features", ("train", T, *npy("no-features.npy")),
+         "shape (40, 0): a sample dimension of 0 leaves no features"),
+    Case("npy-negative-dimension", ("train", T, *npy("negative-dim.npy")),
+         "corrupt header: shape (-40, 64) has a negative dimension"),
+    Case("npz-shape-overflows", ("train", T, *npy("huge.npz")),
+         "huge.npz[x]: truncated: header says (8589934592, 2147483648)"),
+    Case("npz-labels-shape-overflows", ("train", T, *npy("huge-labels.npz"), "data.key=x",
+                                        "data.labels=y"),
+         "huge-labels.npz[y]: truncated: header says (8589934592, 2147483648) of int64"),
+    Case("npz-labels-objects", ("train", T, *npy("object-labels.npz"), "data.key=x",
+                                "data.labels=y"),
+         "object-labels.npz[y]: dtype object is not numeric"),
+    Case("npz-labels-fractions", ("train", T, *npy("fraction-labels.npz"), "data.key=x",
+                                  "data.labels=y"),
+         "labels must be whole numbers"),
     Case("shards-disagree", ("train", T, "data.source=npy",
                              "data.path=[{d}/ok.npy,{d}/narrow.npy]"),
          "narrow.npy: 32 features per sample, but ok.npy has 64"),
@@ -146,6 +176,11 @@ CASES = [
          "labels need .npz files"),
     Case("idx-truncated", ("train", T, *idx("truncated.idx")),
          "truncated.idx: truncated: header says 40x8x8"),
+    Case("idx-shape-overflows", ("train", T, *idx("huge.idx")),
+         "huge.idx: truncated: header says 65536x65536x65536x65536 values of uint8 "
+         "(18446744073709551636 bytes), the file has 20 bytes"),
+    Case("idx-no-features", ("train", T, *idx("no-features.idx")),
+         "header says 40x0 values: a sample dimension of 0 leaves no features"),
     Case("idx-bad-magic", ("train", T, *idx("magic.idx")), "not an IDX file (bad magic"),
     Case("idx-gzip-corrupt", ("train", T, *idx("cut.idx.gz")),
          "corrupt or truncated gzip file"),
@@ -175,6 +210,34 @@ CASES = [
     Case("eval-unfinished-run", ("eval", "{tmp}/full"), "not a finished run directory"),
     Case("finetune-no-such-run", ("finetune", "{tmp}/nothing"), "no such run directory"),
     Case("sample-no-model", ("sample", "{tmp}/nothing", "-o", "{tmp}/s.png"), "no model at"),
+    Case("resume-config-not-utf8", ("train", T, "--resume", "{d}/latin1-run"),
+         "its config.yaml cannot be read:\n"),
+    # -------------------------------------------------------------------------------- model
+    Case("model-no-scale", ("sample", "{d}/no-scale.safetensors", "-o", "{tmp}/s.png"),
+         "no-scale.safetensors: metadata scale: missing; export the run again"),
+    Case("model-scale-not-a-number", ("eval", "{d}/abc-scale.safetensors", "--config", T,
+                                      "-o", "{tmp}/eval.json"),
+         "abc-scale.safetensors: metadata scale: 'abc' is not a finite number"),
+    Case("model-kinds-not-json", ("sample", "{d}/kinds.safetensors", "-o", "{tmp}/s.png"),
+         "kinds.safetensors: metadata kinds: 'bernoulli' is not JSON"),
+    Case("model-shapes-do-not-chain", ("eval", "{d}/no-chain.safetensors", "--config", T,
+                                       "-o", "{tmp}/eval.json"),
+         "no-chain.safetensors: layers.1.weight: torch.float32 (7, 24) does not chain with "
+         "layer 0's weight torch.float32 (64, 32)"),
+    Case("model-tensor-missing", ("sample", "{d}/no-bias.safetensors", "-o", "{tmp}/s.png"),
+         "no-bias.safetensors: layers.2.hidden_bias: missing"),
+    Case("model-integer-weights", ("sample", "{d}/int-weights.safetensors", "-o",
+                                   "{tmp}/s.png"),
+         "layers.0.weight: a torch.int32 tensor of shape (64, 32), expected a 2-D "
+         "floating-point one"),
+    Case("preprocess-garbage", ("export", "{d}/garbage-pre", "-o", "{tmp}/m.safetensors"),
+         "garbage-pre/preprocess.pt: the whole file: not a file of tensors"),
+    Case("preprocess-pickled", ("sample", "{d}/pickled-pre", "-o", "{tmp}/s.png"),
+         "pickled-pre/preprocess.pt: the whole file: not a file of tensors"),
+    Case("preprocess-no-scale", ("export", "{d}/no-scale-pre", "-o", "{tmp}/m.safetensors"),
+         "no-scale-pre/preprocess.pt: scale: missing"),
+    Case("layer-state-truncated", ("export", "{d}/cut-state", "-o", "{tmp}/m.safetensors"),
+         "cut-state/checkpoints/final/layer-0.pt: the whole file: unreadable"),
     # -------------------------------------------------------------------------------- launch
     Case("nproc-not-positive", ("train", T, "--nproc", "0"), "--nproc 0: give a number"),
     Case("nproc-short-of-plan", ("train", T, "--nproc", "2", "balancer.plan=0|1|2"),
@@ -207,8 +270,50 @@ def _idx_bytes(x: np.ndarray) -> bytes:
     return header + x.astype(">u1").tobytes()
 
 
+def npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    """A .npy header claiming ``shape`` (the header alone: what a lying file holds)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def bad_models(d: Path, run: Path) -> None:
+    """Edited copies of a real run's export and of the run directory itself."""
+    src = run / "model.safetensors"
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(src))
+
+    def export(name: str, changes: dict[str, torch.Tensor | None] | None = None,
+               **meta_changes: str | None) -> None:
+        t = {k: v for k, v in {**tensors, **(changes or {})}.items() if v is not None}
+        m = {k: v for k, v in {**meta, **meta_changes}.items() if v is not None}
+        save_file(t, str(d / f"{name}.safetensors"), metadata=m)
+
+    export("no-scale", scale=None)
+    export("abc-scale", scale="abc")
+    export("kinds", kinds="bernoulli")
+    export("no-chain", {"layers.1.weight": torch.zeros(7, 24),
+                        "layers.1.visible_bias": torch.zeros(7)})
+    export("no-bias", {"layers.2.hidden_bias": None})
+    export("int-weights", {"layers.0.weight": tensors["layers.0.weight"].to(torch.int32)})
+
+    def run_copy(name: str) -> Path:
+        out = d / name
+        shutil.copytree(run, out, ignore=shutil.ignore_patterns("model.safetensors", "tb"))
+        return out
+
+    (run_copy("garbage-pre") / "preprocess.pt").write_bytes(b"\x00 not a torch file")
+    # a pickle that would call os.system if it were ever unpickled without weights_only
+    (run_copy("pickled-pre") / "preprocess.pt").write_bytes(pickle.dumps({"scale": os.system}))
+    torch.save({"binarize": torch.tensor(0.5)}, run_copy("no-scale-pre") / "preprocess.pt")
+    state = run_copy("cut-state") / "checkpoints" / "final" / "layer-0.pt"
+    state.write_bytes(state.read_bytes()[:300])
+
+
 @pytest.fixture(scope="module")
-def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bad_files(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     """One of every bad file the data cases read (40 samples of 64 binary pixels when sane)."""
     d = tmp_path_factory.mktemp("bad-files")
     ok = (np.random.default_rng(0).random((40, 64)) > 0.5).astype(np.float32)
@@ -243,6 +348,24 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "magic.idx").write_bytes(b"\x01\x02" + images[2:])
     (d / "cut.idx.gz").write_bytes(gzip.compress(images)[:-30])
     (d / "labels30.idx").write_bytes(_idx_bytes(np.zeros(30, np.uint8)))
+    (d / "huge.npy").write_bytes(npy_header((2**33, 2**31)))  # 2**64 x 4 bytes: 0 in int64
+    (d / "no-features.npy").write_bytes(npy_header((40, 0)))
+    (d / "negative-dim.npy").write_bytes(npy_header((-40, 64)) + raw[128:])
+    with zipfile.ZipFile(d / "huge.npz", "w") as z:
+        z.writestr("x.npy", npy_header((2**33, 2**31)))
+    with zipfile.ZipFile(d / "huge-labels.npz", "w") as z:
+        z.writestr("x.npy", raw)
+        z.writestr("y.npy", npy_header((2**33, 2**31), "<i8"))
+    np.savez(d / "object-labels.npz", x=ok, y=np.full(40, None, dtype=object))
+    np.savez(d / "fraction-labels.npz", x=ok, y=np.linspace(0, 1, 40))
+    # 4 dimensions of 2**16: 2**64 values, 0 in int64
+    (d / "huge.idx").write_bytes(struct.pack(">BBBB4I", 0, 0, 0x08, 4, *[2**16] * 4))
+    (d / "no-features.idx").write_bytes(struct.pack(">BBBB2I", 0, 0, 0x08, 2, 40, 0))
+    (d / "latin1.yaml").write_bytes("layers: [8]  # café\n".encode("latin-1"))
+    (d / "latin1-run").mkdir()
+    (d / "latin1-run" / "config.yaml").write_bytes(
+        (ROOT / T).read_bytes() + "# café\n".encode("latin-1"))
+    bad_models(d, tiny_run)
     (d / "broken.yaml").write_text("layers: [\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "empty.yaml").write_text("")
@@ -323,3 +446,23 @@ def test_the_doc_table_lists_every_case() -> None:
     ids = [m.group(1) for line in rows if (m := re.search(r"\| `([a-z0-9-]+)` \|\s*$", line))]
     assert len(ids) == len(set(ids)), "a case id appears twice in docs/errors.md"
     assert set(ids) == {c.id for c in CASES} | PENDING
+
+
+def test_resume_reads_past_damaged_records(tiny_run: Path, tmp_path: Path) -> None:
+    """A metrics.jsonl with bytes that are not UTF-8 and failure records that are not records
+    (JSON of another shape, not UTF-8) are dropped on --resume, not a traceback (were: a
+    UnicodeDecodeError from the metrics trim, a TypeError from root_failure)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with (run / "metrics.jsonl").open("ab") as f:
+        f.write(b'\xff\xfe{"step": 1}\n{"step": "x"}\n')
+    (run / "failures").mkdir()
+    (run / "failures" / "stage-0.json").write_text("[1, 2]\n")
+    (run / "failures" / "stage-1.json").write_bytes(b"\xff\n")
+    (run / "failures" / "stage-2.json").write_text('{"kind": "own", "seen_by": [1]}\n')
+    proc = cli("train", str(run / "config.yaml"), "--resume", str(run), "--nproc", "1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = (run / "metrics.jsonl").read_bytes().splitlines()
+    assert lines and all(b"\xff" not in line and b'"x"' not in line for line in lines)
+    assert not (run / "failures").exists()
