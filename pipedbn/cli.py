@@ -18,19 +18,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from pipedbn import __version__
-from pipedbn.config import Config, dump_yaml, load_config, resolve_defaults
+from pipedbn.config import dump_yaml, load_config, resolve_defaults
 from pipedbn.errors import ConfigError, UserError
 from pipedbn.launch import LINK_EXIT
+from pipedbn.local import default_nproc, train_local
 from pipedbn.transport import LinkError
-
-if TYPE_CHECKING:
-    from pipedbn.checkpoint import Checkpoint
-    from pipedbn.data import Data
 
 log = logging.getLogger("pipedbn")
 
@@ -167,82 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("--nproc is for runs without a launcher; under torchrun the number "
                             "of processes is --nnodes x --nproc-per-node")
         return train_distributed(cfg, prepared=args.prepared, resume=resume)
-    return train_config(cfg, default_nproc(cfg) if args.nproc is None else args.nproc,
-                        args.quiet, resume)
-
-
-def train_config(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None) -> int:
-    """Train ``cfg`` on ``nproc`` local processes (1: in this one), or continue the run in
-    ``resume``; the exit status. The run directory is the last line of stdout."""
-    from pipedbn.distributed import check_world, failure_record, wants_cuda
-    from pipedbn.rundir import discard_run_dir, record_failure, start_run, write_root_failure
-
-    if nproc < 1:
-        raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
-    if nproc > 1:
-        check_world(cfg, nproc, f"--nproc {nproc}")
-        if wants_cuda(cfg) and torch.cuda.device_count() < nproc:
-            raise UserError(f"--nproc {nproc} with train.device={cfg.train.device}: one GPU per "
-                            f"process is needed and {torch.cuda.device_count()} are visible")
-    ckpt = None
-    if resume is not None:
-        from pipedbn.resume import resume_run
-
-        cfg, data, ckpt = resume_run(cfg, resume)
-        run_dir = resume
-    else:
-        run_dir, data = start_run(cfg)
-    if nproc > 1:
-        from pipedbn.balance import first_plan
-
-        try:  # a plan the world cannot run is reported once, here, before any process starts
-            plan, _ = first_plan(cfg, data.features, nproc)
-        except UserError:
-            if resume is None:
-                discard_run_dir(run_dir)
-            raise
-    log.info("data: %s; %d training and %d held-out samples, %d features",
-             data.source.description, len(data.train_rows), len(data.held_rows), data.features)
-    log.info("run directory: %s", run_dir)
-    if nproc > 1:
-        from pipedbn.launch import launch_local
-
-        log.info("starting %d local processes; plan%s: %s", nproc,
-                 " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
-        return launch_local(run_dir, nproc, cfg.train.threads, quiet, resume is not None)
-    try:
-        _train_here(cfg, run_dir, data, ckpt, resume is not None)
-    except BaseException as e:
-        record_failure(run_dir, failure_record(e, 0))
-        write_root_failure(run_dir)
-        raise
-    return 0
-
-
-def default_nproc(cfg: Config) -> int:
-    """Processes to start without a launcher: the ranks an explicit plan names, else one per
-    layer."""
-    from pipedbn.balancer import Plan
-
-    if cfg.balancer.plan == "auto":
-        return len(cfg.layers)
-    plan = Plan.parse(cfg.balancer.plan, 1 << 16, len(cfg.layers))
-    return max(r for st in plan.stages for r in st.ranks) + 1
-
-
-def _train_here(cfg: Config, run_dir: Path, data: Data, ckpt: Checkpoint | None,
-                resumed: bool) -> None:
-    from pipedbn.monitor import Metrics, tensorboard_on
-    from pipedbn.trainer import finish_run, summary, train_in_process
-
-    # a resumed run's TensorBoard drops what the interrupted attempt wrote from ckpt on
-    purge = (ckpt.micro_batch if ckpt is not None else 0) if resumed else None
-    metrics = Metrics(run_dir, tensorboard=tensorboard_on(cfg), purge_step=purge)
-    try:
-        result = train_in_process(cfg, data, metrics, run_dir, ckpt)
-    finally:
-        metrics.close()
-    finish_run(run_dir, summary(cfg, data, result))
+    return train_local(cfg, default_nproc(cfg) if args.nproc is None else args.nproc,
+                       args.quiet, resume)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

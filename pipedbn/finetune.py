@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from pipedbn.config import load_yaml
 from pipedbn.errors import UserError
 from pipedbn.rundir import atomic_write, save_tensors
 
@@ -295,7 +296,7 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 def _configured_shape(config: str) -> list[int] | None:
     try:
-        shape = (yaml.safe_load(config) or {}).get("monitor", {}).get("image_shape")
+        shape = (load_yaml(config) or {}).get("monitor", {}).get("image_shape")
     except (yaml.YAMLError, AttributeError):
         return None
     return [int(v) for v in shape] if isinstance(shape, list) and len(shape) == 2 else None

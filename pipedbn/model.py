@@ -21,6 +21,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
+from pipedbn.config import load_yaml
 from pipedbn.errors import UserError
 from pipedbn.rbm import RBM, free_energy
 from pipedbn.rundir import atomic_write, layer_state_path
@@ -176,7 +177,7 @@ def from_run(run_dir: str | Path, tag: str = "final") -> Model:
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     config = (run_dir / "config.yaml").read_text()
     try:
-        kinds = [layer["kind"] for layer in yaml.safe_load(config)["layers"]]
+        kinds = [layer["kind"] for layer in load_yaml(config)["layers"]]
     except (yaml.YAMLError, KeyError, TypeError):
         raise UserError(f"{run_dir / 'config.yaml'}: not a pipedbn run config") from None
     if not (run_dir / PREPROCESS_FILE).is_file():

@@ -223,15 +223,15 @@ def record_end(cfg: Config, metrics: Metrics, result: Result, held: torch.Tensor
 
 
 def finish_run(run_dir: Path, text: str) -> None:
-    """Export the model from the saved layer states, keep the summary, print it and the run
-    directory (the last line of stdout, for scripts)."""
+    """Export the model from the saved layer states, keep the summary and print it (stderr).
+    Whoever started the run prints the run directory (``local.train_local``, a torchrun
+    worker)."""
     from pipedbn.model import MODEL_FILE, from_run
 
     from_run(run_dir).save(run_dir / MODEL_FILE)
     atomic_write(run_dir / "summary.txt", (text + "\n").encode())
     if log.isEnabledFor(logging.INFO):  # not under --quiet
         print(text, file=sys.stderr)
-    print(run_dir, flush=True)
 
 
 def monitor_data(data: Data, device: torch.device, dtype: torch.dtype
