@@ -365,6 +365,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
             raise ConfigError([f"not valid YAML: {e}"], source) from None
         if not isinstance(raw, dict):
             raise ConfigError(["the top level must be a mapping of sections"], source)
+    return _from_raw(raw, overrides, source)
+
+
+def config_from_text(text: str, source: str) -> Config:
+    """A config from YAML text (an export file's ``config`` metadata), checked as a file is."""
+    try:
+        raw = load_yaml(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], source) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], source)
+    return _from_raw(raw, [], source)
+
+
+def _from_raw(raw: dict[str, Any], overrides: list[str], source: str) -> Config:
     problems: list[str] = []
     _expand_layers(raw)
     for item in overrides:

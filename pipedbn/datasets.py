@@ -260,7 +260,17 @@ def npz_labels(path: str, key: str) -> np.ndarray:
         if key not in z:
             raise DataError(f"{os.path.basename(path)}: no labels array {key!r} "
                             f"(it holds {', '.join(z.files)}); fix data.labels")
-        return np.asarray(z[key]).astype(np.int64).reshape(-1)
+        y = np.asarray(z[key])
+    name = os.path.basename(path)
+    if y.ndim == 2 and y.shape[1] != 1:
+        one_hot = y.size and np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all()
+        raise DataError(f"{name}: labels array {key!r} is 2-D ({y.shape[0]} x {y.shape[1]})"
+                        + (", one-hot encoded" if one_hot else "") + "; data.labels needs one "
+                        "class per sample: save the class indices (e.g. y.argmax(1)) instead")
+    if y.ndim > 2:
+        raise DataError(f"{name}: labels array {key!r} has shape {y.shape}; data.labels needs "
+                        "one class per sample (a 1-D array)")
+    return y.astype(np.int64).reshape(-1)
 
 
 def open_source(source: str, paths: list[str], labels: str | None, key: str | None,
