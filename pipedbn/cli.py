@@ -101,7 +101,8 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
 
     d = EvalOptions()  # the defaults live there
     ev.add_argument("model", help="run directory, or an exported .safetensors file")
-    ev.add_argument("--config", help="config giving the data (needed for an export file)")
+    ev.add_argument("--config", help="config giving the data (default: the run's config.yaml, "
+                    "or the config an export file keeps in its metadata)")
     ev.add_argument("-o", "--output", help="where to write the JSON results (default: eval.json "
                     "in the run directory, MODEL.eval.json next to an export file)")
     ev.add_argument("--ais-chains", type=int, default=d.ais_chains, metavar="N",
