@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                     help="sgd (momentum 0.9, the default) or adam")
     ft.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    ft.add_argument("--validation", type=float, default=0.1, metavar="F",
+                    help="fraction of the run's training rows kept for the per-epoch "
+                         "validation error (default 0.1); the test rows (the run's held-out "
+                         "split) are measured once, at the end")
     ft.add_argument("-o", "--output", default=None,
                     help="classifier file (default RUN_DIR/classifier.pt; its figures go to "
                          "RUN_DIR/finetune.json, or beside -o FILE as FILE.json)")
