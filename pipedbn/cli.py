@@ -23,7 +23,7 @@ import torch
 
 from pipedbn import __version__
 from pipedbn.config import dump_yaml, load_config, resolve_defaults
-from pipedbn.errors import ConfigError, UserError
+from pipedbn.errors import ConfigError, Interrupted, UserError
 from pipedbn.launch import LINK_EXIT
 from pipedbn.local import default_nproc, train_local
 from pipedbn.transport import LinkError
@@ -270,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     except LinkError as e:  # its message names this stage and the peer it lost
         print(f"pipedbn: error: {e}", file=sys.stderr)
         return LINK_EXIT
+    except Interrupted as e:
+        print(f"pipedbn: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("pipedbn: interrupted", file=sys.stderr)
+        # a stage under our launcher (or a torchrun rank but 0) says nothing: one line is
+        # said for the whole run, by the launcher (or rank 0)
+        if rank is None or (rank == 0 and not getattr(args, "prepared", False)):
+            print("pipedbn: interrupted", file=sys.stderr)
         return 130

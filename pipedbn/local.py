@@ -7,15 +7,19 @@ library imports ``cli``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pipedbn.config import Config
-from pipedbn.errors import UserError
+from pipedbn.errors import Interrupted, UserError, resume_command
 
 if TYPE_CHECKING:
     from pipedbn.checkpoint import Checkpoint
@@ -69,7 +73,11 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
             print(run_dir, flush=True)
         return code
     try:
-        _train_here(cfg, run_dir, data, ckpt, resume is not None)
+        with _sigterm_interrupts():
+            _train_here(cfg, run_dir, data, ckpt, resume is not None)
+    except KeyboardInterrupt as e:  # not a failure: say where the run is and how to go on
+        how = str(e) or "SIGINT"
+        raise Interrupted(how, run_dir, resume_command(run_dir, 1)) from None
     except BaseException as e:
         record_failure(run_dir, failure_record(e, 0))
         write_root_failure(run_dir)
@@ -77,6 +85,24 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
     if announce:
         print(run_dir, flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops training in this process as Ctrl-C does (the main thread only: Python
+    delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def default_nproc(cfg: Config) -> int:
