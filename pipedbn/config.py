@@ -238,10 +238,9 @@ class MonitorConfig:
     """Height and width of one input image; default: square inputs (28x28 for 784 features).
     Non-square inputs without it get no images."""
     progress: Literal["auto", "bar", "log", "off"] = "auto"
-    """One rank (the one reading the data) shows samples/s, each layer's epochs done of its own and the
-    bottleneck stage:
-    ``bar`` a tqdm bar, ``log`` a line every ``log_seconds``, ``auto`` the bar when stderr is a
-    terminal, else lines."""
+    """One rank (the one reading the data) shows samples/s, each layer's epochs done of its
+    own and the bottleneck stage: ``bar`` a tqdm bar, ``log`` a line every ``log_seconds``,
+    ``auto`` the bar when stderr is a terminal, else lines."""
     log_seconds: float = 10.0
     """Seconds between progress lines (``progress: log``)."""
 
