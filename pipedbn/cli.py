@@ -1,7 +1,6 @@
-"""Command line: ``pipedbn train CONFIG [key=value ...]`` and ``pipedbn export RUN_DIR -o FILE``.
-
-Also ``pipedbn finetune RUN_DIR`` (a classifier from the DBN and the data's labels) and
-``pipedbn sample RUN_DIR -o FILE.png`` (samples as a grid image): see ``finetune.py``.
+"""Command line: ``pipedbn train CONFIG [key=value ...]``, ``pipedbn plan``, ``pipedbn export
+RUN_DIR -o FILE``, ``pipedbn finetune RUN_DIR`` (a classifier from the DBN and the data's
+labels) and ``pipedbn sample RUN_DIR -o FILE.png`` (samples as a grid image): see ``finetune.py``.
 ``pipedbn eval RUN_DIR`` measures what a trained model learned (``evaluation.py``).
 
 ``train`` runs one process per layer: under torchrun it joins the launcher's group; without a
@@ -31,12 +30,49 @@ from pipedbn.transport import LinkError
 log = logging.getLogger("pipedbn")
 
 
+HELP_EPILOG = """\
+commands:
+  train CONFIG [key=value ...]   train a DBN (one local process per layer; --nproc 1: here)
+  plan CONFIG --world-size N     show the balancer's plan for N ranks
+  export RUN_DIR -o FILE         write a finished run's model to one .safetensors file
+  eval MODEL                     measure what a model learned (likelihood, probes)
+  finetune RUN_DIR               fine-tune the DBN into a classifier with the data's labels
+  sample MODEL -o FILE.png       draw samples from the DBN as an image grid
+
+`pipedbn COMMAND --help` describes each one. A user's mistake is one line and exit status 2;
+docs/errors.md lists them. Configs: docs/config.md."""
+
+SUBCOMMANDS = {
+    "train": "Train a DBN from a YAML config, with key=value overrides (rbm.lr=0.05, "
+             "layers=[32,24,16]). Without a launcher it starts one local process per layer "
+             "(--nproc N to choose, 1 trains in this process); under torchrun it joins the "
+             "launcher's group. The run directory is the last line of stdout.",
+    "plan": "Print the plan the balancer makes for a config on N ranks (which layers each "
+            "rank trains, replicas, modelled or profiled step times).",
+    "export": "Write a finished run's model to one safetensors file (weights, preprocessing "
+              "and the run's config); pipedbn.load reads it.",
+    "finetune": "Fine-tune a finished run's DBN into a classifier with its data's labels: "
+                "trained on the run's training rows but a validation fraction (per-epoch "
+                "figures), tested once on its held-out split.",
+    "sample": "Draw samples from a DBN (Gibbs chains in the top RBM, then down the stack) and "
+              "write them as a grid image (PNG).",
+    "eval": "Measure what a trained model learned on its held-out data: reconstruction, "
+            "free-energy gap, pseudo- and (AIS or exact) log-likelihood, linear probes. "
+            "Writes eval.json.",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pipedbn", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="pipedbn", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Deep belief networks whose RBM layers train at the same time, one "
+                    "pipeline stage each.",
+        epilog=HELP_EPILOG)
     ap.add_argument("--version", action="version", version=f"pipedbn {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="train a DBN from a YAML config")
+    tr = sub.add_parser("train", help="train a DBN from a YAML config",
+                        description=SUBCOMMANDS["train"])
     tr.add_argument("config", help="YAML config file (see configs/)")
     tr.add_argument("overrides", nargs="*", metavar="key=value",
                     help="override config fields: rbm.lr=0.05 layers.1.hidden=256 run.dir=PATH")
@@ -52,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                          "by themselves")
     tr.add_argument("--prepared", action="store_true", help=argparse.SUPPRESS)  # local launcher
 
-    pl = sub.add_parser("plan", help="print the plan the balancer makes for a config on N ranks")
+    pl = sub.add_parser("plan", help="print the plan the balancer makes for a config on N ranks",
+                        description=SUBCOMMANDS["plan"])
     pl.add_argument("config", help="YAML config file (see configs/)")
     pl.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
     pl.add_argument("--world-size", type=int, required=True, metavar="N",
@@ -60,12 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--profile", action="store_true",
                     help="time a few real steps of every layer here instead of counting FLOPs")
 
-    ex = sub.add_parser("export", help="write a finished run's model to one safetensors file")
+    ex = sub.add_parser("export", help="write a finished run's model to one safetensors file",
+                        description=SUBCOMMANDS["export"])
     ex.add_argument("run_dir", help="run directory of a finished training run")
     ex.add_argument("-o", "--output", required=True, help="output file (.safetensors)")
 
     ft = sub.add_parser("finetune", help="fine-tune a finished run's DBN into a classifier "
-                        "with its data's labels")
+                        "with its data's labels", description=SUBCOMMANDS["finetune"])
     ft.add_argument("run_dir", help="run directory of a finished training run")
     ft.add_argument("--epochs", type=int, default=30, help="epochs of fine-tuning (default 30)")
     ft.add_argument("--head-epochs", type=int, default=10, metavar="N",
@@ -84,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                          "RUN_DIR/finetune.json, or beside -o FILE as FILE.json)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no per-epoch figures")
 
-    sa = sub.add_parser("sample", help="draw samples from a DBN and write them as a PNG grid")
+    sa = sub.add_parser("sample", help="draw samples from a DBN and write them as a PNG grid",
+                        description=SUBCOMMANDS["sample"])
     sa.add_argument("run_dir", help="run directory of a finished run, or an exported model")
     sa.add_argument("-o", "--output", required=True, help="output image (.png)")
     sa.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
@@ -95,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="tiles per row (default: a square-ish grid)")
     sa.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="height and width of one input (needed when it is not square)")
-    ev = sub.add_parser("eval", help="measure what a trained model learned (writes eval.json)")
+    ev = sub.add_parser("eval", help="measure what a trained model learned (writes eval.json)",
+                        description=SUBCOMMANDS["eval"])
     add_eval_arguments(ev)
     return ap
 

@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 
 from pipedbn.balancer import Plan
 from pipedbn.config import load_config
@@ -64,3 +64,13 @@ def test_every_documented_plan_spec_parses(doc: str, spec: str) -> None:
     Plan.parse(spec, world=1 << 16, layers=layers)
     load_config(ROOT / "configs" / "tiny.yaml", [f"balancer.plan={spec}",
                                                  f"layers={[8] * layers}".replace(" ", "")])
+
+
+def test_help_is_plain_text_and_describes_every_subcommand() -> None:
+    proc = cli("--help")
+    assert proc.returncode == 0 and "``" not in proc.stdout, proc.stdout  # no raw RST
+    for command in ("train", "plan", "export", "eval", "finetune", "sample"):
+        assert f"\n  {command} " in proc.stdout, command
+        sub = cli(command, "--help")
+        assert sub.returncode == 0 and "``" not in sub.stdout
+        assert sub.stdout.split("\n\n")[1].strip(), sub.stdout  # a description paragraph
