@@ -127,9 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("run_dir", help="run directory of a finished run, or an exported model")
     sa.add_argument("-o", "--output", required=True, help="output image (.png)")
     sa.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    sa.add_argument("--steps", type=int, default=1000,
-                    help="Gibbs steps in the top RBM (default 1000)")
+    sa.add_argument("--steps", type=int, default=None,
+                    help="Gibbs steps in the top RBM (default 20 from the data, as Hinton et "
+                         "al. 2006 show them; 1000 with --from-noise)")
     sa.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    sa.add_argument("--from-noise", action="store_true",
+                    help="start the chains from uniform noise (default: from the up pass of "
+                         "held-out images of the model's data)")
     sa.add_argument("--columns", type=int, default=None,
                     help="tiles per row (default: a square-ish grid)")
     sa.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("H", "W"),

@@ -20,7 +20,9 @@ The classifier is written with ``torch.save`` (loads with ``weights_only=True``)
 label value of each output) and ``sizes``. The figures go to a JSON file beside it.
 
 ``pipedbn sample RUN_DIR -o FILE.png`` draws samples from the DBN (``Model.sample``) and writes
-them as one grid image (``probe.tile``), a grayscale PNG.
+them as one grid image (``probe.tile``), a grayscale PNG. The chains begin at the up pass of
+held-out images of the model's data (found by its config), as the DBN literature does;
+``--from-noise`` starts them from uniform noise instead.
 """
 
 from __future__ import annotations
@@ -336,6 +338,25 @@ def _configured_shape(config: str) -> list[int] | None:
     return [int(v) for v in shape] if isinstance(shape, list) and len(shape) == 2 else None
 
 
+def start_rows(dbn: Any, n: int, seed: int, src: Path) -> torch.Tensor | None:
+    """``n`` held-out rows of the model's data (training rows if it kept none), preprocessed,
+    where the sampling chains begin; None when the data cannot be found (then noise)."""
+    from pipedbn.config import config_from_text, resolve_defaults
+    from pipedbn.data import open_data
+
+    try:
+        cfg = resolve_defaults(config_from_text(dbn.config, str(src)))
+        data = open_data(cfg, unit_range=False)
+    except UserError as e:
+        _stderr(f"the model's data cannot be opened ({str(e).splitlines()[0]}): chains start "
+                "from noise")
+        return None
+    rows = data.held_rows if len(data.held_rows) else data.train_rows
+    rng = np.random.default_rng([seed, 0x5A3])
+    chosen = rng.choice(rows, n, replace=len(rows) < n)
+    return dbn.preprocess(data.raw(np.asarray(chosen)))
+
+
 def cmd_sample(args: Any) -> int:
     from pipedbn.model import MODEL_FILE, from_run, load
     from pipedbn.probe import image_shape, tile
@@ -343,6 +364,8 @@ def cmd_sample(args: Any) -> int:
     torch.set_num_threads(1)
     if args.n < 1:
         raise UserError(f"--n {args.n}: give a number of samples >= 1")
+    if args.steps is None:
+        args.steps = 1000 if args.from_noise else 20
     if args.steps < 0:
         raise UserError(f"--steps {args.steps}: give a number of Gibbs steps >= 0")
     if args.columns is not None and args.columns < 1:
@@ -362,7 +385,8 @@ def cmd_sample(args: Any) -> int:
                         "--image-shape HEIGHT WIDTH with HEIGHT x WIDTH = "
                         f"{features}")
     columns = args.columns or math.ceil(math.sqrt(args.n))
-    x = dbn.sample(args.n, args.steps, args.seed)
+    start = None if args.from_noise else start_rows(dbn, args.n, args.seed, src)
+    x = dbn.sample(args.n, args.steps, args.seed, start)
     grid = tile(x, shape, columns)
     try:
         atomic_write(out, png_bytes(grid))

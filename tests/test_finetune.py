@@ -11,13 +11,16 @@ import pytest
 import torch
 from conftest import cli
 
+from pipedbn.data import open_data
 from pipedbn.finetune import (
     FinetuneSettings,
+    _run_config,
     error_rate,
     finetune,
     labelled_splits,
     load_classifier,
     png_bytes,
+    start_rows,
 )
 from pipedbn.model import load
 from pipedbn.rundir import read_split
@@ -173,3 +176,17 @@ def test_mistakes_exit_2_with_one_message(unlabelled_run: Path, digits_run: Path
     assert proc.returncode == 0, proc.stderr
     assert _png_size(out.read_bytes()) == (2 * 6 + 1, 2 * 3 + 1)
     assert not (tmp_path / "s.png.tmp").exists()
+
+
+def test_sampling_chains_start_from_the_data_unless_told_otherwise(digits_run: Path) -> None:
+    dbn = load(digits_run)
+    start = start_rows(dbn, 6, 0, digits_run)
+    assert start is not None and start.shape == (6, 64)
+    held = read_split(digits_run)["held_out"]
+    data = open_data(_run_config(digits_run), unit_range=True)
+    rows = {tuple(r) for r in dbn.preprocess(data.raw(held)).numpy().round(6)}
+    assert all(tuple(r) in rows for r in start.numpy().round(6))  # held-out images
+    # no Gibbs step: the samples are the data's up pass brought down, not noise's
+    near = dbn.sample(6, 0, 0, start)
+    far = dbn.sample(6, 0, 0)
+    assert (near - start).abs().mean() < (far - start).abs().mean()
