@@ -66,9 +66,12 @@ def launch_local(run_dir: Path, nproc: int, threads: int, quiet: bool, resume: b
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as e:
         stage, code, message = root_cause(run_dir, e.failures)
+        # a crash (status 1) can be continued as it is; a mistake or a divergence needs a fix
+        # that resuming would refuse (a config that decides the weights), so a new run
+        then = f"continue it with: {resume_command(run_dir, nproc)}" if code not in (2, 3) \
+            else "fix the cause and start a new run"
         print(f"pipedbn: error: the run stopped: rank {stage} failed: {message} (run directory "
-              f"{run_dir}; once fixed, continue it with: {resume_command(run_dir, nproc)})",
-              file=sys.stderr)
+              f"{run_dir}; {then})", file=sys.stderr)
         return code
     except SignalException as e:
         # an interrupt is nobody's failure: what the stages saw of it is not kept for resume
