@@ -1,7 +1,6 @@
-"""Command line: ``pipedbn train CONFIG [key=value ...]`` and ``pipedbn export RUN_DIR -o FILE``.
-
-Also ``pipedbn finetune RUN_DIR`` (a classifier from the DBN and the data's labels) and
-``pipedbn sample RUN_DIR -o FILE.png`` (samples as a grid image): see ``finetune.py``.
+"""Command line: ``pipedbn train CONFIG [key=value ...]``, ``pipedbn plan``, ``pipedbn export
+RUN_DIR -o FILE``, ``pipedbn finetune RUN_DIR`` (a classifier from the DBN and the data's
+labels) and ``pipedbn sample RUN_DIR -o FILE.png`` (samples as a grid image): see ``finetune.py``.
 ``pipedbn eval RUN_DIR`` measures what a trained model learned (``evaluation.py``).
 
 ``train`` runs one process per layer: under torchrun it joins the launcher's group; without a
@@ -18,29 +17,62 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from pipedbn import __version__
-from pipedbn.config import Config, dump_yaml, load_config, resolve_defaults
-from pipedbn.errors import ConfigError, UserError
+from pipedbn.config import dump_yaml, load_config, resolve_defaults
+from pipedbn.errors import ConfigError, Interrupted, UserError
 from pipedbn.launch import LINK_EXIT
+from pipedbn.local import default_nproc, train_local
 from pipedbn.transport import LinkError
-
-if TYPE_CHECKING:
-    from pipedbn.checkpoint import Checkpoint
-    from pipedbn.data import Data
 
 log = logging.getLogger("pipedbn")
 
 
+HELP_EPILOG = """\
+commands:
+  train CONFIG [key=value ...]   train a DBN (one local process per layer; --nproc 1: here)
+  plan CONFIG --world-size N     show the balancer's plan for N ranks
+  export RUN_DIR -o FILE         write a finished run's model to one .safetensors file
+  eval MODEL                     measure what a model learned (likelihood, probes)
+  finetune RUN_DIR               fine-tune the DBN into a classifier with the data's labels
+  sample MODEL -o FILE.png       draw samples from the DBN as an image grid
+
+`pipedbn COMMAND --help` describes each one. A user's mistake is one line and exit status 2;
+docs/errors.md lists them. Configs: docs/config.md."""
+
+SUBCOMMANDS = {
+    "train": "Train a DBN from a YAML config, with key=value overrides (rbm.lr=0.05, "
+             "layers=[32,24,16]). Without a launcher it starts one local process per layer "
+             "(--nproc N to choose, 1 trains in this process); under torchrun it joins the "
+             "launcher's group. The run directory is the last line of stdout.",
+    "plan": "Print the plan the balancer makes for a config on N ranks (which layers each "
+            "rank trains, replicas, modelled or profiled step times).",
+    "export": "Write a finished run's model to one safetensors file (weights, preprocessing "
+              "and the run's config); pipedbn.load reads it.",
+    "finetune": "Fine-tune a finished run's DBN into a classifier with its data's labels: "
+                "trained on the run's training rows but a validation fraction (per-epoch "
+                "figures), tested once on its held-out split.",
+    "sample": "Draw samples from a DBN (Gibbs chains in the top RBM, then down the stack) and "
+              "write them as a grid image (PNG).",
+    "eval": "Measure what a trained model learned on its held-out data: reconstruction, "
+            "free-energy gap, pseudo- and (AIS or exact) log-likelihood, linear probes. "
+            "Writes eval.json.",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pipedbn", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="pipedbn", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Deep belief networks whose RBM layers train at the same time, one "
+                    "pipeline stage each.",
+        epilog=HELP_EPILOG)
     ap.add_argument("--version", action="version", version=f"pipedbn {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="train a DBN from a YAML config")
+    tr = sub.add_parser("train", help="train a DBN from a YAML config",
+                        description=SUBCOMMANDS["train"])
     tr.add_argument("config", help="YAML config file (see configs/)")
     tr.add_argument("overrides", nargs="*", metavar="key=value",
                     help="override config fields: rbm.lr=0.05 layers.1.hidden=256 run.dir=PATH")
@@ -56,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                          "by themselves")
     tr.add_argument("--prepared", action="store_true", help=argparse.SUPPRESS)  # local launcher
 
-    pl = sub.add_parser("plan", help="print the plan the balancer makes for a config on N ranks")
+    pl = sub.add_parser("plan", help="print the plan the balancer makes for a config on N ranks",
+                        description=SUBCOMMANDS["plan"])
     pl.add_argument("config", help="YAML config file (see configs/)")
     pl.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
     pl.add_argument("--world-size", type=int, required=True, metavar="N",
@@ -64,12 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--profile", action="store_true",
                     help="time a few real steps of every layer here instead of counting FLOPs")
 
-    ex = sub.add_parser("export", help="write a finished run's model to one safetensors file")
+    ex = sub.add_parser("export", help="write a finished run's model to one safetensors file",
+                        description=SUBCOMMANDS["export"])
     ex.add_argument("run_dir", help="run directory of a finished training run")
     ex.add_argument("-o", "--output", required=True, help="output file (.safetensors)")
 
     ft = sub.add_parser("finetune", help="fine-tune a finished run's DBN into a classifier "
-                        "with its data's labels")
+                        "with its data's labels", description=SUBCOMMANDS["finetune"])
     ft.add_argument("run_dir", help="run directory of a finished training run")
     ft.add_argument("--epochs", type=int, default=30, help="epochs of fine-tuning (default 30)")
     ft.add_argument("--head-epochs", type=int, default=10, metavar="N",
@@ -79,23 +113,33 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                     help="sgd (momentum 0.9, the default) or adam")
     ft.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    ft.add_argument("--validation", type=float, default=0.1, metavar="F",
+                    help="fraction of the run's training rows kept for the per-epoch "
+                         "validation error (default 0.1); the test rows (the run's held-out "
+                         "split) are measured once, at the end")
     ft.add_argument("-o", "--output", default=None,
                     help="classifier file (default RUN_DIR/classifier.pt; its figures go to "
                          "RUN_DIR/finetune.json, or beside -o FILE as FILE.json)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no per-epoch figures")
 
-    sa = sub.add_parser("sample", help="draw samples from a DBN and write them as a PNG grid")
+    sa = sub.add_parser("sample", help="draw samples from a DBN and write them as a PNG grid",
+                        description=SUBCOMMANDS["sample"])
     sa.add_argument("run_dir", help="run directory of a finished run, or an exported model")
     sa.add_argument("-o", "--output", required=True, help="output image (.png)")
     sa.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    sa.add_argument("--steps", type=int, default=1000,
-                    help="Gibbs steps in the top RBM (default 1000)")
+    sa.add_argument("--steps", type=int, default=None,
+                    help="Gibbs steps in the top RBM (default 20 from the data, as Hinton et "
+                         "al. 2006 show them; 1000 with --from-noise)")
     sa.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    sa.add_argument("--from-noise", action="store_true",
+                    help="start the chains from uniform noise (default: from the up pass of "
+                         "held-out images of the model's data)")
     sa.add_argument("--columns", type=int, default=None,
                     help="tiles per row (default: a square-ish grid)")
     sa.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="height and width of one input (needed when it is not square)")
-    ev = sub.add_parser("eval", help="measure what a trained model learned (writes eval.json)")
+    ev = sub.add_parser("eval", help="measure what a trained model learned (writes eval.json)",
+                        description=SUBCOMMANDS["eval"])
     add_eval_arguments(ev)
     return ap
 
@@ -105,7 +149,8 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
 
     d = EvalOptions()  # the defaults live there
     ev.add_argument("model", help="run directory, or an exported .safetensors file")
-    ev.add_argument("--config", help="config giving the data (needed for an export file)")
+    ev.add_argument("--config", help="config giving the data (default: the run's config.yaml, "
+                    "or the config an export file keeps in its metadata)")
     ev.add_argument("-o", "--output", help="where to write the JSON results (default: eval.json "
                     "in the run directory, MODEL.eval.json next to an export file)")
     ev.add_argument("--ais-chains", type=int, default=d.ais_chains, metavar="N",
@@ -167,82 +212,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("--nproc is for runs without a launcher; under torchrun the number "
                             "of processes is --nnodes x --nproc-per-node")
         return train_distributed(cfg, prepared=args.prepared, resume=resume)
-    return train_config(cfg, default_nproc(cfg) if args.nproc is None else args.nproc,
-                        args.quiet, resume)
-
-
-def train_config(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None) -> int:
-    """Train ``cfg`` on ``nproc`` local processes (1: in this one), or continue the run in
-    ``resume``; the exit status. The run directory is the last line of stdout."""
-    from pipedbn.distributed import check_world, failure_record, wants_cuda
-    from pipedbn.rundir import discard_run_dir, record_failure, start_run, write_root_failure
-
-    if nproc < 1:
-        raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
-    if nproc > 1:
-        check_world(cfg, nproc, f"--nproc {nproc}")
-        if wants_cuda(cfg) and torch.cuda.device_count() < nproc:
-            raise UserError(f"--nproc {nproc} with train.device={cfg.train.device}: one GPU per "
-                            f"process is needed and {torch.cuda.device_count()} are visible")
-    ckpt = None
-    if resume is not None:
-        from pipedbn.resume import resume_run
-
-        cfg, data, ckpt = resume_run(cfg, resume)
-        run_dir = resume
-    else:
-        run_dir, data = start_run(cfg)
-    if nproc > 1:
-        from pipedbn.balance import first_plan
-
-        try:  # a plan the world cannot run is reported once, here, before any process starts
-            plan, _ = first_plan(cfg, data.features, nproc)
-        except UserError:
-            if resume is None:
-                discard_run_dir(run_dir)
-            raise
-    log.info("data: %s; %d training and %d held-out samples, %d features",
-             data.source.description, len(data.train_rows), len(data.held_rows), data.features)
-    log.info("run directory: %s", run_dir)
-    if nproc > 1:
-        from pipedbn.launch import launch_local
-
-        log.info("starting %d local processes; plan%s: %s", nproc,
-                 " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
-        return launch_local(run_dir, nproc, cfg.train.threads, quiet, resume is not None)
-    try:
-        _train_here(cfg, run_dir, data, ckpt, resume is not None)
-    except BaseException as e:
-        record_failure(run_dir, failure_record(e, 0))
-        write_root_failure(run_dir)
-        raise
-    return 0
-
-
-def default_nproc(cfg: Config) -> int:
-    """Processes to start without a launcher: the ranks an explicit plan names, else one per
-    layer."""
-    from pipedbn.balancer import Plan
-
-    if cfg.balancer.plan == "auto":
-        return len(cfg.layers)
-    plan = Plan.parse(cfg.balancer.plan, 1 << 16, len(cfg.layers))
-    return max(r for st in plan.stages for r in st.ranks) + 1
-
-
-def _train_here(cfg: Config, run_dir: Path, data: Data, ckpt: Checkpoint | None,
-                resumed: bool) -> None:
-    from pipedbn.monitor import Metrics, tensorboard_on
-    from pipedbn.trainer import finish_run, summary, train_in_process
-
-    # a resumed run's TensorBoard drops what the interrupted attempt wrote from ckpt on
-    purge = (ckpt.micro_batch if ckpt is not None else 0) if resumed else None
-    metrics = Metrics(run_dir, tensorboard=tensorboard_on(cfg), purge_step=purge)
-    try:
-        result = train_in_process(cfg, data, metrics, run_dir, ckpt)
-    finally:
-        metrics.close()
-    finish_run(run_dir, summary(cfg, data, result))
+    return train_local(cfg, default_nproc(cfg) if args.nproc is None else args.nproc,
+                       args.quiet, resume)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -343,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     except LinkError as e:  # its message names this stage and the peer it lost
         print(f"pipedbn: error: {e}", file=sys.stderr)
         return LINK_EXIT
+    except Interrupted as e:
+        print(f"pipedbn: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("pipedbn: interrupted", file=sys.stderr)
+        # a stage under our launcher (or a torchrun rank but 0) says nothing: one line is
+        # said for the whole run, by the launcher (or rank 0)
+        if rank is None or (rank == 0 and not getattr(args, "prepared", False)):
+            print("pipedbn: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -237,9 +238,9 @@ class MonitorConfig:
     """Height and width of one input image; default: square inputs (28x28 for 784 features).
     Non-square inputs without it get no images."""
     progress: Literal["auto", "bar", "log", "off"] = "auto"
-    """One rank (the one reading the data) shows samples/s, epoch and the bottleneck stage:
-    ``bar`` a tqdm bar, ``log`` a line every ``log_seconds``, ``auto`` the bar when stderr is a
-    terminal, else lines."""
+    """One rank (the one reading the data) shows samples/s, each layer's epochs done of its
+    own and the bottleneck stage: ``bar`` a tqdm bar, ``log`` a line every ``log_seconds``,
+    ``auto`` the bar when stderr is a terminal, else lines."""
     log_seconds: float = 10.0
     """Seconds between progress lines (``progress: log``)."""
 
@@ -315,6 +316,36 @@ class Config:
 # Loading: YAML -> plain dict -> overrides -> typed dataclasses -> cross-field checks.
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A key given twice in one YAML mapping (plain YAML keeps the last one silently)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose mappings refuse a key given twice, naming both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            with contextlib.suppress(TypeError):  # an unhashable key: the base class says so
+                if key in seen:
+                    raise DuplicateKeyError(
+                        problem=f"key {key!r} is given twice, on lines {seen[key]} and {line} "
+                                "(YAML would silently keep only the second); keep one",
+                        problem_mark=key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys: every YAML pipedbn reads goes through
+    it (configs, run directories' config.yaml, override values)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
+
+
 MOVED = {"train.log_every": "monitor.scalars_every"}
 """Fields that moved to another section (older configs and run directories name them)."""
 
@@ -328,13 +359,30 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
         if not p.is_file():
             raise ConfigError([f"no such file {str(p)!r} (give the path of a YAML config)"], source)
         try:
-            raw = yaml.safe_load(read_text(p)) or {}
+            raw = load_yaml(read_text(p)) or {}
+        except DuplicateKeyError as e:
+            raise ConfigError([str(e.problem)], source) from None
         except yaml.YAMLError as e:
             raise ConfigError([f"not valid YAML: {e}"], source) from None
         except TextError as e:
             raise ConfigError([str(e)], source) from None
         if not isinstance(raw, dict):
             raise ConfigError(["the top level must be a mapping of sections"], source)
+    return _from_raw(raw, overrides, source)
+
+
+def config_from_text(text: str, source: str) -> Config:
+    """A config from YAML text (an export file's ``config`` metadata), checked as a file is."""
+    try:
+        raw = load_yaml(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], source) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], source)
+    return _from_raw(raw, [], source)
+
+
+def _from_raw(raw: dict[str, Any], overrides: list[str], source: str) -> Config:
     problems: list[str] = []
     _expand_layers(raw)
     for item in overrides:
@@ -344,7 +392,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
     if cfg is not None:
         problems.extend(check(cfg))
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(_blame_shared(problems, raw), source)
     assert cfg is not None
     return cfg
 
@@ -365,6 +413,24 @@ def read_text(path: Path) -> str:
         raise TextError(f"cannot read ({e.strerror}); check the file's permissions") from None
 
 
+def _blame_shared(problems: list[str], raw: dict[str, Any]) -> list[str]:
+    """A problem with a field every layer took from ``rbm`` is the ``rbm`` key the user wrote,
+    said once, not once per layer."""
+    shared: dict[str, Any] = raw["rbm"] if isinstance(raw.get("rbm"), dict) else {}
+    layers: list[Any] = raw["layers"] if isinstance(raw.get("layers"), list) else []
+    out: list[str] = []
+    for problem in problems:
+        m = re.match(r"layers\.(\d+)\.(\w+)(: .*)", problem, re.S)
+        if m and shared:
+            i, key = int(m.group(1)), m.group(2)
+            entry = layers[i] if i < len(layers) and isinstance(layers[i], dict) else {}
+            if key in shared and key not in entry:
+                problem = f"rbm.{key}{m.group(3)}"
+        if problem not in out:
+            out.append(problem)
+    return out
+
+
 def _expand_layers(raw: dict[str, Any]) -> None:
     """The shorthand ``layers: [500, 500]`` means ``[{hidden: 500}, {hidden: 500}]``."""
     if isinstance(raw.get("layers"), list):
@@ -379,7 +445,10 @@ def apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None:
         problems.append(f"override {item!r}: expected key=value, e.g. rbm.lr=0.05")
         return
     try:
-        value = yaml.safe_load(text) if text != "" else ""
+        value = load_yaml(text) if text != "" else ""
+    except DuplicateKeyError as e:
+        problems.append(f"override {key}: {e.problem}")
+        return
     except yaml.YAMLError:
         value = text
     parts = key.split(".")

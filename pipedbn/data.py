@@ -169,6 +169,10 @@ def open_data(cfg: Config, unit_range: bool) -> Data:
     n = src.rows if d.limit is None else min(d.limit, src.rows)
     if n == 0:
         raise DataError(f"data: {src.description} holds no samples")
+    if src.features == 0:
+        raise DataError(f"data: {src.description} has no features: each of its {src.rows} "
+                        "samples holds 0 values (give an array of shape (samples, features) "
+                        "with features >= 1)")
     n_held = int(round(d.held_out * n))
     if n - n_held < 1:
         raise DataError(f"data: {n} samples leave none for training with held_out={d.held_out}")

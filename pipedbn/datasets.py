@@ -293,6 +293,14 @@ def npz_labels(path: str, key: str) -> np.ndarray:
     if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
         raise DataError(f"{name}[{key}]: labels must be whole numbers (class values), this "
                         f"{y.dtype} array holds others; fix data.labels")
+    if y.ndim == 2 and y.shape[1] != 1:
+        one_hot = y.size and np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all()
+        raise DataError(f"{name}: labels array {key!r} is 2-D ({y.shape[0]} x {y.shape[1]})"
+                        + (", one-hot encoded" if one_hot else "") + "; data.labels needs one "
+                        "class per sample: save the class indices (e.g. y.argmax(1)) instead")
+    if y.ndim > 2:
+        raise DataError(f"{name}: labels array {key!r} has shape {y.shape}; data.labels needs "
+                        "one class per sample (a 1-D array)")
     return y.astype(np.int64).reshape(-1)
 
 

@@ -148,8 +148,10 @@ def train_distributed(cfg: Config, prepared: bool, resume: Path | None = None) -
         cfg, run_dir, data, setup = _setup(cfg, rank, world, prepared, device, resume)
         stats, result, monitor = _train(cfg, rank, world, run_dir, data, setup, device)
         _finish(cfg, rank, world, run_dir, data, stats, result, monitor, device)
+        if rank == 0 and not prepared:  # under our own launcher, it says where the run is
+            print(run_dir, flush=True)
     except BaseException as e:
-        if run_dir is not None:
+        if run_dir is not None and not isinstance(e, KeyboardInterrupt):  # not a failure
             record_failure(run_dir, failure_record(e, rank))
         if _recurs(e, run_dir):
             _no_restart()

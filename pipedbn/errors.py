@@ -50,3 +50,19 @@ class NonFiniteError(UserError):
         super().__init__(
             f"layer {layer}: non-finite {what} at micro-batch {micro_batch}. {hint}"
         )
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM: not a failure. The message says where the run is and
+    the command that continues it; exit status 130."""
+
+    exit_code = 130
+
+    def __init__(self, how: str, run_dir: object, resume: str) -> None:
+        super().__init__(f"interrupted ({how}); the run directory is {run_dir}; continue it "
+                         f"with: {resume}")
+
+
+def resume_command(run_dir: object, nproc: int) -> str:
+    """The exact command that continues the run in ``run_dir`` on ``nproc`` local processes."""
+    return f"pipedbn train {run_dir}/config.yaml --resume {run_dir} --nproc {nproc}"

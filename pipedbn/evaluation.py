@@ -262,7 +262,7 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
              output: str | Path | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a run directory or an export file on its data; write ``eval.json`` (in the run
     directory, next to an export file, or at ``output``). Returns the result and that path."""
-    from pipedbn.config import load_config, resolve_defaults
+    from pipedbn.config import config_from_text, load_config, resolve_defaults
     from pipedbn.data import open_data
     from pipedbn.model import MODEL_FILE, load
 
@@ -277,12 +277,16 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
         config = config or str(path / "config.yaml")
         default_out = path / "eval.json"
     else:
-        if config is None:
-            raise UserError(f"{path}: a model file alone does not say which data to evaluate "
-                            "on; give the training config with --config")
         default_out = path.with_name(path.stem + ".eval.json")
     dbn = load(path)
-    cfg = resolve_defaults(load_config(config))
+    if config is not None:
+        cfg = resolve_defaults(load_config(config))
+    elif dbn.config:  # an export file keeps its run's config: its data are found by it
+        config = f"{path} (the config in its metadata)"
+        cfg = resolve_defaults(config_from_text(dbn.config, config))
+    else:
+        raise UserError(f"{path}: this model file holds no config to find the data by; give "
+                        "the training config with --config")
     data = open_data(cfg, unit_range=dbn.kinds[0] == "bernoulli")
     if data.features != dbn.sizes[0]:
         raise UserError(f"{config}: the data has {data.features} features and the model "

@@ -6,16 +6,23 @@ layer, trained with backprop and cross-entropy on the labels of the run's traini
 data and split come from the run's ``config.yaml``). It goes in two phases:
 
 1. *before*: the DBN frozen, only the softmax layer trains (``head_epochs``), on the top-layer
-   features; its held-out error is the "before fine-tuning" figure;
+   features; its test error is the "before fine-tuning" figure;
 2. *after*: the whole network trains from there (``epochs``), reporting the training loss and the
-   held-out error after each epoch.
+   validation error after each epoch.
+
+Three splits: *train* (the run's training rows but a ``validation`` fraction), *validation*
+(that fraction, drawn from the seed: the per-epoch figures) and *test* (the run's held-out
+split, which pre-training never trained on: measured once, at the end, for the softmax layer
+alone and for the fine-tuned network). The report lists the rows of each (``split``).
 
 The classifier is written with ``torch.save`` (loads with ``weights_only=True``): a dict with
 ``state_dict`` (of ``build_classifier(sizes, num_classes)``), ``num_classes``, ``classes`` (the
 label value of each output) and ``sizes``. The figures go to a JSON file beside it.
 
 ``pipedbn sample RUN_DIR -o FILE.png`` draws samples from the DBN (``Model.sample``) and writes
-them as one grid image (``probe.tile``), a grayscale PNG.
+them as one grid image (``probe.tile``), a grayscale PNG. The chains begin at the up pass of
+held-out images of the model's data (found by its config), as the DBN literature does;
+``--from-noise`` starts them from uniform noise instead.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from pipedbn.config import load_yaml
 from pipedbn.errors import UserError
-from pipedbn.rundir import atomic_write, save_tensors
+from pipedbn.rundir import SPLIT_FILE, atomic_write, read_split, save_tensors
 
 CLASSIFIER_FILE = "classifier.pt"
 REPORT_FILE = "finetune.json"
@@ -53,6 +61,9 @@ class FinetuneSettings:
     """``sgd`` (momentum 0.9) or ``adam``."""
     momentum: float = 0.9
     seed: int = 0
+    validation: float = 0.1
+    """Fraction of the run's training rows kept out of fine-tuning to watch it per epoch (the
+    test rows, the run's held-out split, are measured once, at the end)."""
 
     def check(self) -> None:
         if self.epochs < 0:
@@ -63,6 +74,8 @@ class FinetuneSettings:
             raise UserError(f"--lr {self.lr}: give a learning rate > 0")
         if self.batch_size < 1:
             raise UserError(f"--batch-size {self.batch_size}: give a batch size >= 1")
+        if not 0 < self.validation < 1:
+            raise UserError(f"--validation {self.validation}: give a fraction in (0, 1)")
         if self.optimizer not in ("sgd", "adam"):
             raise UserError(f"--optimizer {self.optimizer}: expected sgd or adam")
 
@@ -134,6 +147,14 @@ def labelled_splits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return x_train, y_train, x_held, y_held, classes.tolist()
 
 
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) positions in the run's training rows: ``fraction`` of them, drawn
+    from ``seed``, sorted."""
+    perm = np.random.default_rng([seed, 0x7A11D]).permutation(n)
+    cut = int(round(fraction * n))
+    return np.sort(perm[cut:]), np.sort(perm[:cut])
+
+
 @torch.no_grad()
 def error_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(1) != y).float().mean())
@@ -173,13 +194,19 @@ def finetune(run_dir: str | Path, settings: FinetuneSettings | None = None,
     s.check()
     run_dir = Path(run_dir)
     t0 = time.monotonic()
-    x_train, y_train, x_held, y_held, classes = labelled_splits(run_dir)
+    x_all, y_all, x_held, y_held, classes = labelled_splits(run_dir)
     dbn = load(run_dir) if (run_dir / MODEL_FILE).is_file() else from_run(run_dir)
-    if dbn.sizes[0] != x_train.shape[1]:
+    if dbn.sizes[0] != x_all.shape[1]:
         raise UserError(f"{run_dir}: the model has {dbn.sizes[0]} inputs but the run's data has "
-                        f"{x_train.shape[1]} features")
+                        f"{x_all.shape[1]} features")
+    fit_at, val_at = validation_split(len(x_all), s.validation, s.seed)
+    if not len(val_at) or not len(fit_at):
+        raise UserError(f"--validation {s.validation}: {len(x_all)} training samples leave "
+                        "none for validation or for training; change --validation")
     dtype = dbn.params[0]["weight"].dtype
-    x_train, x_held = x_train.to(dtype), x_held.to(dtype)
+    x_train, y_train = x_all[fit_at].to(dtype), y_all[fit_at]
+    x_val, y_val = x_all[val_at].to(dtype), y_all[val_at]
+    x_held = x_held.to(dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         body = dbn.to_module().to(dtype)
@@ -194,33 +221,41 @@ def finetune(run_dir: str | Path, settings: FinetuneSettings | None = None,
     opt = _optimizer(head.parameters(), s)
     head_losses = [_epoch(head, opt, f_train, y_train, s.batch_size, g)
                    for _ in range(s.head_epochs)]
-    before = error_rate(model, x_held, y_held)
+    val_before = error_rate(model, x_val, y_val)
+    before = error_rate(model, x_held, y_held)  # reported at the end, with the final test
     if log:
-        log(f"softmax layer on frozen DBN features ({s.head_epochs} epochs): test error "
-            f"{before:.4f}")
+        log(f"softmax layer on frozen DBN features ({s.head_epochs} epochs): validation error "
+            f"{val_before:.4f}")
 
-    # Phase 2: the whole network.
+    # Phase 2: the whole network, watched on the validation rows.
     opt = _optimizer(model.parameters(), s)
     epochs = []
     for e in range(s.epochs):
         loss = _epoch(model, opt, x_train, y_train, s.batch_size, g)
-        err = error_rate(model, x_held, y_held)
-        epochs.append({"epoch": e + 1, "train_loss": loss, "test_error": err})
+        err = error_rate(model, x_val, y_val)
+        epochs.append({"epoch": e + 1, "train_loss": loss, "validation_error": err})
         if log:
-            log(f"epoch {e + 1}/{s.epochs}: train loss {loss:.4f}, test error {err:.4f}")
+            log(f"epoch {e + 1}/{s.epochs}: train loss {loss:.4f}, validation error {err:.4f}")
     after = error_rate(model, x_held, y_held)
+    train_rows = read_split(run_dir)["train"] if (run_dir / SPLIT_FILE).is_file() else None
     report = {
         "run_dir": str(run_dir),
         "settings": asdict(s),
         "sizes": dbn.sizes,
         "classes": classes,
         "train_samples": len(x_train),
+        "validation_samples": len(x_val),
         "test_samples": len(x_held),
         "head_train_loss": head_losses[-1] if head_losses else None,
+        "validation_error_before": val_before,
+        "validation_error_after": epochs[-1]["validation_error"] if epochs else val_before,
         "test_error_before": before,
         "test_error_after": after,
         "train_error_after": error_rate(model, x_train, y_train),
         "epochs": epochs,
+        "split": None if train_rows is None else {
+            "train": train_rows[fit_at].tolist(), "validation": train_rows[val_at].tolist(),
+            "test": read_split(run_dir)["held_out"].tolist()},
         "seconds": time.monotonic() - t0,
     }
     return FinetuneResult(model, classes, dbn.sizes, report)
@@ -254,7 +289,8 @@ def cmd_finetune(args: Any) -> int:
         raise UserError(f"{run_dir}: no such run directory")
     out, report = report_path(run_dir, args.output)
     s = FinetuneSettings(epochs=args.epochs, head_epochs=args.head_epochs, lr=args.lr,
-                         batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed)
+                         batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed,
+                         validation=args.validation)
     result = finetune(run_dir, s, log=None if args.quiet else _stderr)
     r = result.report
     try:
@@ -264,7 +300,8 @@ def cmd_finetune(args: Any) -> int:
         raise UserError(f"cannot write {out} or {report} ({e.strerror})") from None
     print(f"test error: {r['test_error_before']:.4f} before fine-tuning (softmax layer on the "
           f"frozen DBN), {r['test_error_after']:.4f} after ({r['test_samples']} held-out "
-          f"samples, {r['seconds']:.1f} s)")
+          f"samples, measured once; {r['train_samples']} trained on, {r['validation_samples']} "
+          f"for validation; {r['seconds']:.1f} s)")
     print(out)
     return 0
 
@@ -296,10 +333,29 @@ def png_bytes(image: torch.Tensor) -> bytes:
 def _configured_shape(config: str) -> list[int] | None:
     """The run's ``monitor.image_shape``, when the config a model carries names a usable one."""
     try:
-        shape = (yaml.safe_load(config) or {}).get("monitor", {}).get("image_shape")
+        shape = (load_yaml(config) or {}).get("monitor", {}).get("image_shape")
         return [int(v) for v in shape] if isinstance(shape, list) and len(shape) == 2 else None
     except (yaml.YAMLError, AttributeError, TypeError, ValueError):
         return None  # an edited config: the shape is then inferred or given with --image-shape
+
+
+def start_rows(dbn: Any, n: int, seed: int, src: Path) -> torch.Tensor | None:
+    """``n`` held-out rows of the model's data (training rows if it kept none), preprocessed,
+    where the sampling chains begin; None when the data cannot be found (then noise)."""
+    from pipedbn.config import config_from_text, resolve_defaults
+    from pipedbn.data import open_data
+
+    try:
+        cfg = resolve_defaults(config_from_text(dbn.config, str(src)))
+        data = open_data(cfg, unit_range=False)
+    except UserError as e:
+        _stderr(f"the model's data cannot be opened ({str(e).splitlines()[0]}): chains start "
+                "from noise")
+        return None
+    rows = data.held_rows if len(data.held_rows) else data.train_rows
+    rng = np.random.default_rng([seed, 0x5A3])
+    chosen = rng.choice(rows, n, replace=len(rows) < n)
+    return dbn.preprocess(data.raw(np.asarray(chosen)))
 
 
 def cmd_sample(args: Any) -> int:
@@ -309,6 +365,8 @@ def cmd_sample(args: Any) -> int:
     torch.set_num_threads(1)
     if args.n < 1:
         raise UserError(f"--n {args.n}: give a number of samples >= 1")
+    if args.steps is None:
+        args.steps = 1000 if args.from_noise else 20
     if args.steps < 0:
         raise UserError(f"--steps {args.steps}: give a number of Gibbs steps >= 0")
     if args.columns is not None and args.columns < 1:
@@ -328,7 +386,8 @@ def cmd_sample(args: Any) -> int:
                         "--image-shape HEIGHT WIDTH with HEIGHT x WIDTH = "
                         f"{features}")
     columns = args.columns or math.ceil(math.sqrt(args.n))
-    x = dbn.sample(args.n, args.steps, args.seed)
+    start = None if args.from_noise else start_rows(dbn, args.n, args.seed, src)
+    x = dbn.sample(args.n, args.steps, args.seed, start)
     grid = tile(x, shape, columns)
     try:
         atomic_write(out, png_bytes(grid))

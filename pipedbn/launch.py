@@ -14,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-from pipedbn.rundir import write_root_failure
+from pipedbn.errors import Interrupted, resume_command
+from pipedbn.rundir import FAILURE_FILE, FAILURES_DIR, write_root_failure
 
 LINK_EXIT = 4
 """Exit status of a stage that stopped because a neighbour failed (not a root cause)."""
@@ -64,12 +66,19 @@ def launch_local(run_dir: Path, nproc: int, threads: int, quiet: bool, resume: b
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as e:
         stage, code, message = root_cause(run_dir, e.failures)
-        print(f"pipedbn: error: the run stopped: rank {stage} failed: {message}",
-              file=sys.stderr)
+        # a crash (status 1) can be continued as it is; a mistake or a divergence needs a fix
+        # that resuming would refuse (a config that decides the weights), so a new run
+        then = f"continue it with: {resume_command(run_dir, nproc)}" if code not in (2, 3) \
+            else "fix the cause and start a new run"
+        print(f"pipedbn: error: the run stopped: rank {stage} failed: {message} (run directory "
+              f"{run_dir}; {then})", file=sys.stderr)
         return code
     except SignalException as e:
-        print(f"pipedbn: interrupted ({signal.Signals(e.sigval).name}); the stages were stopped",
-              file=sys.stderr)
+        # an interrupt is nobody's failure: what the stages saw of it is not kept for resume
+        shutil.rmtree(run_dir / FAILURES_DIR, ignore_errors=True)
+        (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+        stop = Interrupted(signal.Signals(e.sigval).name, run_dir, resume_command(run_dir, nproc))
+        print(f"pipedbn: {stop}", file=sys.stderr)
         return 130
     return 0
 

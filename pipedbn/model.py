@@ -27,7 +27,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
-from pipedbn.config import TextError, read_text
+from pipedbn.config import TextError, load_yaml, read_text
 from pipedbn.errors import ModelError, UserError
 from pipedbn.rbm import RBM, free_energy
 from pipedbn.rundir import atomic_write, layer_state_path
@@ -95,13 +95,25 @@ class Model:
         return self._down(self.transform(x), len(self.params))
 
     @torch.no_grad()
-    def sample(self, n: int, steps: int = 1000, seed: int = 0) -> torch.Tensor:
-        """``n`` samples: ``steps`` Gibbs steps in the top RBM, then a mean-field pass down."""
+    def sample(self, n: int, steps: int = 1000, seed: int = 0, start: Any = None
+               ) -> torch.Tensor:
+        """``n`` samples: ``steps`` Gibbs steps in the top RBM, then a mean-field pass down.
+
+        ``start`` (preprocessed inputs, ``n`` rows): the chains begin at the up pass of these
+        (a sample of the top RBM's visible units given them), as Hinton, Osindero & Teh (2006)
+        and the usual DBN code do, so they start in the modes the data occupies; without it
+        they begin at uniform noise, and a top RBM that mixes slowly keeps most of them in one
+        mode for thousands of steps."""
         g = torch.Generator().manual_seed(seed)
         top = self.params[-1]
         kind = _kind(self.kinds[-1])
         w, vb, hb = top["weight"], top["visible_bias"], top["hidden_bias"]
-        v = kind.draw_visible(torch.full((n, w.shape[0]), 0.5, dtype=w.dtype), g)
+        if start is None:
+            v = kind.draw_visible(torch.full((n, w.shape[0]), 0.5, dtype=w.dtype), g)
+        else:
+            x = self._as_input(start)[:n]
+            up = x if len(self.params) == 1 else self.transform(x, len(self.params) - 2)
+            v = kind.draw_visible(up.to(w.dtype), g) if len(self.params) > 1 else up.to(w.dtype)
         for _ in range(steps):
             h = torch.bernoulli(torch.addmm(hb, v, w).sigmoid_(), generator=g)
             v = kind.draw_visible(kind.visible_link(torch.addmm(vb, h, w.T)), g)
@@ -329,11 +341,14 @@ def from_run(run_dir: str | Path, tag: str = "final") -> Model:
     cfg_path = run_dir / "config.yaml"
     try:
         config = read_text(cfg_path)
-        kinds = [layer["kind"] for layer in yaml.safe_load(config)["layers"]]
+        kinds = [layer["kind"] for layer in load_yaml(config)["layers"]]
     except (yaml.YAMLError, KeyError, TypeError, TextError):
         raise UserError(f"{cfg_path}: not a pipedbn run config") from None
     fix = "resume the run or train it again"
     kinds = _kinds(cfg_path, "layers.*.kind", kinds, fix)
+    if not (run_dir / PREPROCESS_FILE).is_file():
+        raise UserError(f"{run_dir}: {PREPROCESS_FILE} is missing: the run did not start "
+                        "properly")
     states, where = [], []
     for i in range(len(kinds)):
         path = layer_state_path(run_dir, i, tag)

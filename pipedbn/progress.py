@@ -102,12 +102,20 @@ class Progress:
             t_prev, s_prev = self._start
         rate = (self.samples - s_prev) / max(now - t_prev, 1e-9)
         self._last, self._window = now, (now, self.samples)
-        epoch = self.schedule.data_position(m)[0] + 1
-        text = f"{rate:,.0f} samples/s, epoch {epoch}, bottleneck {self._bottleneck(layer_s)}"
+        text = (f"{rate:,.0f} samples/s, layer epochs {self._epochs(m)}, bottleneck "
+                f"{self._bottleneck(layer_s)}")
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=True)
         else:
             log.info("micro-batch %d/%d, %s", m + 1, self.schedule.length, text)
+
+    def _epochs(self, m: int) -> str:
+        """Each layer's epochs done of its own (the stream itself is longer: its layers start
+        one after another), e.g. ``2.0/2 1.5/2 1.0/2``."""
+        sch, per = self.schedule, self.schedule.batches_per_epoch
+        return " ".join(
+            f"{min(max(m + 1 - sch.starts[i], 0), sch.steps(i)) / per:.1f}/"
+            f"{sch.steps(i) / per:g}" for i in range(sch.layers))
 
     def _bottleneck(self, layer_s: list[float] | None) -> str:
         if layer_s is not None:

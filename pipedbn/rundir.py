@@ -2,7 +2,8 @@
 
 Layout (DESIGN §3): ``config.yaml`` (the resolved config), ``preprocess.pt`` (how raw
 data becomes layer 0's input), ``metrics.jsonl`` and ``tb/`` (``monitor.py``),
-``checkpoints/final/layer-<i>.pt`` (each layer's full training state), ``model.safetensors``
+``split.npz`` (the rows trained on and held out), ``checkpoints/final/layer-<i>.pt`` (each
+layer's full training state), ``model.safetensors``
 (the exported DBN), ``stages.json`` (each pipeline stage's timings) and, for a run that failed,
 ``failures/stage-<r>.json`` (what each stage saw) and ``failure.json`` (the stage that failed
 first and why).
@@ -19,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from pipedbn.config import Config, dump_yaml
@@ -165,7 +167,31 @@ def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
     cfg.run.dir = str(run_dir)
     write_config(run_dir, cfg)
     save_tensors(run_dir / PREPROCESS_FILE, data.preprocessing())
+    save_split(run_dir, data.train_rows, data.held_rows)
     return run_dir, data
+
+
+SPLIT_FILE = "split.npz"
+"""Rows of the data (after ``data.limit``) the run trained on (``train``) and kept out
+(``held_out``: the monitoring and evaluation sample, never trained on), sorted."""
+
+
+def save_split(run_dir: Path, train: np.ndarray, held_out: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, train=train.astype(np.int64), held_out=held_out.astype(np.int64))
+    atomic_write(run_dir / SPLIT_FILE, buf.getvalue())
+
+
+def read_split(run_dir: Path) -> dict[str, np.ndarray]:
+    """``{"train": rows, "held_out": rows}`` of a run directory (``SPLIT_FILE``)."""
+    path = Path(run_dir) / SPLIT_FILE
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {"train": f["train"], "held_out": f["held_out"]}
+    except (OSError, KeyError, ValueError) as e:
+        raise RunDirError(f"{path}: unreadable or missing ({e}); runs made before pipedbn "
+                          "saved its split have none (the split is drawn from seed: "
+                          "data.py open_data)") from None
 
 
 def record_failure(run_dir: Path, record: dict[str, Any]) -> None:

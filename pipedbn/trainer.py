@@ -189,8 +189,40 @@ def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None 
                 gap = layer.free_energy(x).mean() - layer.free_energy(reference).mean()
                 row["free_energy_gap"] = float(gap)
                 reference = layer.hidden_probs(reference)
-            out.append(row)
             x = layer.hidden_probs(x)
+            if len(x) > 1:  # how much the hidden units vary over the sample (DEAD_STD)
+                std = x.std(0)
+                row["hidden_std"] = float(std.mean())
+                row["constant_units"] = float((std < DEAD_STD).float().mean())
+                row["hidden_mean"] = float(x.mean())
+            out.append(row)
+    return out
+
+
+DEAD_STD = 0.01
+"""A hidden unit whose probability varies less than this (std over the held-out sample) is
+nearly constant: it tells samples apart no better than a bias."""
+DEAD_FRACTION = 0.9
+"""A layer with at least this fraction of nearly constant units gets a warning at the end."""
+
+
+def layer_warnings(cfg: Config, end: list[dict[str, float]], samples: int) -> list[str]:
+    """Warnings for the layers whose hidden units came out nearly constant or saturated on the
+    held-out sample of the final evaluation, with what to try."""
+    out = []
+    for i, row in enumerate(end):
+        if row.get("constant_units", 0.0) < DEAD_FRACTION:
+            continue
+        mean = row["hidden_mean"]
+        state = ("saturated: nearly always on" if mean > 0.95 else
+                 "saturated: nearly always off" if mean < 0.05 else
+                 f"stuck near {mean:.2f} whatever the input")
+        out.append(
+            f"layer {i}: {row['constant_units']:.0%} of its {cfg.layers[i].hidden} hidden units "
+            f"are nearly constant over {samples} held-out samples (mean std "
+            f"{row['hidden_std']:.2g}; {state}), so its features carry little information "
+            "about the input. Try more epochs (rbm.epochs), another learning rate (rbm.lr), "
+            "less weight decay (rbm.weight_decay), or check that the data varies (data.scale)")
     return out
 
 
@@ -205,8 +237,13 @@ def record_eval(layers: list[RBM], held: torch.Tensor, ref: torch.Tensor, metric
 
 def record_end(cfg: Config, metrics: Metrics, result: Result, held: torch.Tensor, step: int
                ) -> None:
-    """What the end of a run adds to TensorBoard: histograms, layer 0's images and samples of
-    the whole DBN, and a row of the HParams table per layer."""
+    """What the end of a run adds: a warning per useless layer (log, ``metrics.jsonl``,
+    TensorBoard text), and in TensorBoard histograms, layer 0's images and samples of the whole
+    DBN, and a row of the HParams table per layer."""
+    for i, text in enumerate(layer_warnings(cfg, result.end, len(held))):
+        if not log.isEnabledFor(logging.INFO):  # else the summary, printed, says it
+            log.warning("%s", text)
+        metrics.event(step, i, "warnings/useless_layer", {"message": text}, text=text)
     if metrics.writer(0) is None:
         return
     for i, last in enumerate(result.end):
@@ -223,15 +260,15 @@ def record_end(cfg: Config, metrics: Metrics, result: Result, held: torch.Tensor
 
 
 def finish_run(run_dir: Path, text: str) -> None:
-    """Export the model from the saved layer states, keep the summary, print it and the run
-    directory (the last line of stdout, for scripts)."""
+    """Export the model from the saved layer states, keep the summary and print it (stderr).
+    Whoever started the run prints the run directory (``local.train_local``, a torchrun
+    worker)."""
     from pipedbn.model import MODEL_FILE, from_run
 
     from_run(run_dir).save(run_dir / MODEL_FILE)
     atomic_write(run_dir / "summary.txt", (text + "\n").encode())
     if log.isEnabledFor(logging.INFO):  # not under --quiet
         print(text, file=sys.stderr)
-    print(run_dir, flush=True)
 
 
 def monitor_data(data: Data, device: torch.device, dtype: torch.dtype
@@ -327,6 +364,8 @@ def summary(cfg: Config, data: Data, result: Result) -> str:
             f"{layer.step:>8} {result.start[i]['recon_error']:>12.3f} "
             f"{result.end[i]['recon_error']:>10.3f}"
         )
+    lines += [f"warning: {w}" for w in layer_warnings(cfg, result.end, len(data.held_rows)
+                                                       or min(1000, len(data.train_rows)))]
     rate = result.samples / result.seconds if result.seconds else float("nan")
     lines.append(f"{result.samples} samples through the pipeline in {result.seconds:.1f} s "
                  f"({rate:.0f} samples/s); reconstruction error on "

@@ -77,6 +77,15 @@ CASES = [
     Case("not-a-choice", ("train", T, "rbm.method=cdd"),
          "rbm.method: 'cdd' is not one of 'cd', 'pcd' (did you mean 'cd'?)"),
     Case("not-finite", ("train", T, "rbm.lr=.nan"), "rbm.lr: must be a finite number"),
+    Case("duplicate-key", ("train", "{d}/twice.yaml"),
+         "key 'rbm' is given twice, on lines 2 and 4"),
+    Case("duplicate-key-in-layer", ("train", "{d}/hidden-twice.yaml"),
+         "key 'hidden' is given twice, on lines 2 and 3"),
+    Case("duplicate-key-in-override", ("train", T, "rbm={lr: 1, lr: 2}"),
+         "override rbm: key 'lr' is given twice"),
+    Case("shared-key-said-once", ("train", T, "rbm.lr=-0.1"),
+         "1 problem:\n  - rbm.lr: must be > 0, got -0.1"),
+    Case("no-layers", ("train", T, "layers=[]"), "layers: expected a non-empty list"),
     Case("override-syntax", ("train", T, "rbm.lr"), "override 'rbm.lr': expected key=value"),
     Case("override-index", ("train", T, "layers.7.hidden=3"), "index 7 is out of range"),
     Case("all-problems-at-once", ("train", T, "rbm.lrr=1", "train.batch_size=0"),
@@ -145,6 +154,8 @@ CASES = [
     Case("npy-one-dimensional", ("train", T, *npy("1d.npy")),
          "shape (40,): need (samples, features)"),
     Case("npy-empty", ("train", T, *npy("empty.npy")), "holds no samples"),
+    Case("npy-no-features", ("train", T, *npy("no-features.npy")),
+         "100 x 0 has no features: each of its 100 samples holds 0 values"),
     Case("npy-truncated", ("train", T, *npy("truncated.npy")), "truncated: header says (40, 64)"),
     Case("npy-not-npy", ("train", T, *npy("text.npy")), "not a .npy array"),
     Case("npy-shape-overflows", ("train", T, *npy("huge.npy")),
@@ -172,6 +183,8 @@ CASES = [
          "is compressed and cannot be memory-mapped"),
     Case("npz-no-such-array", ("train", T, *npy("two.npz"), "data.key=c"),
          "no array 'c' in the .npz (it holds a, b)"),
+    Case("labels-one-hot", ("train", T, *npy("one-hot.npz"), "data.key=x", "data.labels=y"),
+         "labels array 'y' is 2-D (40 x 4), one-hot encoded"),
     Case("labels-on-npy", ("train", T, *npy("ok.npy"), "data.labels=y"),
          "labels need .npz files"),
     Case("idx-truncated", ("train", T, *idx("truncated.idx")),
@@ -335,6 +348,8 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     np.save(d / "empty.npy", ok[:0])
     np.save(d / "narrow.npy", ok[:, :32])
     np.save(d / "three.npy", ok[:3])
+    np.save(d / "no-features.npy", np.zeros((100, 0), np.float32))
+    np.savez(d / "one-hot.npz", x=ok, y=np.eye(4)[np.arange(40) % 4])
     raw = (d / "ok.npy").read_bytes()
     (d / "truncated.npy").write_bytes(raw[: len(raw) // 2])
     (d / "text.npy").write_text("pixels\n")
@@ -369,6 +384,9 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     (d / "broken.yaml").write_text("layers: [\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "empty.yaml").write_text("")
+    (d / "twice.yaml").write_text("layers: [8]\nrbm: {lr: 0.1}\ndata: {source: digits}\n"
+                                  "rbm: {k: 2}\n")
+    (d / "hidden-twice.yaml").write_text("layers:\n  - hidden: 8\n    hidden: 4\n")
     return d
 
 

@@ -11,15 +11,19 @@ import pytest
 import torch
 from conftest import cli
 
+from pipedbn.data import open_data
 from pipedbn.finetune import (
     FinetuneSettings,
+    _run_config,
     error_rate,
     finetune,
     labelled_splits,
     load_classifier,
     png_bytes,
+    start_rows,
 )
 from pipedbn.model import load
+from pipedbn.rundir import read_split
 
 # 8x8 digits, two layers of 64 trained long enough for useful features; 30% held out (539
 # samples) so that a difference of a few percent is many samples, not noise. ~2 s in one process.
@@ -64,7 +68,13 @@ def test_finetuning_beats_a_linear_probe_on_the_dbn_features(digits_run: Path) -
     # seen: probe 0.09-0.115, fine-tuned 0.024-0.045 over seeds 0-5 (>= 26 samples apart)
     assert after < probe_error - 0.03, (probe_error, r)
     assert after < r["test_error_before"]
-    assert len(r["epochs"]) == 30 and r["epochs"][-1]["test_error"] == after
+    assert len(r["epochs"]) == 30 and "test_error" not in r["epochs"][-1]  # test: once, at the end
+    # three disjoint splits: validation drawn from the run's training rows, test = held out
+    split = r["split"]
+    assert split["test"] == read_split(digits_run)["held_out"].tolist()
+    assert not set(split["train"]) & set(split["validation"])
+    assert sorted(split["train"] + split["validation"]) == read_split(digits_run)["train"].tolist()
+    assert r["validation_samples"] == len(split["validation"]) == round(0.1 * 1258)
     assert r["epochs"][-1]["train_loss"] < r["epochs"][0]["train_loss"]
     # the returned classifier is the one measured
     assert error_rate(result.classifier, x_held, y_held) == after
@@ -169,3 +179,17 @@ def test_mistakes_exit_2_with_one_message(unlabelled_run: Path, digits_run: Path
     assert proc.returncode == 0, proc.stderr
     assert _png_size(out.read_bytes()) == (2 * 6 + 1, 2 * 3 + 1)
     assert not (tmp_path / "s.png.tmp").exists()
+
+
+def test_sampling_chains_start_from_the_data_unless_told_otherwise(digits_run: Path) -> None:
+    dbn = load(digits_run)
+    start = start_rows(dbn, 6, 0, digits_run)
+    assert start is not None and start.shape == (6, 64)
+    held = read_split(digits_run)["held_out"]
+    data = open_data(_run_config(digits_run), unit_range=True)
+    rows = {tuple(r) for r in dbn.preprocess(data.raw(held)).numpy().round(6)}
+    assert all(tuple(r) in rows for r in start.numpy().round(6))  # held-out images
+    # no Gibbs step: the samples are the data's up pass brought down, not noise's
+    near = dbn.sample(6, 0, 0, start)
+    far = dbn.sample(6, 0, 0)
+    assert (near - start).abs().mean() < (far - start).abs().mean()

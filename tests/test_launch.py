@@ -63,6 +63,8 @@ def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path) ->
     assert "Traceback" not in proc.stderr, proc.stderr
     assert last_error(proc.stderr).startswith(
         "pipedbn: error: the run stopped: rank 2 failed: layer 2: non-finite")
+    assert last_error(proc.stderr).endswith(f"(run directory {run_dir}; fix the cause and "
+                                            "start a new run)")
     assert json.loads((run_dir / "failure.json").read_text())["stage"] == 2
     assert not (run_dir / "model.safetensors").exists()
     wait_for(lambda: workers(str(run_dir)) == {}, 10, "every worker to be gone")
@@ -106,6 +108,7 @@ def test_a_killed_stage_stops_every_stage_and_is_named(tmp_path: Path, rank: int
     assert p.returncode == 1, err
     assert last_error(err).startswith(
         f"pipedbn: error: the run stopped: rank {rank} failed: killed by SIGKILL")
+    assert f"continue it with: pipedbn train {run_dir}/config.yaml --resume {run_dir}" in err
     assert "Traceback" not in err, err
     wait_for(lambda: workers(str(run_dir)) == {}, 10, "every worker to be gone")
     assert took < 10  # a dead peer is noticed at once, far within pipeline.timeout (300 s)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [("Config", "top level"), ("RBMConfig", "rbm"), ("LayerConfig", "layers[i]"),
             ("DataConfig", "data"), ("TrainConfig", "train"), ("PipelineConfig", "pipeline"),
             ("BalancerConfig", "balancer"), ("MonitorConfig", "monitor"),
-            ("StragglerConfig", "straggler"),
+            ("StragglerConfig", "straggler"), ("CheckpointConfig", "checkpoint"),
             ("RunConfig", "run")]
 
 INTRO = """# Config reference
@@ -24,10 +24,13 @@ Generated from `pipedbn/config.py` by `python tools/config_docs.py`; do not edit
 
 A config is a YAML file with the sections below. `rbm` holds the training settings of every
 layer; an entry of `layers` takes `hidden` (and optionally `visible`) and may override any `rbm`
-field for that layer. Override any field on the command line with a dotted path:
+field for that layer. `layers: [500, 500]` is shorthand for `[{hidden: 500}, {hidden: 500}]`, on
+the command line too: `pipedbn train configs/tiny.yaml layers=[32,24,16]`. Override any field on
+the command line with a dotted path:
 `pipedbn train CONFIG layers.1.hidden=256 rbm.lr=0.05 data.path=[a.npy,b.npy]` (values are YAML;
 an index equal to a list's length appends an entry). Unknown keys, wrong types and impossible
-values are all reported at once, with a hint, and the command exits with status 2.
+values are all reported at once, with a hint, and the command exits with status 2; so is a key
+given twice in one mapping (plain YAML would keep the last one silently), naming both lines.
 `pipedbn train CONFIG --print-config` prints the resolved config.
 """
 
@@ -57,8 +60,8 @@ def render() -> str:
         parts.append(f"\n## `{section}` ({cls})\n\n| field | type | default | meaning |\n"
                      "| --- | --- | --- | --- |\n")
         for name, tp, default, doc in fields(tree, cls):
-            tp = tp.replace("|", "\\|")
-            parts.append(f"| `{name}` | `{tp}` | `{default}` | {doc.replace('|', '/')} |\n")
+            tp, doc = tp.replace("|", "\\|"), doc.replace("|", "\\|")  # a table's escape
+            parts.append(f"| `{name}` | `{tp}` | `{default}` | {doc} |\n")
     return "".join(parts)
 
 
