@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from pipedbn.checkpoint import Checkpoint, Saver, boundaries, finalize, latest
 from pipedbn.config import Config, dump_yaml
 from pipedbn.data import Data, Prefetcher, open_data
 from pipedbn.errors import ConfigError, UserError
+from pipedbn.group import join_group
 from pipedbn.links import Inbox, Outbox
 from pipedbn.monitor import Metrics, tensorboard_on
 from pipedbn.progress import Progress
@@ -142,7 +142,7 @@ def train_distributed(cfg: Config, prepared: bool, resume: Path | None = None) -
     check_world(cfg, world, "the launcher")
     device, backend = stage_device(cfg, local_rank)
     _exit_with_parent()
-    dist.init_process_group(backend, timeout=timedelta(seconds=cfg.pipeline.setup_timeout))
+    join_group(backend, rank, world, cfg.pipeline.connect_timeout, cfg.pipeline.setup_timeout)
     run_dir: Path | None = None
     try:
         cfg, run_dir, data, setup = _setup(cfg, rank, world, prepared, device, resume)
@@ -177,7 +177,7 @@ def _recurs(e: BaseException, run_dir: Path | None) -> bool:
     found mid-stream, say) or a divergence, here or on the stage that failed first (training
     is deterministic, so both recur)."""
     if isinstance(e, UserError):
-        return True
+        return e.exit_code in (2, 3)
     if isinstance(e, LinkError) and run_dir is not None:
         root = root_failure(run_dir)
         return root is not None and root.get("kind") == "own" and root.get("exit_code") in (2, 3)
@@ -247,11 +247,6 @@ def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
                 run_dir, data = start_run(cfg, prepared)
                 if not prepared:
                     mark_launcher(cfg, run_dir)
-            restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
-            if restarts != "0" and not os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE"):
-                log.warning("torchrun --max-restarts %s: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
-                            "in torchrun's environment, or restarted workers may fail to "
-                            "connect again (docs/reliability.md)", restarts)
         except UserError as e:
             dist.broadcast_object_list([{"error": str(e)}], src=0)
             raise
