@@ -53,7 +53,13 @@ from pipedbn.monitor import Metrics, tensorboard_on
 from pipedbn.progress import Progress
 from pipedbn.rbm import RBM
 from pipedbn.replicas import ReplicaSync, round_boundaries, start_replica
-from pipedbn.resume import mark_launcher, resume_run, torchrun_resume_dir
+from pipedbn.resume import (
+    elastic_run_id,
+    launcher_marks,
+    resume_run,
+    torchrun_resume_dir,
+    write_pointer,
+)
 from pipedbn.rundir import (
     atomic_write,
     discard_run_dir,
@@ -243,10 +249,11 @@ def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
             elif resume is not None:
                 cfg, data, ckpt = resume_run(cfg, resume)
                 run_dir = resume
-            else:
+            elif prepared:
                 run_dir, data = start_run(cfg, prepared)
-                if not prepared:
-                    mark_launcher(cfg, run_dir)
+            else:  # the run directory is whole, marked as this job's, or not there at all
+                run_dir, data = start_run(cfg, marks=launcher_marks(), token=elastic_run_id(),
+                                          on_claim=lambda path: write_pointer(cfg, path))
         except UserError as e:
             dist.broadcast_object_list([{"error": str(e)}], src=0)
             raise

@@ -63,7 +63,7 @@ def join_group(backend: str, rank: int, world: int, connect_timeout: float,
                                 rank=rank, world_size=world, timeout=timeout)
     except RuntimeError as e:  # torch's DistError and DistStoreError among them
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JoinError(f"rank {rank}: could not connect to the other {world - 1} processes "
+        raise JoinError(f"could not connect to the other {world - 1} processes "
                         f"within pipeline.connect_timeout ({connect_timeout:g} s): {first}"
                         ) from None
     base.set_timeout(timedelta(seconds=setup_timeout))
@@ -78,16 +78,15 @@ def _lead(base: dist.Store, world: int, deadline: float) -> str:
     answered = first
     while True:
         newest = base.add(TICKET, 0)
-        if newest >= answered:
-            keys = [f"pipedbn/token/{t}" for t in range(answered, newest + 1)]
-            base.multi_set(keys, [token] * len(keys))
-            answered = newest + 1
+        for t in range(answered, newest + 1):
+            base.set(f"pipedbn/token/{t}", token)
+        answered = max(answered, newest + 1)
         if not acks or base.check(acks):
             return token
         if time.monotonic() > deadline:
             missing = [r for r, key in enumerate(acks, start=1) if not base.check([key])]
-            raise JoinError(f"rank 0: ranks {missing} did not join within "
-                              "pipeline.connect_timeout")
+            raise JoinError(f"ranks {missing} did not join within pipeline.connect_timeout; "
+                            "they or their node were lost, or started too late")
         time.sleep(POLL_S)
 
 
@@ -95,8 +94,8 @@ def _follow(base: dist.Store, rank: int, deadline: float) -> str:
     key = f"pipedbn/token/{base.add(TICKET, 1)}"
     while not base.check([key]):
         if time.monotonic() > deadline:
-            raise JoinError(f"rank {rank}: rank 0 did not answer within "
-                              "pipeline.connect_timeout")
+            raise JoinError("rank 0 did not answer within pipeline.connect_timeout; it or "
+                            "its node was lost, or started too late")
         time.sleep(POLL_S)
     token = base.get(key).decode()
     base.set(f"pipedbn/{token}/ack/{rank}", "1")

@@ -11,10 +11,14 @@ first and why).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,10 +46,58 @@ def choose_run_dir(cfg: Config) -> Path:
     return path
 
 
-def claim_run_dir(cfg: Config) -> Path:
-    """Create the run directory; a timestamped one is claimed atomically (parallel launches)."""
+def claim_run_dir(cfg: Config, contents: Callable[[Path], dict[str, bytes]],
+                  token: str | None = None, on_claim: Callable[[Path], None] | None = None
+                  ) -> Path:
+    """Create the run directory holding ``contents(path)`` (file name: bytes), in one step.
+
+    The files are written into ``.<name>.claim-<token>`` beside it, which is then renamed into
+    place: a process killed at any moment leaves no run directory, or a whole one (what a
+    restarted rank relies on to recognise its run). ``token`` names the temporary directory (a
+    restart with the same token removes its predecessor's); ``on_claim`` runs once the name is
+    taken, before the files are written. ``run.dir`` must be absent or empty; a timestamped
+    directory is reserved with ``mkdir`` first (parallel launches)."""
     if cfg.run.dir:
-        return create_run_dir(Path(cfg.run.dir))
+        path = Path(cfg.run.dir)
+        check_run_dir(path)
+    else:
+        path = _reserve(cfg)
+    if on_claim is not None:
+        on_claim(path)
+    tmp = path.parent / f".{path.name}.claim-{token or uuid.uuid4().hex}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        files = contents(path)
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            os.rename(tmp, path)  # replaces an empty directory; refuses one that is not
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EBUSY):
+                raise
+            # run.dir is a mount point: fill it in place, in the order of ``contents`` (its
+            # marks first, config.yaml last: see resume.torchrun_resume_dir)
+            for name, data in files.items():
+                atomic_write(path / name, data)
+            shutil.rmtree(tmp)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            check_run_dir(path)  # someone wrote into it meanwhile: say so
+        raise RunDirError(f"cannot create or write the run directory {path}: {e.strerror}; "
+                          "choose a writable run.out or run.dir") from None
+    return path
+
+
+def _reserve(cfg: Config) -> Path:
+    """A new timestamped run directory, empty, taken atomically against parallel launches."""
     for _ in range(100):
         path = choose_run_dir(cfg)
         try:
@@ -56,15 +108,21 @@ def claim_run_dir(cfg: Config) -> Path:
         except OSError as e:
             raise RunDirError(f"cannot create the run directory {path}: {e.strerror}; "
                               "choose a writable run.out or run.dir") from None
-        return create_run_dir(path)
+        return path
     raise RunDirError(f"could not claim a new run directory under {cfg.run.out}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def discard_run_dir(path: Path) -> None:
     """Remove a run directory this process has just claimed, when the run cannot start after
     all; it holds only what ``start_run`` wrote (an empty ``run.dir`` given by the user stays)."""
-    import shutil
-
     for child in path.iterdir():
         if child.is_dir():
             shutil.rmtree(child)
@@ -83,19 +141,6 @@ def check_run_dir(path: Path) -> None:
         if any(path.iterdir()):
             raise RunDirError(f"run directory {path} exists and is not empty; choose another "
                               "run.dir, or leave run.dir unset for a new timestamped one")
-
-
-def create_run_dir(path: Path) -> Path:
-    """Make a new, empty run directory and check that it is writable."""
-    check_run_dir(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
-        probe.close()
-    except OSError as e:
-        raise RunDirError(f"cannot create or write the run directory {path}: {e.strerror}; "
-                          "choose a writable run.out or run.dir") from None
-    return path
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -132,9 +177,12 @@ def layer_state_path(run_dir: Path, layer: int, tag: str = "final") -> Path:
     return run_dir / "checkpoints" / tag / f"layer-{layer}.pt"
 
 
-def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
-    """Open and check the data, then claim the run directory and write ``config.yaml`` and the
-    preprocessing; nothing is written before every check has passed. ``prepared``: the local
+def start_run(cfg: Config, prepared: bool = False, marks: dict[str, bytes] | None = None,
+              token: str | None = None, on_claim: Callable[[Path], None] | None = None
+              ) -> tuple[Path, Data]:
+    """Open and check the data, then claim the run directory with ``config.yaml``, the
+    preprocessing and ``marks`` (more files) in it; nothing is written before every check has
+    passed (``claim_run_dir`` says what ``token`` and ``on_claim`` do). ``prepared``: the local
     launcher has done this already (``cfg.run.dir`` holds its config) and only the data is
     opened again."""
     from pipedbn.balance import check_memory
@@ -161,11 +209,14 @@ def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
     check_memory(cfg, data.features)
     if prepared:
         return run_dir, data
-    run_dir = claim_run_dir(cfg)
-    cfg.run.dir = str(run_dir)
-    write_config(run_dir, cfg)
-    save_tensors(run_dir / PREPROCESS_FILE, data.preprocessing())
-    return run_dir, data
+    def contents(path: Path) -> dict[str, bytes]:
+        cfg.run.dir = str(path)
+        buf = io.BytesIO()
+        torch.save(data.preprocessing(), buf)
+        return {**(marks or {}), PREPROCESS_FILE: buf.getvalue(),
+                "config.yaml": dump_yaml(cfg).encode()}
+
+    return claim_run_dir(cfg, contents, token, on_claim), data
 
 
 def record_failure(run_dir: Path, record: dict[str, Any]) -> None:
