@@ -322,7 +322,7 @@ class Reference:
     """From the first complete checkpoint to ``model.safetensors``."""
     wall_s: float
     startup_s: float
-    """From the start to the first complete checkpoint."""
+    """From a full set of workers to the first complete checkpoint."""
 
 
 def count_layers(args: argparse.Namespace) -> int:
@@ -349,6 +349,9 @@ def reference(args: argparse.Namespace) -> Reference:
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = t0 + args.timeout
+            wait_until(lambda: len(workers(run_dir)) == args.nproc or proc.poll() is not None,
+                       deadline, "the reference's workers")
+            t_up = time.monotonic()
             wait_until(lambda: bool(complete_checkpoints(run_dir, layers))
                        or proc.poll() is not None, deadline, "the reference's first checkpoint")
             t_first = time.monotonic()
@@ -365,7 +368,7 @@ def reference(args: argparse.Namespace) -> Reference:
     if rc != 0 or not (run_dir / "model.safetensors").is_file():
         raise SystemExit(f"faults: the reference run failed (exit {rc}); see "
                          f"{args.out / 'reference.log'}")
-    return Reference(run_dir, layers, t_model - t_first, time.monotonic() - t0, t_first - t0)
+    return Reference(run_dir, layers, t_model - t_first, time.monotonic() - t0, t_first - t_up)
 
 
 # ------------------------------------------------------------------------------ trials
@@ -643,7 +646,8 @@ def docs_section(args: argparse.Namespace, ref: Reference, trials: list[Trial]) 
             "early": "in its first seconds: even trials kill a random rank up to "
                      f"{args.window * ref.startup_s:.2f} s after a full set of workers exists "
                      "(the uninterrupted run's first complete checkpoint comes "
-                     f"{ref.startup_s:.2f} s after its start), odd trials kill rank 0 up to "
+                     f"{ref.startup_s:.2f} s after its workers are up), odd trials kill rank 0 "
+                     "up to "
                      f"{CLAIM_DELAY_S} s after the run directory appears"}[args.mode]
     what = ("SIGKILL of one random worker; torchrun (`--max-restarts 1`) restarts the workers"
             if args.mode != "node" else
