@@ -31,6 +31,21 @@ from pipedbn.errors import RunDirError
 if TYPE_CHECKING:
     from pipedbn.data import Data
 
+def _umask() -> int:
+    """The process's umask, read once at import (before any thread starts): ``os.umask`` can
+    only be read by setting it, which would race with other threads creating files."""
+    try:  # Linux says it in /proc, without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
 FAILURE_FILE = "failure.json"
 FAILURES_DIR = "failures"
 
@@ -148,9 +163,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes files private; run files are not
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes files private; run files are not
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
