@@ -46,7 +46,7 @@ from pipedbn.balancer import Plan, Problem
 from pipedbn.checkpoint import Checkpoint, Saver, boundaries, finalize, latest
 from pipedbn.config import Config, dump_yaml
 from pipedbn.data import Data, Prefetcher, open_data
-from pipedbn.errors import ConfigError, UserError
+from pipedbn.errors import ConfigError, RunDirError, UserError
 from pipedbn.group import join_group
 from pipedbn.links import Inbox, Outbox
 from pipedbn.monitor import Metrics, tensorboard_on
@@ -67,6 +67,7 @@ from pipedbn.rundir import (
     record_failure,
     root_failure,
     start_run,
+    storage_problem,
 )
 from pipedbn.runner import Role, StageStats, run_stage
 from pipedbn.schedule import Schedule
@@ -155,10 +156,15 @@ def train_distributed(cfg: Config, prepared: bool, resume: Path | None = None) -
         stats, result, monitor = _train(cfg, rank, world, run_dir, data, setup, device)
         _finish(cfg, rank, world, run_dir, data, stats, result, monitor, device)
     except BaseException as e:
+        problem = storage_problem(run_dir, e) if isinstance(e, OSError) and run_dir else None
+        if problem is not None:  # the storage's fault: one line naming it, no traceback
+            e = RunDirError(problem)
         if run_dir is not None:
             record_failure(run_dir, failure_record(e, rank))
         if _recurs(e, run_dir):
             _no_restart()
+        if problem is not None:
+            raise e from None
         raise
     finally:
         dist.destroy_process_group()

@@ -27,7 +27,7 @@ from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElas
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler
 
-from pipedbn.rundir import write_root_failure
+from pipedbn.rundir import probe_storage, write_root_failure
 
 LINK_EXIT = 4
 """Exit status of a stage that stopped because a neighbour failed (not a root cause)."""
@@ -148,4 +148,7 @@ def root_cause(run_dir: Path, failures: dict[int, Any]) -> tuple[int, int, str]:
                     key=lambda kv: (kv[1].exitcode in secondary, kv[1].timestamp, kv[0]))
     stage, failure = ranked[0]
     code = failure.exitcode if failure.exitcode in (2, 3) else 1
+    problem = probe_storage(run_dir)  # it could not record why: the storage, perhaps
+    if problem is not None:
+        return stage, code, f"{_how(failure.exitcode)}; {problem}"
     return stage, code, f"{_how(failure.exitcode)} (see its messages above)"

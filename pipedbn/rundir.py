@@ -232,6 +232,36 @@ def start_run(cfg: Config, prepared: bool = False, marks: dict[str, bytes] | Non
     return claim_run_dir(cfg, contents, token, on_claim), data
 
 
+STORAGE_ERRORS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_problem(run_dir: Path, e: BaseException | None = None) -> str | None:
+    """What is wrong with the run directory's storage, if that is why ``e`` happened: the
+    directory vanished (its config.yaml is gone), or a write failed with EROFS, ENOSPC or
+    EDQUOT. None when the storage is not to blame."""
+    if not (run_dir / "config.yaml").is_file():
+        return (f"the run directory {run_dir} was removed (or its filesystem unmounted) "
+                "during the run; start the run again")
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:
+        return (f"cannot write to the run directory {run_dir}: {e.strerror} "
+                f"({errno.errorcode[e.errno]}); make room or make it writable, then continue "
+                f"with: pipedbn train {run_dir / 'config.yaml'} --resume {run_dir}")
+    return None
+
+
+def probe_storage(run_dir: Path) -> str | None:
+    """``storage_problem`` found by writing a small file into the run directory now (the
+    launcher's check when no stage could record why it failed)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe-") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return storage_problem(run_dir, e)
+    return storage_problem(run_dir)
+
+
 def record_failure(run_dir: Path, record: dict[str, Any]) -> None:
     """Keep a stage's failure in ``failures/stage-<seen_by>.json`` (best effort)."""
     with contextlib.suppress(OSError):  # else the stage's own message still says it

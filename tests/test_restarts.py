@@ -77,3 +77,81 @@ def test_rank_0_killed_as_it_claims_the_run_directory_resumes(tmp_path: Path) ->
     assert not list(run_dir.glob(".*.tmp"))
     train(tmp_path / "reference", *ONE_PER_LAYER)
     assert_same(run_dir, tmp_path / "reference")
+
+
+def local_run(run_dir: Path) -> subprocess.Popen[str]:
+    """``pipedbn train --nproc 3``, slowed down (a straggler sleep) to act on it mid-run."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipedbn", "train", TINY, f"run.dir={run_dir}", "--nproc", "3",
+         *ONE_PER_LAYER, "checkpoint.every=10", "straggler.layer=0", "straggler.sleep_s=0.05",
+         "-q"], cwd=ROOT, env=env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def listening(pid: int) -> list[str]:
+    """The local addresses of ``pid``'s listening TCP sockets (from /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append(fields[1].split(":")[0])
+    return found
+
+
+def test_the_local_launcher_listens_on_loopback_only(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    p = local_run(run_dir)
+    try:
+        wait_for(lambda: (run_dir / "checkpoints").exists(), 120, "the first checkpoint")
+        pids = [p.pid, *workers(str(run_dir)).values()]
+        addresses = [a for pid in pids for a in listening(pid)]
+        _, err = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert addresses  # the stores and gloo's listeners
+    # 127.0.0.1 as /proc writes it (little-endian hex), or ::1 / v4-mapped 127.0.0.1
+    loopback = {"0100007F", "00000000000000000000000001000000",
+                "0000000000000000FFFF00000100007F"}
+    assert set(addresses) <= loopback, addresses
+
+
+def test_a_stopped_stage_is_killed_within_the_shutdown_timeout(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    p = local_run(run_dir)
+    try:
+        wait_for(lambda: (run_dir / "checkpoints").exists(), 120, "the first checkpoint")
+        ranks = workers(str(run_dir))
+        os.kill(ranks[2], signal.SIGSTOP)
+        os.kill(ranks[1], signal.SIGKILL)
+        # the agent waits 5 s (launch.py's shutdown_timeout) for the stopped stage, then
+        # SIGKILLs it; torch's own stop waited 30 s
+        _, err = p.communicate(timeout=25)
+    finally:
+        p.kill()
+    assert p.returncode == 1, err
+    assert "rank 1 failed: killed by SIGKILL" in err
+    assert not workers(str(run_dir))
+
+
+def test_a_run_directory_removed_mid_run_is_named(tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    p = local_run(run_dir)
+    try:
+        wait_for(lambda: (run_dir / "checkpoints").exists(), 120, "the first checkpoint")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        _, err = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    assert p.returncode != 0
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pipedbn: error: the run stopped: rank ") and "was removed" in last
