@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from torch.distributed import TCPStore
-from torch.distributed.elastic.agent.server.api import WorkerGroup, WorkerSpec
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler
@@ -110,10 +110,18 @@ class _LoopbackRendezvous(DynamicRendezvousHandler):
 
 
 class _Agent(LocalElasticAgent):
-    """torch's agent, but a failed run's surviving workers get ``shutdown_timeout`` seconds
-    to exit, not 30: ``LocalElasticAgent._stop_workers`` calls ``_shutdown()`` with its
-    default timeout (30 s), whatever the agent was given, so a stopped (SIGSTOP) or hung worker
-    was killed only 30 s after its neighbours had exited."""
+    """torch's agent, but when a worker fails the others get ``shutdown_timeout`` seconds to
+    exit, not 30: ``SubprocessContext._poll`` closes the workers with ``close()``'s default
+    timeout (30 s) as soon as it sees a failure, and ``LocalElasticAgent._stop_workers`` calls
+    ``_shutdown()`` with its default too, whatever the agent was given; a stopped (SIGSTOP) or
+    hung worker was killed only 30 s after its neighbours had exited."""
+
+    def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
+        pc = self._pcontext
+        handlers = getattr(pc, "subprocess_handlers", {})
+        if pc is not None and any(h.proc.poll() not in (None, 0) for h in handlers.values()):
+            pc.close(timeout=self._shutdown_timeout)  # before torch's poll closes them slowly
+        return super()._monitor_workers(worker_group)
 
     def _stop_workers(self, worker_group: WorkerGroup) -> None:
         self._shutdown(timeout=self._shutdown_timeout)
