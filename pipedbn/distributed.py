@@ -149,6 +149,7 @@ def train_distributed(cfg: Config, prepared: bool, resume: Path | None = None) -
     check_world(cfg, world, "the launcher")
     device, backend = stage_device(cfg, local_rank)
     _exit_with_parent()
+    threading.excepthook = _thread_error
     join_group(backend, rank, world, cfg.pipeline.connect_timeout, cfg.pipeline.setup_timeout)
     run_dir: Path | None = None
     try:
@@ -182,6 +183,16 @@ def _exit_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, daemon=True, name="pipedbn-parent-watch").start()
+
+
+def _thread_error(args: threading.ExceptHookArgs) -> None:
+    """A background writer (TensorBoard's) that cannot write any more: one line, not a
+    traceback; the stage's own next write fails and names the storage (``storage_problem``)."""
+    if isinstance(args.exc_value, OSError):
+        name = args.thread.name if args.thread is not None else "?"
+        log.warning("background thread %s stopped: %s", name, args.exc_value)
+        return
+    threading.__excepthook__(args)
 
 
 def _recurs(e: BaseException, run_dir: Path | None) -> bool:
