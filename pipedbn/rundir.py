@@ -239,7 +239,8 @@ def storage_problem(run_dir: Path, e: BaseException | None = None) -> str | None
     """What is wrong with the run directory's storage, if that is why ``e`` happened: the
     directory vanished (its config.yaml is gone), or a write failed with EROFS, ENOSPC or
     EDQUOT. None when the storage is not to blame."""
-    if not (run_dir / "config.yaml").is_file():
+    inside = isinstance(e, FileNotFoundError) and str(e.filename).startswith(f"{run_dir}/")
+    if inside or not (run_dir / "config.yaml").is_file():  # (its removal may be under way)
         return (f"the run directory {run_dir} was removed (or its filesystem unmounted) "
                 "during the run; start the run again")
     if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:
