@@ -141,8 +141,12 @@ class PipelineConfig:
     is noticed at once; this bounds the wait on one that hangs. Quiet links carry heartbeats,
     so a long wait for the first micro-batch (greedy schedule) is not a hang."""
     setup_timeout: float = 900.0
-    """Seconds to wait for every process to join, for stage 0 to check the data and start the
-    stream, and for the final gather of results."""
+    """Seconds to wait for stage 0 to check the data and start the stream, and for the final
+    gather of results."""
+    connect_timeout: float = 60.0
+    """Seconds for every process of an attempt to join the process group (store, then gloo's or
+    NCCL's connections). A process that does not make it in time fails, and torchrun restarts
+    the attempt (``--max-restarts``) instead of waiting on a peer that is gone."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """``torch.distributed`` backend: ``auto`` is nccl for CUDA devices and gloo otherwise."""
 
@@ -734,6 +738,7 @@ def check(cfg: Config) -> list[str]:
         p.append(f"pipeline.window: must be >= 1, got {pl.window}")
     positive("pipeline.timeout", pl.timeout)
     positive("pipeline.setup_timeout", pl.setup_timeout)
+    positive("pipeline.connect_timeout", pl.connect_timeout)
     b = cfg.balancer
     if b.plan != "auto":
         from pipedbn.balancer import Plan

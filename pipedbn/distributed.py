@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +46,20 @@ from pipedbn.balancer import Plan, Problem
 from pipedbn.checkpoint import Checkpoint, Saver, boundaries, finalize, latest
 from pipedbn.config import Config, dump_yaml
 from pipedbn.data import Data, Prefetcher, open_data
-from pipedbn.errors import ConfigError, UserError
+from pipedbn.errors import ConfigError, RunDirError, UserError
+from pipedbn.group import join_group
 from pipedbn.links import Inbox, Outbox
 from pipedbn.monitor import Metrics, tensorboard_on
 from pipedbn.progress import Progress
 from pipedbn.rbm import RBM
 from pipedbn.replicas import ReplicaSync, round_boundaries, start_replica
-from pipedbn.resume import mark_launcher, resume_run, torchrun_resume_dir
+from pipedbn.resume import (
+    elastic_run_id,
+    launcher_marks,
+    resume_run,
+    torchrun_resume_dir,
+    write_pointer,
+)
 from pipedbn.rundir import (
     atomic_write,
     discard_run_dir,
@@ -61,6 +67,7 @@ from pipedbn.rundir import (
     record_failure,
     root_failure,
     start_run,
+    storage_problem,
 )
 from pipedbn.runner import Role, StageStats, run_stage
 from pipedbn.schedule import Schedule
@@ -142,7 +149,8 @@ def train_distributed(cfg: Config, prepared: bool, resume: Path | None = None) -
     check_world(cfg, world, "the launcher")
     device, backend = stage_device(cfg, local_rank)
     _exit_with_parent()
-    dist.init_process_group(backend, timeout=timedelta(seconds=cfg.pipeline.setup_timeout))
+    threading.excepthook = _thread_error
+    join_group(backend, rank, world, cfg.pipeline.connect_timeout, cfg.pipeline.setup_timeout)
     run_dir: Path | None = None
     try:
         cfg, run_dir, data, setup = _setup(cfg, rank, world, prepared, device, resume)
@@ -151,10 +159,15 @@ def train_distributed(cfg: Config, prepared: bool, resume: Path | None = None) -
         if rank == 0 and not prepared:  # under our own launcher, it says where the run is
             print(run_dir, flush=True)
     except BaseException as e:
+        problem = storage_problem(run_dir, e) if isinstance(e, OSError) and run_dir else None
+        if problem is not None:  # the storage's fault: one line naming it, no traceback
+            e = RunDirError(problem)
         if run_dir is not None and not isinstance(e, KeyboardInterrupt):  # not a failure
             record_failure(run_dir, failure_record(e, rank))
         if _recurs(e, run_dir):
             _no_restart()
+        if problem is not None:
+            raise e from None
         raise
     finally:
         dist.destroy_process_group()
@@ -174,12 +187,22 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="pipedbn-parent-watch").start()
 
 
+def _thread_error(args: threading.ExceptHookArgs) -> None:
+    """A background writer (TensorBoard's) that cannot write any more: one line, not a
+    traceback; the stage's own next write fails and names the storage (``storage_problem``)."""
+    if isinstance(args.exc_value, OSError):
+        name = args.thread.name if args.thread is not None else "?"
+        log.warning("background thread %s stopped: %s", name, args.exc_value)
+        return
+    threading.__excepthook__(args)
+
+
 def _recurs(e: BaseException, run_dir: Path | None) -> bool:
     """Whether this failure would happen again after a restart: a user's mistake (bad data
     found mid-stream, say) or a divergence, here or on the stage that failed first (training
     is deterministic, so both recur)."""
     if isinstance(e, UserError):
-        return True
+        return e.exit_code in (2, 3)
     if isinstance(e, LinkError) and run_dir is not None:
         root = root_failure(run_dir)
         return root is not None and root.get("kind") == "own" and root.get("exit_code") in (2, 3)
@@ -245,15 +268,11 @@ def _setup(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
             elif resume is not None:
                 cfg, data, ckpt = resume_run(cfg, resume)
                 run_dir = resume
-            else:
+            elif prepared:
                 run_dir, data = start_run(cfg, prepared)
-                if not prepared:
-                    mark_launcher(cfg, run_dir)
-            restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
-            if restarts != "0" and not os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE"):
-                log.warning("torchrun --max-restarts %s: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
-                            "in torchrun's environment, or restarted workers may fail to "
-                            "connect again (docs/reliability.md)", restarts)
+            else:  # the run directory is whole, marked as this job's, or not there at all
+                run_dir, data = start_run(cfg, marks=launcher_marks(), token=elastic_run_id(),
+                                          on_claim=lambda path: write_pointer(cfg, path))
         except UserError as e:
             dist.broadcast_object_list([{"error": str(e)}], src=0)
             raise

@@ -40,6 +40,7 @@ from pipedbn.rundir import (
     FAILURE_FILE,
     FAILURES_DIR,
     atomic_write,
+    discard_run_dir,
     root_failure,
     write_config,
 )
@@ -58,30 +59,51 @@ def _pointer(cfg: Config, run_id: str) -> Path:
 
 
 def torchrun_resume_dir(cfg: Config) -> Path | None:
-    """The run directory this torchrun job started before, if any."""
+    """The run directory this torchrun job created before a restart, if any. A claim that was
+    cut short (the kill came while it was being filled in place, on a mount point) is
+    emptied, and ``cfg.run.dir`` names it so that the run starts there again."""
     run_id = elastic_run_id()
     if run_id is None:
         return None
     if cfg.run.dir:
-        marker = Path(cfg.run.dir) / LAUNCHER_FILE
+        path = Path(cfg.run.dir)
+    else:
         try:
-            return Path(cfg.run.dir) if json.loads(marker.read_text())["run_id"] == run_id \
-                else None
-        except (OSError, ValueError, KeyError, TypeError):
+            path = Path(_pointer(cfg, run_id).read_text().strip())
+        except OSError:
             return None
+    if _marked_by(path) != run_id:
+        if not cfg.run.dir and path.is_dir() and not any(path.iterdir()):
+            cfg.run.dir = str(path)  # reserved before the kill, not yet filled: fill it now
+        return None
+    if (path / "config.yaml").is_file():  # written last: the claim is whole
+        return path
+    log.info("the previous attempt was stopped while creating %s: starting it again", path)
+    discard_run_dir(path)
+    cfg.run.dir = str(path)
+    return None
+
+
+def _marked_by(path: Path) -> str | None:
     try:
-        return Path(_pointer(cfg, run_id).read_text().strip())
-    except OSError:
+        return str(json.loads((path / LAUNCHER_FILE).read_text())["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def mark_launcher(cfg: Config, run_dir: Path) -> None:
-    """Remember that this torchrun job created ``run_dir`` (for its restarts)."""
+def launcher_marks() -> dict[str, bytes]:
+    """The files by which a torchrun job recognises the run directory it created (its
+    restarts, and a replacement agent's workers): none outside torchrun."""
     run_id = elastic_run_id()
-    if run_id is None:
-        return
-    atomic_write(run_dir / LAUNCHER_FILE, (json.dumps({"run_id": run_id}) + "\n").encode())
-    if not cfg.run.dir or Path(cfg.run.dir) != run_dir:
+    return {} if run_id is None else {
+        LAUNCHER_FILE: (json.dumps({"run_id": run_id}) + "\n").encode()}
+
+
+def write_pointer(cfg: Config, run_dir: Path) -> None:
+    """Point this torchrun job's restarts at the timestamped ``run_dir`` it has just reserved
+    (before it is filled: ``torchrun_resume_dir`` then fills it)."""
+    run_id = elastic_run_id()
+    if run_id is not None and not cfg.run.dir:
         atomic_write(_pointer(cfg, run_id), f"{run_dir}\n".encode())
 
 

@@ -12,10 +12,14 @@ first and why).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,21 @@ from pipedbn.errors import RunDirError
 if TYPE_CHECKING:
     from pipedbn.data import Data
 
+def _umask() -> int:
+    """The process's umask, read once at import (before any thread starts): ``os.umask`` can
+    only be read by setting it, which would race with other threads creating files."""
+    try:  # Linux says it in /proc, without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
 FAILURE_FILE = "failure.json"
 FAILURES_DIR = "failures"
 
@@ -44,10 +63,58 @@ def choose_run_dir(cfg: Config) -> Path:
     return path
 
 
-def claim_run_dir(cfg: Config) -> Path:
-    """Create the run directory; a timestamped one is claimed atomically (parallel launches)."""
+def claim_run_dir(cfg: Config, contents: Callable[[Path], dict[str, bytes]],
+                  token: str | None = None, on_claim: Callable[[Path], None] | None = None
+                  ) -> Path:
+    """Create the run directory holding ``contents(path)`` (file name: bytes), in one step.
+
+    The files are written into ``.<name>.claim-<token>`` beside it, which is then renamed into
+    place: a process killed at any moment leaves no run directory, or a whole one (what a
+    restarted rank relies on to recognise its run). ``token`` names the temporary directory (a
+    restart with the same token removes its predecessor's); ``on_claim`` runs once the name is
+    taken, before the files are written. ``run.dir`` must be absent or empty; a timestamped
+    directory is reserved with ``mkdir`` first (parallel launches)."""
     if cfg.run.dir:
-        return create_run_dir(Path(cfg.run.dir))
+        path = Path(cfg.run.dir)
+        check_run_dir(path)
+    else:
+        path = _reserve(cfg)
+    if on_claim is not None:
+        on_claim(path)
+    tmp = path.parent / f".{path.name}.claim-{token or uuid.uuid4().hex}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        files = contents(path)
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            os.rename(tmp, path)  # replaces an empty directory; refuses one that is not
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EBUSY):
+                raise
+            # run.dir is a mount point: fill it in place, in the order of ``contents`` (its
+            # marks first, config.yaml last: see resume.torchrun_resume_dir)
+            for name, data in files.items():
+                atomic_write(path / name, data)
+            shutil.rmtree(tmp)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            check_run_dir(path)  # someone wrote into it meanwhile: say so
+        raise RunDirError(f"cannot create or write the run directory {path}: {e.strerror}; "
+                          "choose a writable run.out or run.dir") from None
+    return path
+
+
+def _reserve(cfg: Config) -> Path:
+    """A new timestamped run directory, empty, taken atomically against parallel launches."""
     for _ in range(100):
         path = choose_run_dir(cfg)
         try:
@@ -58,15 +125,21 @@ def claim_run_dir(cfg: Config) -> Path:
         except OSError as e:
             raise RunDirError(f"cannot create the run directory {path}: {e.strerror}; "
                               "choose a writable run.out or run.dir") from None
-        return create_run_dir(path)
+        return path
     raise RunDirError(f"could not claim a new run directory under {cfg.run.out}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def discard_run_dir(path: Path) -> None:
     """Remove a run directory this process has just claimed, when the run cannot start after
     all; it holds only what ``start_run`` wrote (an empty ``run.dir`` given by the user stays)."""
-    import shutil
-
     for child in path.iterdir():
         if child.is_dir():
             shutil.rmtree(child)
@@ -87,27 +160,12 @@ def check_run_dir(path: Path) -> None:
                               "run.dir, or leave run.dir unset for a new timestamped one")
 
 
-def create_run_dir(path: Path) -> Path:
-    """Make a new, empty run directory and check that it is writable."""
-    check_run_dir(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
-        probe.close()
-    except OSError as e:
-        raise RunDirError(f"cannot create or write the run directory {path}: {e.strerror}; "
-                          "choose a writable run.out or run.dir") from None
-    return path
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes files private; run files are not
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes files private; run files are not
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -134,9 +192,12 @@ def layer_state_path(run_dir: Path, layer: int, tag: str = "final") -> Path:
     return run_dir / "checkpoints" / tag / f"layer-{layer}.pt"
 
 
-def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
-    """Open and check the data, then claim the run directory and write ``config.yaml`` and the
-    preprocessing; nothing is written before every check has passed. ``prepared``: the local
+def start_run(cfg: Config, prepared: bool = False, marks: dict[str, bytes] | None = None,
+              token: str | None = None, on_claim: Callable[[Path], None] | None = None
+              ) -> tuple[Path, Data]:
+    """Open and check the data, then claim the run directory with ``config.yaml``, the
+    preprocessing and ``marks`` (more files) in it; nothing is written before every check has
+    passed (``claim_run_dir`` says what ``token`` and ``on_claim`` do). ``prepared``: the local
     launcher has done this already (``cfg.run.dir`` holds its config) and only the data is
     opened again."""
     from pipedbn.balance import check_memory
@@ -163,12 +224,46 @@ def start_run(cfg: Config, prepared: bool = False) -> tuple[Path, Data]:
     check_memory(cfg, data.features)
     if prepared:
         return run_dir, data
-    run_dir = claim_run_dir(cfg)
-    cfg.run.dir = str(run_dir)
-    write_config(run_dir, cfg)
-    save_tensors(run_dir / PREPROCESS_FILE, data.preprocessing())
-    save_split(run_dir, data.train_rows, data.held_rows)
-    return run_dir, data
+    def contents(path: Path) -> dict[str, bytes]:
+        cfg.run.dir = str(path)
+        buf = io.BytesIO()
+        torch.save(data.preprocessing(), buf)
+        return {**(marks or {}), PREPROCESS_FILE: buf.getvalue(),
+                SPLIT_FILE: split_bytes(data.train_rows, data.held_rows),
+                "config.yaml": dump_yaml(cfg).encode()}
+
+    return claim_run_dir(cfg, contents, token, on_claim), data
+
+
+STORAGE_ERRORS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_problem(run_dir: Path, e: BaseException | None = None) -> str | None:
+    """What is wrong with the run directory's storage, if that is why ``e`` happened: the
+    directory vanished (its config.yaml is gone), or a write failed with EROFS, ENOSPC or
+    EDQUOT. None when the storage is not to blame."""
+    inside = isinstance(e, FileNotFoundError) and str(e.filename).startswith(f"{run_dir}/")
+    if inside or not (run_dir / "config.yaml").is_file():  # (its removal may be under way)
+        return (f"the run directory {run_dir} was removed (or its filesystem unmounted) "
+                "during the run; start the run again")
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:
+        return (f"cannot write to the run directory {run_dir}: {e.strerror} "
+                f"({errno.errorcode[e.errno]}); make room or make it writable, then continue "
+                f"with: pipedbn train {run_dir / 'config.yaml'} --resume {run_dir}")
+    return None
+
+
+def probe_storage(run_dir: Path) -> str | None:
+    """``storage_problem`` found by writing a small file into the run directory now (the
+    launcher's check when no stage could record why it failed)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe-") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return storage_problem(run_dir, e)
+    return storage_problem(run_dir)
 
 
 SPLIT_FILE = "split.npz"
@@ -176,10 +271,11 @@ SPLIT_FILE = "split.npz"
 (``held_out``: the monitoring and evaluation sample, never trained on), sorted."""
 
 
-def save_split(run_dir: Path, train: np.ndarray, held_out: np.ndarray) -> None:
+def split_bytes(train: np.ndarray, held_out: np.ndarray) -> bytes:
+    """``SPLIT_FILE``'s contents (written with the claim of the run directory)."""
     buf = io.BytesIO()
     np.savez(buf, train=train.astype(np.int64), held_out=held_out.astype(np.int64))
-    atomic_write(run_dir / SPLIT_FILE, buf.getvalue())
+    return buf.getvalue()
 
 
 def read_split(run_dir: Path) -> dict[str, np.ndarray]:

@@ -98,7 +98,7 @@ def test_distributed_resume_is_exact(tmp_path: Path, overrides: list[str], nproc
 def test_sigkill_under_torchrun_restarts_and_ends_equal(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     overrides = ["balancer.max_replicas=1", "checkpoint.every=10", "rbm.epochs=6"]
-    env = {**env1(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    env = env1()  # torchrun's default environment
     p = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
          "--max-restarts", "1", "-m", "pipedbn", "train", TINY, f"run.dir={run_dir}",
@@ -166,7 +166,7 @@ def test_bad_data_under_torchrun_does_not_burn_the_restarts(tmp_path: Path) -> N
     x = np.random.default_rng(0).random((300, 16)).astype(np.float32)
     x[123, 4] = np.nan
     np.save(tmp_path / "x.npy", x)
-    env = {**env1(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    env = env1()  # torchrun's default environment
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -79,12 +79,16 @@ TRAINING_TAGS = ("rbm/", "pipeline/")
 POLL_S = 0.01
 RESUMING = re.compile(r"resuming \S+ from (?:step-(\d+)|(final)|the start)")
 """Rank 0's log line when a restarted job continues its run (``pipedbn.resume``)."""
-ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-       # without it, restarted workers often fail to rebuild the gloo group: the rendezvous
-       # store is then reused across restarts
-       "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+NO_SHARE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+"""``--env no-share`` sets it to 1: each rendezvous round then gets a fresh store for the workers
+(torchrun's default, ``--env default``, keeps one store across rounds)."""
 MODES: dict[str, dict[str, Any]] = {"process": {"nproc": 3, "overrides": []},
+         "early": {"nproc": 3, "overrides": []},
          "node": {"nproc": 4, "overrides": ["layers=[32,24,16,12]"]}}
+CLAIM_DELAY_S = 0.3
+"""Early mode, odd trials: the kill comes within this many seconds of the run directory's
+appearance (rank 0 has just claimed it)."""
 """Per mode: total ranks and the overrides used when none are given (tiny has 3 layers)."""
 
 
@@ -97,7 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="config overrides for the reference and every trial (default: the "
                          "mode's; node: layers=[32,24,16,12], as tiny has 3 layers)")
     ap.add_argument("--mode", choices=sorted(MODES), default="process",
-                    help="process: kill one worker; node: kill an agent and its workers")
+                    help="process: kill one worker during training; early: kill one worker in "
+                         "the first seconds (even trials) or rank 0 right after it claims the "
+                         "run directory (odd trials); node: kill an agent and its workers")
+    ap.add_argument("--env", choices=["default", "no-share"], default="default",
+                    help="torchrun's environment: its defaults (TORCH_DISABLE_SHARE_RDZV_TCP_STORE "
+                         "unset, as a user following torchrun's documentation has it), or that "
+                         "variable set to 1")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--config", default="configs/tiny.yaml")
     ap.add_argument("--nproc", type=int, default=None,
@@ -133,6 +143,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.out = ROOT / "tools" / "out" / "faults" / (
             f"{args.mode}-{datetime.now():%Y%m%d-%H%M%S}")
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.env_vars = {k: v for k, v in os.environ.items() if k != NO_SHARE}
+    args.env_vars.update(ENV)
+    if args.env == "no-share":
+        args.env_vars[NO_SHARE] = "1"
     return args
 
 
@@ -201,11 +215,13 @@ class Job:
     files: list[IO[bytes]] = field(default_factory=list)
     killed_agent: int | None = None
 
+    env: dict[str, str] = field(default_factory=dict)
+
     def start_agent(self) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"agent-{len(self.agents)}.log", "wb")
         cmd = [sys.executable, "-m", "torch.distributed.run", *self.agent_args,
                "-m", "pipedbn", "train", *self.train_args]
-        agent = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **ENV}, stdout=log,
+        agent = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         self.agents.append(agent)
         self.files.append(log)
@@ -305,6 +321,8 @@ class Reference:
     window_s: float
     """From the first complete checkpoint to ``model.safetensors``."""
     wall_s: float
+    startup_s: float
+    """From a full set of workers to the first complete checkpoint."""
 
 
 def count_layers(args: argparse.Namespace) -> int:
@@ -313,7 +331,7 @@ def count_layers(args: argparse.Namespace) -> int:
 
     proc = subprocess.run([sys.executable, "-m", "pipedbn", "train", args.config,
                            *train_overrides(args, args.out / "unused"), "--print-config"],
-                          cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True,
+                          cwd=ROOT, env=args.env_vars, capture_output=True, text=True,
                           timeout=120)
     if proc.returncode != 0:
         raise SystemExit(f"faults: the config does not resolve:\n{proc.stderr}")
@@ -327,10 +345,13 @@ def reference(args: argparse.Namespace) -> Reference:
            *train_overrides(args, run_dir), "--nproc", str(args.nproc), "-q"]
     t0 = time.monotonic()
     with open(args.out / "reference.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **ENV}, stdout=log,
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=args.env_vars, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = t0 + args.timeout
+            wait_until(lambda: len(workers(run_dir)) == args.nproc or proc.poll() is not None,
+                       deadline, "the reference's workers")
+            t_up = time.monotonic()
             wait_until(lambda: bool(complete_checkpoints(run_dir, layers))
                        or proc.poll() is not None, deadline, "the reference's first checkpoint")
             t_first = time.monotonic()
@@ -347,7 +368,7 @@ def reference(args: argparse.Namespace) -> Reference:
     if rc != 0 or not (run_dir / "model.safetensors").is_file():
         raise SystemExit(f"faults: the reference run failed (exit {rc}); see "
                          f"{args.out / 'reference.log'}")
-    return Reference(run_dir, layers, t_model - t_first, time.monotonic() - t0)
+    return Reference(run_dir, layers, t_model - t_first, time.monotonic() - t0, t_first - t_up)
 
 
 # ------------------------------------------------------------------------------ trials
@@ -361,7 +382,10 @@ class Trial:
     agent: int | None = None
     """Node mode: the agent killed (0 started first; with ``--store agent`` it holds the store)."""
     at_s: float | None = None
-    """Seconds after the job's first checkpoint."""
+    """Seconds after the job's first checkpoint (early mode: after its trigger)."""
+    trigger: str = "checkpoint"
+    """What the kill's moment counts from: ``checkpoint`` (the first complete one), ``up`` (a
+    full set of workers exists) or ``claim`` (the run directory exists)."""
     checkpoint: int | None = None
     """Newest complete checkpoint at the kill (files; rank 0 may not have seen it yet)."""
     resumed_from: str | None = None
@@ -408,13 +432,24 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
     """One job, killed once at a random moment of its training; ``args.mode`` says what dies."""
     # drawn before anything is timed: one seed gives the same delays and victims every time
     delay = rng.uniform(0.0, args.window * ref.window_s)
-    victim = rng.randrange(args.nproc if args.mode == "process" else 2)
+    victim = rng.randrange(2 if args.mode == "node" else args.nproc)
     tdir = args.out / f"{args.mode}-{index:02d}"
     tdir.mkdir(parents=True)
     run_dir = tdir / "run"
     trial = Trial(index)
     store, port, agent_args = launcher_args(args)  # a store here serves until we return
-    job = Job(run_dir, agent_args, tdir, [args.config, *train_overrides(args, run_dir)])
+    job = Job(run_dir, agent_args, tdir, [args.config, *train_overrides(args, run_dir)],
+              env=args.env_vars)
+    trigger: Any = lambda: bool(complete_checkpoints(run_dir, ref.layers))  # noqa: E731
+    if args.mode == "early":
+        if index % 2:  # rank 0, as soon as the run directory it claims is there
+            trial.trigger, victim = "claim", 0
+            delay = delay / (args.window * ref.window_s) * CLAIM_DELAY_S
+            trigger = lambda: run_dir.exists()  # noqa: E731
+        else:  # anyone, anywhere in the start-up
+            trial.trigger = "up"
+            delay = delay / (args.window * ref.window_s) * args.window * ref.startup_s
+            trigger = lambda: len(job.workers()) == args.nproc  # noqa: E731
     watch, kill_wall = None, 0.0
     t0 = time.monotonic()
     deadline = t0 + args.timeout
@@ -425,8 +460,8 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
                 wait_until(lambda: listening(port) or job.any_exited(), deadline,
                            "agent 0's rendezvous store")
             job.start_agent()
-        wait_until(lambda: bool(complete_checkpoints(run_dir, ref.layers)) or job.any_exited(),
-                   deadline, "the first complete checkpoint")
+        wait_until(lambda: trigger() or job.any_exited(), deadline,
+                   f"the moment to start counting ({trial.trigger})")
         t_first = time.monotonic()
         wait_until(lambda: time.monotonic() >= t_first + delay or job.any_exited(), deadline,
                    "the moment to kill")
@@ -469,7 +504,7 @@ def run_trial(args: argparse.Namespace, index: int, rng: random.Random, ref: Ref
 def launcher_args(args: argparse.Namespace) -> tuple[Any, int | None, list[str]]:
     """(store, its port, torchrun's arguments) for one job; node mode with ``--store tool``
     starts the job's rendezvous store here."""
-    if args.mode == "process":
+    if args.mode != "node":
         return None, None, ["--standalone", "--nproc-per-node", str(args.nproc),
                             "--max-restarts", "1"]
     rdzv_conf = f"keep_alive_interval={args.keep_alive}"
@@ -493,7 +528,7 @@ def listening(port: int) -> bool:
 def kill_victim(job: Job, current: list[Worker], victim: int, mode: str) -> list[int]:
     """SIGKILL rank ``victim`` (process mode) or agent ``victim`` and its workers, then start
     a replacement agent (node mode); the ranks killed."""
-    if mode == "process":
+    if mode != "node":
         target = next(w for w in current if w.rank == victim)
         kill(target.pid)
         return [target.rank]
@@ -537,7 +572,8 @@ def table(trials: list[Trial], mode: str) -> str:
             "| --- " * 13 + "|"]
     for t in trials:
         agent = "" if t.agent is None else f"{t.agent}: "
-        rows.append(f"| {t.trial} | {agent}{','.join(map(str, t.killed)) or '-'} | {fmt(t.at_s)} "
+        at = fmt(t.at_s) + ("" if t.trigger == "checkpoint" else f" ({t.trigger})")
+        rows.append(f"| {t.trial} | {agent}{','.join(map(str, t.killed)) or '-'} | {at} "
                     f"| {t.checkpoint if t.checkpoint is not None else '-'} "
                     f"| {t.resumed_from or '-'} | {t.restarts} "
                     f"| {yes(t.resumed_first)} | {yes(t.identical)} | {yes(t.lost)} "
@@ -586,6 +622,11 @@ NOTES = {
                "stops the others (SIGTERM), hence *gone*; it then starts a new set at once "
                "(*up*). Most of *back* is the new workers' start-up on 2 cores: Python and "
                "torch, the gloo group, the data, the checkpoint read and its checksums.",
+    "early": "A kill before rank 0 has claimed the run directory leaves nothing to resume: the "
+             "restarted job starts afresh (*from* `-`). After the claim it resumes from the "
+             "start or from the first checkpoint. The claim is one rename of a directory "
+             "already holding `config.yaml`, `preprocess.pt` and `launcher.json`, so a restarted "
+             "rank 0 finds either no run directory or a whole one that names this job.",
     "node": "The surviving node's workers see their peers vanish (a closed connection) and "
             "exit, hence *gone*. *up* is mostly the rendezvous waiting for the killed agent: "
             "its round stays complete, whatever the replacement does, until the dead agent's "
@@ -596,20 +637,33 @@ NOTES = {
 
 
 def docs_section(args: argparse.Namespace, ref: Reference, trials: list[Trial]) -> str:
+    env = ("torchrun's default environment" if args.env == "default"
+           else f"`{NO_SHARE}=1` in torchrun's environment")
+    when = {"process": "at a random moment of its training (the uninterrupted run trains for "
+                       f"{ref.window_s:.2f} s from its first complete checkpoint to its model)",
+            "node": "at a random moment of its training (the uninterrupted run trains for "
+                    f"{ref.window_s:.2f} s from its first complete checkpoint to its model)",
+            "early": "in its first seconds: even trials kill a random rank up to "
+                     f"{args.window * ref.startup_s:.2f} s after a full set of workers exists "
+                     "(the uninterrupted run's first complete checkpoint comes "
+                     f"{ref.startup_s:.2f} s after its workers are up), odd trials kill rank 0 "
+                     "up to "
+                     f"{CLAIM_DELAY_S} s after the run directory appears"}[args.mode]
     what = ("SIGKILL of one random worker; torchrun (`--max-restarts 1`) restarts the workers"
-            if args.mode == "process" else
+            if args.mode != "node" else
             "SIGKILL of one of two agents (`--nnodes 2`, `--max-restarts 1`) and its workers, "
             "a replacement agent with the same arguments started at once; the rendezvous "
             f"store is held by {'the tool' if args.store == 'tool' else 'agent 0'}, a heartbeat "
             f"every {args.keep_alive} s")
     return "\n".join([
         f"## Faults: {args.mode} mode", "", "```bash", command(args), "```", "",
-        f"{what}. `{args.config}` with `{' '.join(train_overrides(args, Path('RUN'))[1:])}`, "
-        f"{args.nproc} ranks; each job killed once at a random moment of its training (the "
-        f"uninterrupted run trains for {ref.window_s:.2f} s from its first complete checkpoint "
-        f"to its model), seed {args.seed}; {date.today()}. {machine()}.", "",
+        f"{what}; {env}. `{args.config}` with "
+        f"`{' '.join(train_overrides(args, Path('RUN'))[1:])}`, {args.nproc} ranks; each job "
+        f"killed once {when}, seed {args.seed}; {date.today()}. {machine()}.", "",
         table(trials, args.mode), "",
-        f"**{summary(trials)}.** *at*: seconds after the job's first complete checkpoint; "
+        f"**{summary(trials)}.** *at*: seconds after the job's first complete checkpoint "
+        "(early mode: after a full set of workers is *up*, or after the run directory's "
+        "*claim*); "
         "*checkpoint*: the newest complete one then; *from*: the one the restarted job resumed "
         "from (rank 0's log; 0: the start; it can be newer than *checkpoint*: the stages still "
         "alive complete later ones before they stop); *gone*: from the kill until no old "
@@ -645,15 +699,17 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "command": command(args), "machine": machine(), "mode": args.mode,
             "overrides": train_overrides(args, Path("RUN"))[1:], "config": args.config,
-            "nproc": args.nproc, "seed": args.seed, "reference": {
-                "window_s": ref.window_s, "wall_s": ref.wall_s, "run_dir": str(ref.run_dir)},
+            "nproc": args.nproc, "seed": args.seed, "env": args.env, "reference": {
+                "window_s": ref.window_s, "wall_s": ref.wall_s, "startup_s": ref.startup_s,
+                "run_dir": str(ref.run_dir)},
             "summary": summary(trials), "trials": [asdict(t) for t in trials]}, indent=1))
     if args.write_docs:
         sys.path.insert(0, str(ROOT / "tools"))
         from benchdocs import write_section
 
         name = f"faults_{args.mode}" + ("_agent_store" if args.mode == "node"
-                                         and args.store == "agent" else "")
+                                         and args.store == "agent" else "") + \
+            ("_no_share" if args.env == "no-share" else "")
         write_section(name, docs_section(args, ref, trials))
     return 1 if any(t.lost or not t.identical for t in trials) else 0
 
