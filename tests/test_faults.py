@@ -67,6 +67,7 @@ def test_a_lost_node_replaced_resumes_to_the_same_weights(tmp_path: Path) -> Non
     assert sorted(trial["exit_codes"]) == [-9, 0, 0]  # the killed agent, the survivor, the new
 
 
+@pytest.mark.slow
 def test_early_kills_resume_to_the_same_weights(tmp_path: Path) -> None:
     # trial 0: a random rank in the start-up; trial 1: rank 0 as it claims the run directory
     result = _run(tmp_path, "--mode", "early", "--trials", "2")

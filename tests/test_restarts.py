@@ -11,8 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, env1, free_port, wait_for, workers
 from test_resume import TINY, assert_same, train
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 ONE_PER_LAYER = ["balancer.max_replicas=1"]
 
