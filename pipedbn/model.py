@@ -5,8 +5,9 @@ The export is one safetensors file (loads without executing code):
 - ``layers.{i}.weight`` (n_visible, n_hidden), ``layers.{i}.visible_bias``,
   ``layers.{i}.hidden_bias`` for every layer i, bottom first;
 - ``preprocess.mean`` / ``preprocess.std`` when the data was standardised;
-- metadata (strings): ``format``, ``kinds`` (JSON list), ``scale``, ``binarize`` and ``config``
-  (the resolved YAML config of the run).
+- metadata (strings): ``format``, ``kinds`` (JSON list), ``scale``, ``binarize``,
+  ``stochastic_binarize`` (a seed, or empty) and ``config`` (the resolved YAML config of the
+  run).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
+from pipedbn.binarize import stochastic_binarize
 from pipedbn.errors import UserError
 from pipedbn.rbm import RBM, free_energy
 from pipedbn.rundir import atomic_write, layer_state_path
@@ -40,21 +42,28 @@ class Model:
 
     def __init__(self, kinds: list[str], params: list[dict[str, torch.Tensor]], scale: float = 1.0,
                  binarize: float | None = None, mean: torch.Tensor | None = None,
-                 std: torch.Tensor | None = None, config: str = "") -> None:
+                 std: torch.Tensor | None = None, config: str = "",
+                 stochastic_seed: int | None = None) -> None:
         assert len(kinds) == len(params) > 0
         self.kinds, self.params = kinds, params
         self.scale, self.binarize, self.mean, self.std = scale, binarize, mean, std
         self.config = config
+        self.stochastic_seed = stochastic_seed
 
     @property
     def sizes(self) -> list[int]:
         """Units per level, visible first: [n0, n1, ..., nL]."""
         return [self.params[0]["weight"].shape[0]] + [p["weight"].shape[1] for p in self.params]
 
-    def preprocess(self, raw: Any) -> torch.Tensor:
-        """Raw data (as in the training files) -> layer 0's input, as training did it."""
+    def preprocess(self, raw: Any, rows: Any = None) -> torch.Tensor:
+        """Raw data (as in the training files) -> layer 0's input, as training did it.
+        ``rows``: the samples' indices in their source, which stochastic binarisation is keyed
+        by (default 0, 1, 2, ...: the rows of ``raw``)."""
         x = torch.as_tensor(np.asarray(raw), dtype=torch.float32).reshape(-1, self.sizes[0])
         x = x * self.scale
+        if self.stochastic_seed is not None:
+            idx = np.arange(len(x)) if rows is None else np.asarray(rows)
+            x = torch.from_numpy(stochastic_binarize(x.numpy(), idx, self.stochastic_seed))
         if self.binarize is not None:
             x = (x > self.binarize).float()
         if self.mean is not None and self.std is not None:
@@ -131,6 +140,8 @@ class Model:
             tensors["preprocess.std"] = self.std.cpu().contiguous()
         meta = {"format": FORMAT, "kinds": json.dumps(self.kinds), "scale": repr(self.scale),
                 "binarize": "" if self.binarize is None else repr(self.binarize),
+                "stochastic_binarize": "" if self.stochastic_seed is None
+                else str(self.stochastic_seed),
                 "config": self.config}
         atomic_write(Path(path), save(tensors, metadata=meta))
 
@@ -162,7 +173,9 @@ def load(path: str | Path) -> Model:
     return Model(kinds, params, scale=float(meta["scale"]),
                binarize=float(meta["binarize"]) if meta.get("binarize") else None,
                mean=tensors.get("preprocess.mean"), std=tensors.get("preprocess.std"),
-               config=meta.get("config", ""))
+               config=meta.get("config", ""),
+               stochastic_seed=int(meta["stochastic_binarize"])
+               if meta.get("stochastic_binarize") else None)
 
 
 PREPROCESS_FILE = "preprocess.pt"
@@ -196,4 +209,6 @@ def from_run(run_dir: str | Path, tag: str = "final") -> Model:
     pre = torch.load(run_dir / PREPROCESS_FILE, map_location="cpu", weights_only=True)
     return Model(kinds, params, scale=float(pre["scale"]),
                binarize=float(pre["binarize"]) if "binarize" in pre else None,
-               mean=pre.get("mean"), std=pre.get("std"), config=config)
+               mean=pre.get("mean"), std=pre.get("std"), config=config,
+               stochastic_seed=int(pre["stochastic_binarize"])
+               if "stochastic_binarize" in pre else None)
