@@ -81,7 +81,7 @@ def _ll(rec: dict[str, Any], step: str = "eval") -> tuple[float, list[float | No
 
 
 def _nats(v: float | None) -> str:
-    return "?" if v is None else f"{v:.2f}"
+    return "open" if v is None else f"{v:.2f}"
 
 
 def ours_ais(rec: dict[str, Any]) -> str:
