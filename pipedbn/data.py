@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipedbn.binarize import stochastic_binarize
 from pipedbn.config import Config
 from pipedbn.datasets import Source, open_source
 from pipedbn.errors import DataError
+from pipedbn.idx_sources import OFFICIAL, open_official
 
 _CHUNK = 8192
 
@@ -42,6 +44,11 @@ class Data:
     drop_last: bool
     shuffle: bool
     seed: int
+    stochastic_seed: int | None = None
+    """``data.stochastic_binarize``: each value p becomes 1 with probability p, keyed by the
+    sample's row in its source."""
+    valid_rows: np.ndarray | None = None
+    """Sorted rows of a validation split carved from training (``data.validation``), if any."""
     _perm_epoch: int = -1
     _perm: np.ndarray | None = None
 
@@ -73,9 +80,12 @@ class Data:
         local = row - (int(bounds[k - 1]) if k else 0)
         return f"{self.source.shards[k].name} sample {local}"
 
-    def preprocess(self, x: np.ndarray) -> np.ndarray:
+    def preprocess(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Raw values ``x`` of global ``rows`` -> layer 0's input."""
         with np.errstate(over="ignore", invalid="ignore"):  # check() names what overflowed
             x *= np.float32(self.scale)
+        if self.stochastic_seed is not None:
+            x = stochastic_binarize(x, rows, self.stochastic_seed)
         if self.binarize is not None:
             # NaN/Inf stay non-finite so that check() reports them instead of hiding them as 0/1
             x = np.where(np.isfinite(x), x > self.binarize, np.nan).astype(np.float32)
@@ -115,7 +125,7 @@ class Data:
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Preprocessed, checked values of global ``rows``."""
-        x = self.preprocess(self.raw(rows))
+        x = self.preprocess(self.raw(rows), rows)
         self.check(x, rows)
         return x
 
@@ -139,12 +149,21 @@ class Data:
         out = {"scale": torch.tensor(self.scale, dtype=torch.float64)}
         if self.binarize is not None:
             out["binarize"] = torch.tensor(self.binarize, dtype=torch.float64)
+        if self.stochastic_seed is not None:
+            out["stochastic_binarize"] = torch.tensor(self.stochastic_seed, dtype=torch.int64)
         if self.mean is not None and self.std is not None:
             out["mean"], out["std"] = torch.from_numpy(self.mean), torch.from_numpy(self.std)
         return out
 
+    @property
+    def monitor_rows(self) -> np.ndarray:
+        """What monitoring watches: the validation split when there is one, else the held-out
+        split (so that a run with an official test split need not look at it while training)."""
+        return self.valid_rows if self.valid_rows is not None and len(self.valid_rows) \
+            else self.held_rows
+
     def held_out(self) -> np.ndarray:
-        return self.rows(self.held_rows)
+        return self.rows(self.monitor_rows)
 
     def train_sample(self, n: int) -> np.ndarray:
         """``n`` training samples drawn once from (seed), for monitoring the free-energy gap
@@ -153,7 +172,7 @@ class Data:
 
     def held_sample(self, n: int) -> np.ndarray:
         """``n`` held-out samples drawn once from (seed): the probe of ``probe.py``."""
-        return self.rows(self.subset(self.held_rows, n, 0x9E0))
+        return self.rows(self.subset(self.monitor_rows, n, 0x9E0))
 
     def subset(self, rows: np.ndarray, n: int, tag: int) -> np.ndarray:
         """``n`` of ``rows``, drawn once from (seed, ``tag``), sorted (all of them if fewer)."""
@@ -165,22 +184,34 @@ class Data:
 def open_data(cfg: Config, unit_range: bool) -> Data:
     """Open, split, check and measure the configured data; raises DataError on any problem."""
     d = cfg.data
-    src = open_source(d.source, d.path, d.labels, d.key, cfg.seed, d.bars_size, d.bars_samples)
-    n = src.rows if d.limit is None else min(d.limit, src.rows)
+    if d.source in OFFICIAL:
+        src = open_official(d.source, d.path)
+    else:
+        src = open_source(d.source, d.path, d.labels, d.key, cfg.seed, d.bars_size,
+                          d.bars_samples)
+    pool = src.rows - src.test_rows  # the rows a split may be drawn from
+    n = pool if d.limit is None else min(d.limit, pool)
     if n == 0:
         raise DataError(f"data: {src.description} holds no samples")
     if src.features == 0:
         raise DataError(f"data: {src.description} has no features: each of its {src.rows} "
                         "samples holds 0 values (give an array of shape (samples, features) "
                         "with features >= 1)")
-    n_held = int(round(d.held_out * n))
+    n_held = int(round((d.validation if src.test_rows else d.held_out) * n))
     if n - n_held < 1:
-        raise DataError(f"data: {n} samples leave none for training with held_out={d.held_out}")
+        raise DataError(f"data: {n} samples leave none for training with "
+                        f"{'validation' if src.test_rows else 'held_out'}="
+                        f"{d.validation if src.test_rows else d.held_out}")
     split = np.random.default_rng([cfg.seed, 0x5B17]).permutation(n)
+    carved = np.sort(split[:n_held])
+    # an official test split is the held-out split, whole (figures then compare with papers)
+    held = np.arange(pool, src.rows) if src.test_rows else carved
     data = Data(
         source=src,
         train_rows=np.sort(split[n_held:]),
-        held_rows=np.sort(split[:n_held]),
+        held_rows=held,
+        valid_rows=carved if src.test_rows else None,
+        stochastic_seed=d.stochastic_binarize,
         scale=d.scale if d.scale is not None else src.default_scale,
         binarize=d.binarize,
         mean=None,
@@ -199,12 +230,14 @@ def open_data(cfg: Config, unit_range: bool) -> Data:
     # One pass over every sample: check values, take mean and variance of the training split.
     total = np.zeros(src.features, np.float64)
     total_sq = np.zeros(src.features, np.float64)
-    is_train = np.zeros(n, bool)
+    is_train = np.zeros(src.rows, bool)
     is_train[data.train_rows] = True
     data.unit_range = unit_range and not d.standardize
-    for lo in range(0, n, _CHUNK):
-        rows = np.arange(lo, min(lo + _CHUNK, n))
-        x = data.preprocess(data.raw(rows))
+    used = np.concatenate([np.arange(n), np.arange(pool, src.rows)]) if src.test_rows \
+        else np.arange(n)
+    for lo in range(0, len(used), _CHUNK):
+        rows = used[lo : lo + _CHUNK]
+        x = data.preprocess(data.raw(rows), rows)
         data.check(x, rows)
         xt = x[is_train[rows]].astype(np.float64)
         total += xt.sum(0)
@@ -219,9 +252,9 @@ def open_data(cfg: Config, unit_range: bool) -> Data:
         data.feature_mean = mean.astype(np.float32)
     if unit_range and d.standardize:  # checked after standardising: it is what layer 0 sees
         data.unit_range = True
-        for lo in range(0, n, _CHUNK):
-            rows = np.arange(lo, min(lo + _CHUNK, n))
-            data.check(data.preprocess(data.raw(rows)), rows)
+        for lo in range(0, len(used), _CHUNK):
+            rows = used[lo : lo + _CHUNK]
+            data.check(data.preprocess(data.raw(rows), rows), rows)
     return data
 
 

@@ -67,6 +67,9 @@ class Source:
     labels: np.ndarray | None
     default_scale: float
     description: str
+    test_rows: int = 0
+    """The last ``test_rows`` samples are an official test split (``mnist``, ``fashion-mnist``):
+    the held-out split, whatever ``data.held_out`` says."""
 
     @property
     def rows(self) -> int:

