@@ -334,19 +334,22 @@ def load(path: str | Path) -> Model:
 PREPROCESS_FILE = "preprocess.pt"
 
 
+def _tensor_dict(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A torch file of tensors holding a dict (``preprocess.pt``, a layer state), or one error
+    naming the file and the fix."""
+    try:
+        loaded = _torch_load(path)
+    except ValueError as e:
+        raise _bad(path, "the whole file", str(e), fix) from None
+    if not isinstance(loaded, dict):
+        raise _bad(path, "the whole file", f"holds a {type(loaded).__name__}, not {what}", fix)
+    return loaded
+
+
 def _preprocessing(run_dir: Path, n_visible: int) -> dict[str, Any]:
     """The run's ``preprocess.pt``, checked: scale, optional binarize, optional mean and std."""
-    path = run_dir / PREPROCESS_FILE
-    if not path.is_file():
-        raise UserError(f"{run_dir}: {PREPROCESS_FILE} is missing: the run did not start "
-                        "properly")
-    try:
-        pre = _torch_load(path)
-    except ValueError as e:
-        raise _bad(path, "the whole file", str(e), PREPROCESS_FIX) from None
-    if not isinstance(pre, dict):
-        raise _bad(path, "the whole file", f"holds a {type(pre).__name__}, not a dict",
-                   PREPROCESS_FIX)
+    path = run_dir / PREPROCESS_FILE  # (from_run has checked that it exists)
+    pre = _tensor_dict(path, "a dict", PREPROCESS_FIX)
     if "scale" not in pre:
         raise _bad(path, "scale", "missing", PREPROCESS_FIX)
     mean, std = _standardisation(path, pre.get("mean"), pre.get("std"), n_visible,
@@ -381,14 +384,7 @@ def from_run(run_dir: str | Path, tag: str = "final") -> Model:
         if not path.is_file():
             raise UserError(f"{run_dir}: no state for layer {i} ({path.relative_to(run_dir)} is "
                             "missing): the run did not finish")
-        try:
-            state = _torch_load(path)
-        except ValueError as e:
-            raise _bad(path, "the whole file", str(e), fix) from None
-        if not isinstance(state, dict):
-            raise _bad(path, "the whole file", f"a {type(state).__name__}, not a layer state",
-                       fix)
-        states.append(state)
+        states.append(_tensor_dict(path, "a layer state", fix))
         where.append((path, ""))
     params = _layers(states, where, fix)
     pre = _preprocessing(run_dir, params[0]["weight"].shape[0])
