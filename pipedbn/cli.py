@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ from pipedbn.errors import ConfigError, Interrupted, UserError
 from pipedbn.launch import LINK_EXIT
 from pipedbn.local import default_nproc, train_local
 from pipedbn.transport import LinkError
+
+CONFIG_ERROR_GRACE_S = 20.0  # a torchrun rank but 0 waits this long for rank 0 to report
 
 log = logging.getLogger("pipedbn")
 
@@ -311,8 +314,15 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         return cmd_export(args)
     except UserError as e:
-        # every rank finds the same config mistake; rank 0 alone reports it
-        if not (isinstance(e, ConfigError) and rank):
+        # every rank finds the same config mistake; rank 0 alone reports it. Under torchrun the
+        # others wait for rank 0 to report and the agent to stop them: exiting first would let
+        # the agent stop rank 0 before it has said a word. Bounded: a rank 0 that never fails
+        # this way leaves the line to this rank.
+        torchrun_peer = isinstance(e, ConfigError) and bool(rank) and not getattr(
+            args, "prepared", False)
+        if torchrun_peer:
+            time.sleep(CONFIG_ERROR_GRACE_S)
+        if not (isinstance(e, ConfigError) and rank) or torchrun_peer:
             print(f"pipedbn: error: {where}{e}", file=sys.stderr)
         return e.exit_code
     except LinkError as e:  # its message names this stage and the peer it lost
