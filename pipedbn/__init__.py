@@ -8,8 +8,8 @@
 """
 
 from pipedbn.estimator import DBN
-from pipedbn.model import Model, load
-from pipedbn.rundir import read_split
+from pipedbn.model.dbn import Model, load
+from pipedbn.run.rundir import read_split
 
 __version__ = "0.1.0"
 __all__ = ["DBN", "Model", "load", "read_split", "__version__"]

@@ -43,7 +43,7 @@ import yaml
 
 from pipedbn.config import load_yaml
 from pipedbn.errors import UserError
-from pipedbn.rundir import SPLIT_FILE, atomic_write, read_split, save_tensors
+from pipedbn.run.rundir import SPLIT_FILE, atomic_write, read_split, save_tensors
 
 CLASSIFIER_FILE = "classifier.pt"
 REPORT_FILE = "finetune.json"
@@ -119,7 +119,7 @@ def labelled_splits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
                                              torch.Tensor, list[int]]:
     """(x_train, y_train, x_held, y_held, classes) of the run's data, preprocessed as in
     training; ``y`` are class indices into ``classes`` (the sorted label values)."""
-    from pipedbn.data import open_data
+    from pipedbn.data.loader import open_data
     from stages import registry
 
     cfg = _run_config(run_dir)
@@ -188,7 +188,7 @@ def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
 def finetune(run_dir: str | Path, settings: FinetuneSettings | None = None,
              log: Any = None) -> FinetuneResult:
     """Fine-tune the DBN of ``run_dir`` into a classifier (see the module docstring)."""
-    from pipedbn.model import MODEL_FILE, from_run, load
+    from pipedbn.model.dbn import MODEL_FILE, from_run, load
 
     s = settings or FinetuneSettings()
     s.check()
@@ -343,7 +343,7 @@ def start_rows(dbn: Any, n: int, seed: int, src: Path) -> torch.Tensor | None:
     """``n`` held-out rows of the model's data (training rows if it kept none), preprocessed,
     where the sampling chains begin; None when the data cannot be found (then noise)."""
     from pipedbn.config import config_from_text, resolve_defaults
-    from pipedbn.data import open_data
+    from pipedbn.data.loader import open_data
 
     try:
         cfg = resolve_defaults(config_from_text(dbn.config, str(src)))
@@ -359,8 +359,8 @@ def start_rows(dbn: Any, n: int, seed: int, src: Path) -> torch.Tensor | None:
 
 
 def cmd_sample(args: Any) -> int:
-    from pipedbn.model import MODEL_FILE, from_run, load
-    from pipedbn.probe import image_shape, tile
+    from pipedbn.model.dbn import MODEL_FILE, from_run, load
+    from pipedbn.observe.probe import image_shape, tile
 
     torch.set_num_threads(1)
     if args.n < 1:

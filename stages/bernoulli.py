@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from pipedbn.rbm import RBM, bernoulli
+from pipedbn.model.rbm import RBM, bernoulli
 from stages.registry import register
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pipedbn.rbm import RBM
+from pipedbn.model.rbm import RBM
 from stages.registry import register
 
 

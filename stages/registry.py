@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipedbn.rbm import RBM
+from pipedbn.model.rbm import RBM
 
 _KINDS: dict[str, type[RBM]] = {}
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, cli
 
-from pipedbn.rundir import layer_state_path
+from pipedbn.run.rundir import layer_state_path
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

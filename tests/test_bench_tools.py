@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from pipedbn.checkpoint import part_path, save_part
+from pipedbn.run.checkpoint import part_path, save_part
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipedbn.binarize import stochastic_binarize, uniforms
 from pipedbn.config import load_config, resolve_defaults
-from pipedbn.data import open_data
+from pipedbn.data.binarize import stochastic_binarize, uniforms
+from pipedbn.data.loader import open_data
 from pipedbn.errors import ConfigError
-from pipedbn.model import Model, load
+from pipedbn.model.dbn import Model, load
 
 
 def grey(n: int, f: int, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipedbn.checkpoint import (
+from pipedbn.config import load_config, resolve_defaults
+from pipedbn.errors import NonFiniteError
+from pipedbn.pipeline.replicas import round_boundaries
+from pipedbn.pipeline.schedule import build_schedule
+from pipedbn.pipeline.trainer import make_layer
+from pipedbn.run.checkpoint import (
     CheckpointError,
     Saver,
     boundaries,
@@ -19,11 +24,6 @@ from pipedbn.checkpoint import (
     latest,
     part_path,
 )
-from pipedbn.config import load_config, resolve_defaults
-from pipedbn.errors import NonFiniteError
-from pipedbn.replicas import round_boundaries
-from pipedbn.schedule import build_schedule
-from pipedbn.trainer import make_layer
 
 TINY = "configs/tiny.yaml"
 

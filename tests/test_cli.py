@@ -13,7 +13,7 @@ from conftest import cli
 from safetensors import safe_open
 
 import pipedbn
-from pipedbn.rundir import layer_state_path
+from pipedbn.run.rundir import layer_state_path
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

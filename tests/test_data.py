@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipedbn.config import load_config
-from pipedbn.data import Data, Prefetcher, open_data
+from pipedbn.data.loader import Data, Prefetcher, open_data
 from pipedbn.errors import DataError
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipedbn import datasets
-from pipedbn.datasets import Shard, open_source, read_idx, read_npy
+from pipedbn.data import datasets
+from pipedbn.data.datasets import Shard, open_source, read_idx, read_npy
 from pipedbn.errors import DataError
 
 IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,

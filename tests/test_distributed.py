@@ -14,10 +14,10 @@ from conftest import ONE_PER_LAYER, ROOT, cli, env1, free_port
 from safetensors.torch import load_file
 
 from pipedbn.config import load_config, resolve_defaults
-from pipedbn.data import open_data
-from pipedbn.monitor import Metrics
-from pipedbn.rundir import layer_state_path
-from pipedbn.trainer import train_in_process
+from pipedbn.data.loader import open_data
+from pipedbn.observe.monitor import Metrics
+from pipedbn.pipeline.trainer import train_in_process
+from pipedbn.run.rundir import layer_state_path
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

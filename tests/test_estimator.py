@@ -21,7 +21,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import pipedbn
 from pipedbn.estimator import option_key
-from pipedbn.rundir import read_split
+from pipedbn.run.rundir import read_split
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

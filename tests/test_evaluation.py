@@ -17,12 +17,12 @@ import torch
 from conftest import cli
 
 from pipedbn.config import load_config, resolve_defaults
-from pipedbn.data import Data, open_data
-from pipedbn.evaluation import EvalOptions, ais_log_partition, evaluate_dbn
-from pipedbn.likelihood import log_partition
-from pipedbn.model import Model
-from pipedbn.monitor import Metrics
-from pipedbn.trainer import train_in_process
+from pipedbn.data.loader import Data, open_data
+from pipedbn.eval.evaluation import EvalOptions, ais_log_partition, evaluate_dbn
+from pipedbn.eval.likelihood import log_partition
+from pipedbn.model.dbn import Model
+from pipedbn.observe.monitor import Metrics
+from pipedbn.pipeline.trainer import train_in_process
 
 
 @cache

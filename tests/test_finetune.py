@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import cli
 
-from pipedbn.data import open_data
+from pipedbn.data.loader import open_data
 from pipedbn.finetune import (
     FinetuneSettings,
     _run_config,
@@ -22,8 +22,8 @@ from pipedbn.finetune import (
     png_bytes,
     start_rows,
 )
-from pipedbn.model import load
-from pipedbn.rundir import read_split
+from pipedbn.model.dbn import load
+from pipedbn.run.rundir import read_split
 
 # 8x8 digits, two layers of 64 trained long enough for useful features; 30% held out (539
 # samples) so that a difference of a few percent is many samples, not noise. ~2 s in one process.

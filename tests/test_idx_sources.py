@@ -17,9 +17,9 @@ import pytest
 from conftest import cli
 
 from pipedbn.config import load_config, resolve_defaults
-from pipedbn.data import open_data
+from pipedbn.data.idx_sources import FILES, OFFICIAL, cache_dir, open_official, search_dirs
+from pipedbn.data.loader import open_data
 from pipedbn.errors import DataError
-from pipedbn.idx_sources import FILES, OFFICIAL, cache_dir, open_official, search_dirs
 
 N_TRAIN, N_TEST = 50, 20
 

@@ -1,4 +1,4 @@
-"""Held-out probes and pictures (``pipedbn/probe.py``), checked against direct computations."""
+"""Held-out probes and pictures (``pipedbn/observe/probe.py``), checked directly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from test_trainer import tiny
 
-from pipedbn.probe import gibbs_samples, image_shape, probe_generator, probe_layer, tile
+from pipedbn.observe.probe import gibbs_samples, image_shape, probe_generator, probe_layer, tile
 from stages import registry
 
 

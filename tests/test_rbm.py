@@ -10,8 +10,8 @@ import torch
 
 from pipedbn.config import LayerConfig, load_config, resolve_defaults
 from pipedbn.errors import NonFiniteError
-from pipedbn.likelihood import exact_gradient, log_likelihood, log_partition
-from pipedbn.rbm import RBM, layer_seed
+from pipedbn.eval.likelihood import exact_gradient, log_likelihood, log_partition
+from pipedbn.model.rbm import RBM, layer_seed
 from stages import registry
 
 
@@ -217,7 +217,7 @@ def test_free_energy_is_finite_for_huge_inputs() -> None:
 
 
 def test_training_on_bars_and_stripes_raises_exact_log_likelihood() -> None:
-    from pipedbn.data import open_data
+    from pipedbn.data.loader import open_data
 
     cfg = resolve_defaults(load_config(None, [
         "layers=[{hidden: 10}]", "data.source=bars", "data.bars_samples=600", "seed=3",
@@ -236,7 +236,7 @@ def test_training_on_bars_and_stripes_raises_exact_log_likelihood() -> None:
 
 
 def test_gaussian_layer_on_standardised_real_data_learns_and_stays_finite() -> None:
-    from pipedbn.data import open_data
+    from pipedbn.data.loader import open_data
 
     cfg = resolve_defaults(load_config(None, [
         "layers=[{hidden: 32, kind: gaussian}]", "data.source=digits", "data.standardize=true",

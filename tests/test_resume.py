@@ -19,7 +19,7 @@ import torch
 from conftest import ROOT, cli, env1, wait_for, workers
 from safetensors.torch import load_file
 
-from pipedbn.checkpoint import part_path
+from pipedbn.run.checkpoint import part_path
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

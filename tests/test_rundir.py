@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipedbn.rundir import record_failure, root_failure
+from pipedbn.run.rundir import record_failure, root_failure
 
 
 def rec(seen_by: int, stage: int, kind: str, t: float) -> dict[str, object]:

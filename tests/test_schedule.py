@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipedbn.schedule import build_schedule
+from pipedbn.pipeline.schedule import build_schedule
 
 
 def test_streaming_windows_start_one_offset_apart() -> None:

@@ -22,7 +22,7 @@ from simulate import (  # noqa: E402
 )
 
 from pipedbn.balancer import Problem, stage_time  # noqa: E402
-from pipedbn.schedule import Schedule, build_schedule  # noqa: E402
+from pipedbn.pipeline.schedule import Schedule, build_schedule  # noqa: E402
 
 FREE = Link(latency=0.0, bandwidth=1e30)
 MS = 1e-3

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from pipedbn.config import Config, load_config, resolve_defaults
-from pipedbn.data import open_data
-from pipedbn.monitor import Metrics
-from pipedbn.trainer import train_in_process
+from pipedbn.data.loader import open_data
+from pipedbn.observe.monitor import Metrics
+from pipedbn.pipeline.trainer import train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 

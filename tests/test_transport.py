@@ -25,7 +25,7 @@ def _stage(rank: int, store_path: str, out: str, window: int, slow: float, die_a
            ) -> None:
     import torch.distributed as dist
 
-    from pipedbn.transport import LinkError, Receiver, Sender
+    from pipedbn.pipeline.transport import LinkError, Receiver, Sender
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank,

@@ -40,8 +40,8 @@ import torch  # noqa: E402
 from bench_pipeline import standalone  # noqa: E402
 from benchdocs import publish  # noqa: E402
 
-from pipedbn.balance import problem_for  # noqa: E402
 from pipedbn.balancer import Plan, evaluate, one_per_layer, solve  # noqa: E402
+from pipedbn.balancer.runtime import problem_for  # noqa: E402
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

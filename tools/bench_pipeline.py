@@ -45,8 +45,8 @@ import torch  # noqa: E402
 from benchdocs import publish  # noqa: E402
 
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
-from pipedbn.data import open_data  # noqa: E402
-from pipedbn.trainer import make_layers, make_schedule  # noqa: E402
+from pipedbn.data.loader import open_data  # noqa: E402
+from pipedbn.pipeline.trainer import make_layers, make_schedule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quickstart.yaml"

@@ -119,8 +119,8 @@ def equal_updates(finals: dict[str, dict[int, float]]) -> dict[str, Any]:
 
 def stream_length(epochs: float, schedule: str) -> int:
     from pipedbn.config import load_config, resolve_defaults
-    from pipedbn.data import open_data
-    from pipedbn.trainer import make_schedule
+    from pipedbn.data.loader import open_data
+    from pipedbn.pipeline.trainer import make_schedule
 
     cfg = resolve_defaults(load_config(CONFIG, [f"rbm.epochs={epochs}",
                                                 f"train.schedule={schedule}"]))
@@ -170,9 +170,9 @@ def checkpoint_times(run_dir: Path, start: float) -> list[dict[str, Any]]:
 @functools.cache
 def _inputs(run_dir: str) -> tuple[Any, ...]:
     from pipedbn.config import load_config, resolve_defaults
-    from pipedbn.data import open_data
-    from pipedbn.evaluation import EvalOptions, eval_inputs
-    from pipedbn.model import from_run
+    from pipedbn.data.loader import open_data
+    from pipedbn.eval.evaluation import EvalOptions, eval_inputs
+    from pipedbn.model.dbn import from_run
 
     cfg = resolve_defaults(load_config(Path(run_dir) / "config.yaml"))
     data = open_data(cfg, unit_range=True)
@@ -184,8 +184,8 @@ def measure(run_dir: str, tag: str, ais_temperatures: int) -> dict[str, float]:
     ``ais_temperatures``, its AIS log-likelihood), as ``pipedbn eval`` reports them."""
     import torch
 
-    from pipedbn.evaluation import EvalOptions, evaluate_dbn, linear_probe
-    from pipedbn.model import Model, from_run
+    from pipedbn.eval.evaluation import EvalOptions, evaluate_dbn, linear_probe
+    from pipedbn.model.dbn import Model, from_run
 
     torch.set_num_threads(1)
     held, train_ref, probe_train, held_labels = _inputs(run_dir)

@@ -20,7 +20,7 @@ SECTIONS = [("Config", "top level"), ("RBMConfig", "rbm"), ("LayerConfig", "laye
 
 INTRO = """# Config reference
 
-Generated from `pipedbn/config.py` by `python tools/config_docs.py`; do not edit by hand.
+Generated from `pipedbn/config/__init__.py` by `python tools/config_docs.py`; do not edit by hand.
 
 A config is a YAML file with the sections below. `rbm` holds the training settings of every
 layer; an entry of `layers` takes `hidden` (and optionally `visible`) and may override any `rbm`

@@ -78,7 +78,7 @@ TRAINING_TAGS = ("rbm/", "pipeline/")
 """Metrics a stage writes only while it trains (``eval/*`` and ``config`` come at set-up)."""
 POLL_S = 0.01
 RESUMING = re.compile(r"resuming \S+ from (?:step-(\d+)|(final)|the start)")
-"""Rank 0's log line when a restarted job continues its run (``pipedbn.resume``)."""
+"""Rank 0's log line when a restarted job continues its run (``pipedbn.run.resume``)."""
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 NO_SHARE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 """``--env no-share`` sets it to 1: each rendezvous round then gets a fresh store for the workers
@@ -268,7 +268,7 @@ def wait_until(predicate: Any, deadline: float, what: str) -> None:
 
 def complete_checkpoints(run_dir: Path, layers: int) -> list[int]:
     """Micro-batches of the complete ``step-<c>`` checkpoints: every layer's part has its
-    ``.json`` (written after the part itself, as ``pipedbn.checkpoint`` counts them)."""
+    ``.json`` (written after the part itself, as ``pipedbn.run.checkpoint`` counts them)."""
     found = []
     for d in (run_dir / "checkpoints").glob("step-*"):
         c = d.name.removeprefix("step-")

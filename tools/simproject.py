@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from simulate import LayerCost, Link, Network, SimResult, SyncPolicy, simulate, stages_of
 
 from pipedbn.balancer import Problem, cd_flops, forward_flops, param_count, solve
-from pipedbn.schedule import build_schedule
+from pipedbn.pipeline.schedule import build_schedule
 
 SIZES = [784, 2000, 2000, 2000, 2000]
 BATCH = 1000

@@ -6,7 +6,7 @@
     python tools/simulate.py --validate                  # predicted against measured, here
                                                          # (tools/simvalidate.py)
 
-What it models (each rule is the engine's, see ``pipedbn/runner.py``, ``links.py``,
+What it models (each rule is the engine's, see ``pipedbn/pipeline/runner.py``, ``links.py``,
 ``transport.py`` and ``replicas.py``):
 
 - the stream m = 0..L-1 of a real ``Schedule``; micro-batch m goes up to ``schedule.top(m)``, a
@@ -20,8 +20,8 @@ What it models (each rule is the engine's, see ``pipedbn/runner.py``, ``links.py
   only once its receiver has posted a buffer for it (gloo's rendezvous), and a receiver keeps
   two posted, re-posting one when it asks for the next message;
 - the end of the stream: two END messages per link, each stage closes after its input ended;
-- replicas tick at ``pipedbn.replicas.round_boundaries`` (no checkpoints); a tick sends each
-  peer ``messages`` messages with the parameter delta; ``bsp`` waits for every peer's same tick,
+- replicas tick at ``pipedbn.pipeline.replicas.round_boundaries`` (no checkpoints); a tick sends
+  each peer ``messages`` messages with the parameter delta; ``bsp`` waits for each peer's tick,
   ``ssp`` only for peers more than ``staleness`` ticks behind; ``adaptive`` is modelled as
   ``ssp`` at its maximum staleness, without its barriers (an optimistic bound); the last update
   goes out marked FINAL;
@@ -48,8 +48,8 @@ from simengine import Engine, Process, Signal, Transfer, Wait, Work  # noqa: E40
 
 from pipedbn.balancer import Plan, cd_flops, forward_flops, param_count  # noqa: E402
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
-from pipedbn.replicas import round_boundaries  # noqa: E402
-from pipedbn.schedule import Schedule  # noqa: E402
+from pipedbn.pipeline.replicas import round_boundaries  # noqa: E402
+from pipedbn.pipeline.schedule import Schedule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNC_KINDS = ("bsp", "ssp", "adaptive")
@@ -424,7 +424,7 @@ class _Replicas:
 
 
 def _feeds(senders: int, receivers: int, i: int, j: int) -> bool:
-    """``pipedbn.links.feeds``: replica i of a stage ever sends to replica j of the next."""
+    """``pipedbn.pipeline.links.feeds``: replica i of a stage ever feeds replica j of the next."""
     g = math.gcd(senders, receivers)
     return i % g == j % g
 
@@ -544,7 +544,7 @@ def load(config: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 def data_shape(cfg: Config) -> tuple[int, int, list[int]]:
     """(features, micro-batches per epoch, rows of each batch of an epoch) of the config's data."""
-    from pipedbn.data import open_data
+    from pipedbn.data.loader import open_data
     from stages import registry
 
     data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
@@ -567,9 +567,9 @@ def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int,
     by default ``step_s`` scaled by ``forward_flops / cd_flops``. ``sleep_s``: non-CPU seconds
     per layer, by default the config's ``straggler`` (a layer's sleep from ``straggler.after``).
     ``shape``: ``data_shape(cfg)`` if known (else the data is opened to count its batches)."""
-    from pipedbn.balance import problem_for
     from pipedbn.balancer import solve
-    from pipedbn.trainer import make_schedule
+    from pipedbn.balancer.runtime import problem_for
+    from pipedbn.pipeline.trainer import make_schedule
 
     cfg = load(cfg) if isinstance(cfg, str | Path) else cfg
     features, per_epoch, rows = shape or data_shape(cfg)

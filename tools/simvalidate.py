@@ -32,8 +32,8 @@ def layer_times(cfg: Config, steps: int = 50) -> tuple[list[float], list[float]]
 
     import torch
 
-    from pipedbn.data import open_data
-    from pipedbn.trainer import make_layers, make_schedule
+    from pipedbn.data.loader import open_data
+    from pipedbn.pipeline.trainer import make_layers, make_schedule
 
     torch.set_num_threads(1)
     data = open_data(cfg, unit_range=True)
@@ -205,8 +205,8 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
     import tempfile
     import time
 
-    from pipedbn.balance import problem_for
     from pipedbn.balancer import solve
+    from pipedbn.balancer.runtime import problem_for
 
     link = link or measure_link()
     cores = os.cpu_count()

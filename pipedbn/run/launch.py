@@ -29,7 +29,7 @@ from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRen
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler
 
 from pipedbn.errors import Interrupted, resume_command
-from pipedbn.rundir import FAILURE_FILE, FAILURES_DIR, probe_storage, write_root_failure
+from pipedbn.run.rundir import FAILURE_FILE, FAILURES_DIR, probe_storage, write_root_failure
 
 LINK_EXIT = 4
 """Exit status of a stage that stopped because a neighbour failed (not a root cause)."""

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pipedbn.rbm import RBM, bernoulli
+from pipedbn.model.rbm import RBM, bernoulli
 
 
 def probe_generator(seed: int, layer: int, m: int, device: torch.device) -> torch.Generator:

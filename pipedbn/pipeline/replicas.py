@@ -38,9 +38,9 @@ import torch
 import torch.distributed as dist
 
 from pipedbn.config import BalancerConfig
-from pipedbn.monitor import Metrics
-from pipedbn.rbm import RBM
-from pipedbn.transport import _post, _wait
+from pipedbn.model.rbm import RBM
+from pipedbn.observe.monitor import Metrics
+from pipedbn.pipeline.transport import _post, _wait
 
 TICK, FINAL = 0, 1
 _PARAMS = ("weight", "visible_bias", "hidden_bias")
@@ -267,7 +267,7 @@ def replica_generator(seed: int, layer: int, replica: int, begin: int,
                       device: torch.device) -> torch.Generator:
     """Replica ``replica`` (>= 1) of a layer draws from its own stream, a pure function of the
     seed, the layer, the replica and the micro-batch where the replica began."""
-    from pipedbn.rbm import layer_seed
+    from pipedbn.model.rbm import layer_seed
 
     s = layer_seed(seed, layer) ^ (0x9E3779B97F4A7C15 * (replica + 1) + begin) % (1 << 63)
     return torch.Generator(device).manual_seed(s % (1 << 63))

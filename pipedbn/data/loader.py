@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipedbn.binarize import stochastic_binarize
 from pipedbn.config import Config
-from pipedbn.datasets import Source, open_source
+from pipedbn.data.binarize import stochastic_binarize
+from pipedbn.data.datasets import Source, open_source
+from pipedbn.data.idx_sources import OFFICIAL, open_official
 from pipedbn.errors import DataError
-from pipedbn.idx_sources import OFFICIAL, open_official
 
 _CHUNK = 8192
 

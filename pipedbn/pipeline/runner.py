@@ -27,18 +27,18 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from pipedbn.balance import Reporter
 from pipedbn.balancer import Plan
-from pipedbn.checkpoint import Saver
+from pipedbn.balancer.runtime import Reporter
 from pipedbn.config import Config
-from pipedbn.links import Inbox, Outbox
-from pipedbn.monitor import Metrics
-from pipedbn.progress import Progress
-from pipedbn.rbm import RBM
-from pipedbn.replicas import ReplicaSync
-from pipedbn.schedule import Schedule
-from pipedbn.trainer import Straggler, is_probe, layer_step
-from pipedbn.transport import END, PLAN
+from pipedbn.model.rbm import RBM
+from pipedbn.observe.monitor import Metrics
+from pipedbn.observe.progress import Progress
+from pipedbn.pipeline.links import Inbox, Outbox
+from pipedbn.pipeline.replicas import ReplicaSync
+from pipedbn.pipeline.schedule import Schedule
+from pipedbn.pipeline.trainer import Straggler, is_probe, layer_step
+from pipedbn.pipeline.transport import END, PLAN
+from pipedbn.run.checkpoint import Saver
 
 
 @dataclass

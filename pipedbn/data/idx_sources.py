@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipedbn.datasets import Shard, Source, _idx_header
+from pipedbn.data.datasets import Shard, Source, _idx_header
 from pipedbn.errors import DataError
 
 log = logging.getLogger("pipedbn")

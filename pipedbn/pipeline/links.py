@@ -20,7 +20,7 @@ import math
 import torch
 
 from pipedbn.balancer import Plan
-from pipedbn.transport import DATA, END, PROBE, Receiver, Sender
+from pipedbn.pipeline.transport import DATA, END, PROBE, Receiver, Sender
 
 
 def feeds(senders: int, receivers: int, i: int, j: int) -> bool:

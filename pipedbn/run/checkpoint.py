@@ -37,7 +37,7 @@ import torch
 
 from pipedbn.config import Config, to_dict
 from pipedbn.errors import UserError
-from pipedbn.rundir import atomic_write
+from pipedbn.run.rundir import atomic_write
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "MANIFEST.json"

@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 from pipedbn.config import Config
-from pipedbn.schedule import Schedule
+from pipedbn.pipeline.schedule import Schedule
 
-log = logging.getLogger("pipedbn.progress")
+log = logging.getLogger("pipedbn.observe.progress")
 log.setLevel(logging.INFO)  # shown on whichever rank runs stage 0 (cli.main quiets the others)
 
 REFRESH_S = 1.0

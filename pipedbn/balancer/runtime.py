@@ -35,7 +35,7 @@ from pipedbn.balancer import Plan, Problem, cd_flops, evaluate, solve, state_byt
 from pipedbn.balancer.cost import param_count
 from pipedbn.config import Config
 from pipedbn.errors import ConfigError
-from pipedbn.monitor import Metrics
+from pipedbn.observe.monitor import Metrics
 
 log = logging.getLogger("pipedbn")
 
@@ -119,7 +119,7 @@ def profile_layers(cfg: Config, features: int, device: torch.device, steps: int 
                    ) -> list[float]:
     """Seconds per micro-batch of a CD step of every layer on this rank's device (fresh layers,
     random input; the fastest of ``steps`` after one warm-up)."""
-    from pipedbn.trainer import dtype_of, make_layer, make_schedule
+    from pipedbn.pipeline.trainer import dtype_of, make_layer, make_schedule
 
     schedule = make_schedule(cfg, 1)
     out = []

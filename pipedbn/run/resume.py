@@ -24,7 +24,11 @@ import os
 import shutil
 from pathlib import Path
 
-from pipedbn.checkpoint import (
+from pipedbn.config import Config, load_config, resolve_defaults
+from pipedbn.data.loader import Data, open_data
+from pipedbn.errors import ConfigError, RunDirError
+from pipedbn.observe.monitor import METRICS_FILE
+from pipedbn.run.checkpoint import (
     CHECKPOINTS,
     FINAL,
     Checkpoint,
@@ -32,11 +36,7 @@ from pipedbn.checkpoint import (
     incompatible,
     latest,
 )
-from pipedbn.config import Config, load_config, resolve_defaults
-from pipedbn.data import Data, open_data
-from pipedbn.errors import ConfigError, RunDirError
-from pipedbn.monitor import METRICS_FILE
-from pipedbn.rundir import (
+from pipedbn.run.rundir import (
     FAILURE_FILE,
     FAILURES_DIR,
     atomic_write,
@@ -110,7 +110,7 @@ def write_pointer(cfg: Config, run_dir: Path) -> None:
 def resume_run(cfg: Config, run_dir: Path) -> tuple[Config, Data, Checkpoint | None]:
     """Check ``cfg`` against the run in ``run_dir`` and prepare the directory to resume from
     its newest complete checkpoint (None: from the start). Returns the config to run with."""
-    from pipedbn.trainer import make_schedule
+    from pipedbn.pipeline.trainer import make_schedule
     from stages import registry
 
     if not (run_dir / "config.yaml").is_file():

@@ -28,11 +28,11 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
-from pipedbn.binarize import stochastic_binarize
 from pipedbn.config import TextError, load_yaml, read_text
+from pipedbn.data.binarize import stochastic_binarize
 from pipedbn.errors import ModelError, UserError
-from pipedbn.rbm import RBM, free_energy
-from pipedbn.rundir import atomic_write, layer_state_path
+from pipedbn.model.rbm import RBM, free_energy
+from pipedbn.run.rundir import atomic_write, layer_state_path
 
 FORMAT = "pipedbn-dbn/1"
 MODEL_FILE = "model.safetensors"

@@ -24,9 +24,9 @@ import torch
 from pipedbn import __version__
 from pipedbn.config import dump_yaml, load_config, resolve_defaults
 from pipedbn.errors import ConfigError, Interrupted, UserError
-from pipedbn.launch import LINK_EXIT
-from pipedbn.local import default_nproc, train_local
-from pipedbn.transport import LinkError
+from pipedbn.pipeline.transport import LinkError
+from pipedbn.run.launch import LINK_EXIT
+from pipedbn.run.local import default_nproc, train_local
 
 CONFIG_ERROR_GRACE_S = 20.0  # a torchrun rank but 0 waits this long for rank 0 to report
 
@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
-    from pipedbn.evaluation import AIS_SCHEDULES, EvalOptions
+    from pipedbn.eval.evaluation import AIS_SCHEDULES, EvalOptions
 
     d = EvalOptions()  # the defaults live there
     ev.add_argument("model", help="run directory, or an exported .safetensors file")
@@ -176,13 +176,13 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipedbn.evaluation import EvalOptions, ais_progress, run_eval, table
+    from pipedbn.eval.evaluation import EvalOptions, ais_progress, run_eval, table
 
     for name in ("ais_chains", "ais_temperatures", "probe_samples"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a number "
                             ">= 1")
-    from pipedbn.likelihood import MAX_ENUMERATED
+    from pipedbn.eval.likelihood import MAX_ENUMERATED
 
     if args.exact_max > MAX_ENUMERATED:
         raise UserError(f"--exact-max {args.exact_max}: at most {MAX_ENUMERATED} "
@@ -199,7 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipedbn.distributed import (
+    from pipedbn.pipeline.distributed import (
         torchrun_env,
         train_distributed,
     )
@@ -224,10 +224,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipedbn.balance import first_plan, problem_for, profile_layers
     from pipedbn.balancer import describe, evaluate, one_per_layer, solve
-    from pipedbn.data import open_data
-    from pipedbn.trainer import resolve_device
+    from pipedbn.balancer.runtime import first_plan, problem_for, profile_layers
+    from pipedbn.data.loader import open_data
+    from pipedbn.pipeline.trainer import resolve_device
     from stages import registry
 
     cfg = resolve_defaults(load_config(args.config, args.overrides))
@@ -265,7 +265,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipedbn.model import from_run
+    from pipedbn.model.dbn import from_run
 
     dbn = from_run(args.run_dir)
     out = Path(args.output)
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     rank = int(os.environ["RANK"]) if "RANK" in os.environ else None
     quiet = getattr(args, "quiet", False) or (rank is not None and rank > 0)
-    from pipedbn.progress import WhereFilter, set_where
+    from pipedbn.observe.progress import WhereFilter, set_where
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(WhereFilter())
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="[pipedbn] %(message)s" if rank is None
                         else "[pipedbn %(where)s] %(message)s")
     if getattr(args, "quiet", False):
-        logging.getLogger("pipedbn.progress").setLevel(logging.WARNING)
+        logging.getLogger("pipedbn.observe.progress").setLevel(logging.WARNING)
     where = "" if rank is None else f"stage {rank}: "
     try:
         if args.command == "train":

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from pipedbn.rbm import free_energy
+from pipedbn.model.rbm import free_energy
 
 MAX_ENUMERATED = 24
 _CHUNK = 1 << 14

@@ -22,8 +22,8 @@ from pipedbn.config import Config
 from pipedbn.errors import Interrupted, UserError, resume_command
 
 if TYPE_CHECKING:
-    from pipedbn.checkpoint import Checkpoint
-    from pipedbn.data import Data
+    from pipedbn.data.loader import Data
+    from pipedbn.run.checkpoint import Checkpoint
 
 log = logging.getLogger("pipedbn")
 
@@ -33,8 +33,8 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
     """Train ``cfg`` on ``nproc`` local processes (1: in this one), or continue the run in
     ``resume``; the exit status. With ``announce`` the run directory is the last line of
     stdout (for scripts); the estimator trains without it."""
-    from pipedbn.distributed import check_world, failure_record, wants_cuda
-    from pipedbn.rundir import discard_run_dir, record_failure, start_run, write_root_failure
+    from pipedbn.pipeline.distributed import check_world, failure_record, wants_cuda
+    from pipedbn.run.rundir import discard_run_dir, record_failure, start_run, write_root_failure
 
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
@@ -45,14 +45,14 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
                             f"process is needed and {torch.cuda.device_count()} are visible")
     ckpt = None
     if resume is not None:
-        from pipedbn.resume import resume_run
+        from pipedbn.run.resume import resume_run
 
         cfg, data, ckpt = resume_run(cfg, resume)
         run_dir = resume
     else:
         run_dir, data = start_run(cfg)
     if nproc > 1:
-        from pipedbn.balance import first_plan
+        from pipedbn.balancer.runtime import first_plan
 
         try:  # a plan the world cannot run is reported once, here, before any process starts
             plan, _ = first_plan(cfg, data.features, nproc)
@@ -64,7 +64,7 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
              data.source.description, len(data.train_rows), len(data.held_rows), data.features)
     log.info("run directory: %s", run_dir)
     if nproc > 1:
-        from pipedbn.launch import launch_local
+        from pipedbn.run.launch import launch_local
 
         log.info("starting %d local processes; plan%s: %s", nproc,
                  " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
@@ -140,8 +140,8 @@ def machine_nproc(cfg: Config, samples: int, features: int) -> int:
 
 def _train_here(cfg: Config, run_dir: Path, data: Data, ckpt: Checkpoint | None,
                 resumed: bool) -> None:
-    from pipedbn.monitor import Metrics, tensorboard_on
-    from pipedbn.trainer import finish_run, summary, train_in_process
+    from pipedbn.observe.monitor import Metrics, tensorboard_on
+    from pipedbn.pipeline.trainer import finish_run, summary, train_in_process
 
     # a resumed run's TensorBoard drops what the interrupted attempt wrote from ckpt on
     purge = (ckpt.micro_batch if ckpt is not None else 0) if resumed else None

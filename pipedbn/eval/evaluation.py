@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipedbn.errors import UserError
-from pipedbn.likelihood import log_partition
-from pipedbn.model import Model
-from pipedbn.rbm import free_energy
-from pipedbn.rundir import atomic_write
+from pipedbn.eval.likelihood import log_partition
+from pipedbn.model.dbn import Model
+from pipedbn.model.rbm import free_energy
+from pipedbn.run.rundir import atomic_write
 
 log = logging.getLogger("pipedbn")
 
@@ -318,8 +318,8 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
     """Evaluate a run directory or an export file on its data; write ``eval.json`` (in the run
     directory, next to an export file, or at ``output``). Returns the result and that path."""
     from pipedbn.config import config_from_text, load_config, resolve_defaults
-    from pipedbn.data import open_data
-    from pipedbn.model import MODEL_FILE, load
+    from pipedbn.data.loader import open_data
+    from pipedbn.model.dbn import MODEL_FILE, load
 
     path = Path(path)
     if not path.exists():

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipedbn.checkpoint import Checkpoint, Saver
 from pipedbn.config import Config
-from pipedbn.data import Data, Prefetcher
-from pipedbn.monitor import Metrics, flat_params
-from pipedbn.probe import (
+from pipedbn.data.loader import Data, Prefetcher
+from pipedbn.model.rbm import RBM
+from pipedbn.observe.monitor import Metrics, flat_params
+from pipedbn.observe.probe import (
     gibbs_samples,
     image_shape,
     layer0_images,
@@ -39,10 +39,10 @@ from pipedbn.probe import (
     probe_layer,
     tile,
 )
-from pipedbn.progress import Progress
-from pipedbn.rbm import RBM
-from pipedbn.rundir import atomic_write
-from pipedbn.schedule import Schedule, build_schedule
+from pipedbn.observe.progress import Progress
+from pipedbn.pipeline.schedule import Schedule, build_schedule
+from pipedbn.run.checkpoint import Checkpoint, Saver
+from pipedbn.run.rundir import atomic_write
 
 log = logging.getLogger("pipedbn")
 
@@ -263,7 +263,7 @@ def finish_run(run_dir: Path, text: str) -> None:
     """Export the model from the saved layer states, keep the summary and print it (stderr).
     Whoever started the run prints the run directory (``local.train_local``, a torchrun
     worker)."""
-    from pipedbn.model import MODEL_FILE, from_run
+    from pipedbn.model.dbn import MODEL_FILE, from_run
 
     from_run(run_dir).save(run_dir / MODEL_FILE)
     atomic_write(run_dir / "summary.txt", (text + "\n").encode())

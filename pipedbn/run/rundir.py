@@ -31,7 +31,7 @@ from pipedbn.config import Config, dump_yaml
 from pipedbn.errors import RunDirError
 
 if TYPE_CHECKING:
-    from pipedbn.data import Data
+    from pipedbn.data.loader import Data
 
 def _umask() -> int:
     """The process's umask, read once at import (before any thread starts): ``os.umask`` can
@@ -200,10 +200,10 @@ def start_run(cfg: Config, prepared: bool = False, marks: dict[str, bytes] | Non
     passed (``claim_run_dir`` says what ``token`` and ``on_claim`` do). ``prepared``: the local
     launcher has done this already (``cfg.run.dir`` holds its config) and only the data is
     opened again."""
-    from pipedbn.balance import check_memory
-    from pipedbn.data import open_data
+    from pipedbn.balancer.runtime import check_memory
+    from pipedbn.data.loader import open_data
     from pipedbn.errors import ConfigError
-    from pipedbn.model import PREPROCESS_FILE
+    from pipedbn.model.dbn import PREPROCESS_FILE
     from stages import registry
 
     run_dir = Path(cfg.run.dir) if prepared and cfg.run.dir else choose_run_dir(cfg)

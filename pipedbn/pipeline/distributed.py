@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipedbn.balance import (
+from pipedbn.balancer import Plan, Problem
+from pipedbn.balancer.runtime import (
     Coordinator,
     Reporter,
     first_plan,
@@ -42,36 +43,18 @@ from pipedbn.balance import (
     put,
     store,
 )
-from pipedbn.balancer import Plan, Problem
-from pipedbn.checkpoint import Checkpoint, Saver, boundaries, finalize, latest
 from pipedbn.config import Config, dump_yaml
-from pipedbn.data import Data, Prefetcher, open_data
+from pipedbn.data.loader import Data, Prefetcher, open_data
 from pipedbn.errors import ConfigError, RunDirError, UserError
-from pipedbn.group import join_group
-from pipedbn.links import Inbox, Outbox
-from pipedbn.monitor import Metrics, tensorboard_on
-from pipedbn.progress import Progress
-from pipedbn.rbm import RBM
-from pipedbn.replicas import ReplicaSync, round_boundaries, start_replica
-from pipedbn.resume import (
-    elastic_run_id,
-    launcher_marks,
-    resume_run,
-    torchrun_resume_dir,
-    write_pointer,
-)
-from pipedbn.rundir import (
-    atomic_write,
-    discard_run_dir,
-    layer_state_path,
-    record_failure,
-    root_failure,
-    start_run,
-    storage_problem,
-)
-from pipedbn.runner import Role, StageStats, run_stage
-from pipedbn.schedule import Schedule
-from pipedbn.trainer import (
+from pipedbn.model.rbm import RBM
+from pipedbn.observe.monitor import Metrics, tensorboard_on
+from pipedbn.observe.progress import Progress
+from pipedbn.pipeline.group import join_group
+from pipedbn.pipeline.links import Inbox, Outbox
+from pipedbn.pipeline.replicas import ReplicaSync, round_boundaries, start_replica
+from pipedbn.pipeline.runner import Role, StageStats, run_stage
+from pipedbn.pipeline.schedule import Schedule
+from pipedbn.pipeline.trainer import (
     Result,
     dtype_of,
     evaluate,
@@ -85,7 +68,24 @@ from pipedbn.trainer import (
     record_eval,
     summary,
 )
-from pipedbn.transport import END, LinkError
+from pipedbn.pipeline.transport import END, LinkError
+from pipedbn.run.checkpoint import Checkpoint, Saver, boundaries, finalize, latest
+from pipedbn.run.resume import (
+    elastic_run_id,
+    launcher_marks,
+    resume_run,
+    torchrun_resume_dir,
+    write_pointer,
+)
+from pipedbn.run.rundir import (
+    atomic_write,
+    discard_run_dir,
+    layer_state_path,
+    record_failure,
+    root_failure,
+    start_run,
+    storage_problem,
+)
 from stages import registry
 
 log = logging.getLogger("pipedbn")
