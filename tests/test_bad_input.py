@@ -19,7 +19,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 from conftest import ROOT, cli, env1, free_port
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from warm_cli import WarmCLI
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -415,7 +415,7 @@ class Outcome:
     after: dict[str, bytes | None]
 
 
-def run_case(case: Case, files: Path, tmp: Path) -> Outcome:
+def run_case(warm: WarmCLI, case: Case, files: Path, tmp: Path) -> Outcome:
     """Run ``case`` in a directory of its own that holds a run directory with a file in it
     (``full``), a plain file (``file``) and a read-only directory (``read-only``)."""
     tmp.mkdir()
@@ -435,24 +435,28 @@ def run_case(case: Case, files: Path, tmp: Path) -> Outcome:
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update({k: fill(v) for k, v in case.env.items()})
     before = snapshot(tmp)
-    proc = subprocess.run([sys.executable, "-m", "pipedbn", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=60)
+    proc = warm.run(args, env, ROOT, tmp.parent, timeout=60)
     return Outcome(proc, before, snapshot(tmp))
 
 
 @pytest.fixture(scope="module")
 def outcomes(request: pytest.FixtureRequest, bad_files: Path,
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    """The selected cases, run two at a time (each process has one thread; most of a case is
-    importing torch)."""
+    """The selected cases, a few at a time (each process has one thread), each a process
+    forked from one warm interpreter (``warm_cli``): importing torch was most of a case."""
     selected = {item.callspec.params["case"].id for item in request.session.items
                 if getattr(item, "module", None) is request.module
                 and getattr(item, "callspec", None) and "case" in item.callspec.params}
     cases = [c for c in CASES if c.id in selected and c.skip is None]
     root = tmp_path_factory.mktemp("cases")
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as pool:
-        futures = {c.id: pool.submit(run_case, c, bad_files, root / c.id) for c in cases}
-        return {k: f.result() for k, f in futures.items()}
+    warm = WarmCLI(ROOT, env1())
+    try:
+        with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as pool:
+            futures = {c.id: pool.submit(run_case, warm, c, bad_files, root / c.id)
+                       for c in cases}
+            return {k: f.result() for k, f in futures.items()}
+    finally:
+        warm.close()
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=pytest.mark.skipif(
