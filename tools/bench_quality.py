@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python tools/bench_quality.py [--epochs 10] [--seeds 0 1] [--json tools/out/bench_quality.json]
+    python -m tools.bench_quality [--epochs 10] [--seeds 0 1] [--json tools/out/bench_quality.json]
                                   [--plot tools/out/bench_quality.png]
 
 For every seed, ``configs/quickstart.yaml`` (784-500-500-2000, CD-1, mnist5k) is trained three
@@ -57,13 +57,12 @@ from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchrun, when imported
-import benchrun  # noqa: E402
-from benchdocs import publish, save_figure  # noqa: E402
+from tools import benchrun  # noqa: E402
+from tools.benchdocs import publish, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
-COMMAND = "python tools/bench_quality.py"
+COMMAND = "python -m tools.bench_quality"
 RUNS = (("streaming", 3), ("greedy", 3), ("greedy", 1))
 """(schedule, processes) of the runs made for every seed."""
 METRICS = {  # name: (label, higher is better)

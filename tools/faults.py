@@ -3,8 +3,8 @@ every job resumes from its checkpoints and ends with the uninterrupted run's wei
 
 Run from the repository root::
 
-    python tools/faults.py --trials 20                 # process mode: SIGKILL one worker
-    python tools/faults.py --trials 5 --mode node      # node mode: SIGKILL an agent and its workers
+    python -m tools.faults --trials 20                 # process mode: SIGKILL one worker
+    python -m tools.faults --trials 5 --mode node      # node mode: SIGKILL an agent and its workers
 
 1. *Reference*: one uninterrupted run, ``pipedbn train CONFIG run.dir=REF --nproc N`` with the
    trials' overrides. Its training window (from its first complete checkpoint, a
@@ -72,6 +72,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from tools.benchdocs import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_TAGS = ("rbm/", "pipeline/")
@@ -614,7 +616,7 @@ def machine() -> str:
 
 
 def command(args: argparse.Namespace) -> str:
-    return shlex.join(["python", "tools/faults.py", *args.argv])
+    return shlex.join(["python", "-m", "tools.faults", *args.argv])
 
 
 NOTES = {
@@ -704,9 +706,6 @@ def main(argv: list[str] | None = None) -> int:
                 "run_dir": str(ref.run_dir)},
             "summary": summary(trials), "trials": [asdict(t) for t in trials]}, indent=1))
     if args.write_docs:
-        sys.path.insert(0, str(ROOT / "tools"))
-        from benchdocs import write_section
-
         name = f"faults_{args.mode}" + ("_agent_store" if args.mode == "node"
                                          and args.store == "agent" else "") + \
             ("_no_share" if args.env == "no-share" else "")
