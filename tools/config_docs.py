@@ -54,7 +54,7 @@ def fields(tree: ast.Module, name: str) -> list[tuple[str, str, str, str]]:
 
 
 def render() -> str:
-    tree = ast.parse((ROOT / "pipedbn" / "config.py").read_text())
+    tree = ast.parse((ROOT / "pipedbn" / "config" / "__init__.py").read_text())
     parts = [INTRO]
     for cls, section in SECTIONS:
         parts.append(f"\n## `{section}` ({cls})\n\n| field | type | default | meaning |\n"

@@ -3,6 +3,7 @@ settings from the config, its step times measured or modelled."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pipedbn.balancer.runtime import problem_for
 from pipedbn.config import Config, load_config, resolve_defaults
 from pipedbn.data.loader import open_data
 from pipedbn.pipeline.trainer import make_schedule
+from pipedbn.run.local import default_nproc
 from pipedbn.sim.inputs import LayerCost, Link, Options, SyncPolicy, stages_of
 from pipedbn.sim.result import SimResult
 from pipedbn.sim.stream import simulate
@@ -38,10 +40,10 @@ def flops_step_s(cfg: Config, features: int, flops: float) -> list[float]:
 
 
 def plan_world(cfg: Config, spec: str) -> int:
-    """The ranks a plan spec uses (one per layer for ``auto``)."""
-    if spec == "auto":
-        return len(cfg.layers)
-    return max(k for s in Plan.parse(spec, 1 << 20, len(cfg.layers)).stages for k in s.ranks) + 1
+    """The ranks ``pipedbn train`` starts for the config with plan ``spec``: those the plan
+    names, one per layer for ``auto`` (``run.local.default_nproc``)."""
+    return default_nproc(dataclasses.replace(cfg, balancer=dataclasses.replace(cfg.balancer,
+                                                                               plan=spec)))
 
 
 def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int,
