@@ -14,10 +14,15 @@ from pipedbn.pipeline.schedule import Schedule, build_schedule
 from pipedbn.sim import (
     LayerCost,
     Link,
+    Machine,
     Network,
     Options,
     SimStage,
+    StepTimes,
     SyncPolicy,
+    from_config,
+    load,
+    plan_world,
     simulate,
     stages_of,
 )
@@ -217,3 +222,35 @@ def test_the_command_line_answers_a_bad_plan_with_one_line(capsys: pytest.Captur
     err = capsys.readouterr().err
     assert err.startswith("pipedbn: error: plan '0|1': covers 2 layers")
     assert "Traceback" not in err
+
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def test_the_command_line_prints_the_prediction_of_from_config(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", str(TINY), "--plan", "0@0|1-2@1,2", "--step-ms", "1,2,3",
+                 "--cores", "2"])
+    assert code == 0
+    expected = from_config(load(TINY), "0@0|1-2@1,2", 3, StepTimes([1e-3, 2e-3, 3e-3]),
+                           Machine(cores=2))
+    assert capsys.readouterr().out == expected.describe() + "\n"
+    assert expected.plan == "0@0|1-2@1,2" and len(expected.ranks) == 3
+
+
+def test_the_default_world_is_what_pipedbn_train_starts() -> None:
+    cfg = load(TINY)
+    assert plan_world(cfg, "0@0|1-2@3,5") == 6
+    assert plan_world(cfg, "auto") == len(cfg.layers)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--step-ms", "1,x"], "--step-ms 1,x: give one number of milliseconds per layer"),
+    (["--step-ms", "1,2"], "step_s has 2 entries for 3 layers"),
+    (["--flops", "0"], "--flops 0: give a rate > 0"),
+])
+def test_the_command_line_names_a_bad_option(args: list[str], message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", str(TINY), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pipedbn: error: {message}") and err.count("\n") == 1, err

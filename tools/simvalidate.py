@@ -15,6 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
@@ -35,7 +36,7 @@ from pipedbn.balancer.runtime import problem_for  # noqa: E402
 from pipedbn.config import Config  # noqa: E402
 from pipedbn.data.loader import open_data  # noqa: E402
 from pipedbn.pipeline.trainer import make_layers, make_schedule  # noqa: E402
-from pipedbn.sim import Link, data_shape, from_config, load  # noqa: E402
+from pipedbn.sim import Link, Machine, StepTimes, data_shape, from_config, load  # noqa: E402
 from tools.benchdocs import write_section  # noqa: E402
 from tools.benchrun import ROOT, train  # noqa: E402
 
@@ -213,15 +214,16 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
             if spec is None:
                 work = [s + z for s, z in zip(step, sleep, strict=True)]
                 spec = solve(problem_for(cfg, shape[0], case.nproc, work)).plan.spec()
-            args = (cfg, spec, case.nproc, step, fwd, sleep, link.latency, link.bandwidth, cores)
-            pred = from_config(*args, link_cpu=link.cpu, shape=shape)
+            times, machine = StepTimes(step, fwd, sleep), Machine(link, cores)
+            pred = from_config(cfg, spec, case.nproc, times, machine, shape)
             wait_quiet(timeout=quiet_s)
             b0, c0, t0 = cpu_busy(), _children_cpu(), time.monotonic()
             meas = run_pipedbn(case.config, case.nproc, [*over, f"balancer.plan={spec}"],
                                Path(tmp) / f"run-{n}")
             others = max(0.0, (cpu_busy() - b0 - (_children_cpu() - c0))
                          / (time.monotonic() - t0))
-            loaded = from_config(*args, link_cpu=link.cpu, shape=shape, background=others)
+            loaded = from_config(cfg, spec, case.nproc, times,
+                                 dataclasses.replace(machine, background=others), shape)
             rows.append({
                 "case": case.name, "ranks": case.nproc, "plan": spec,
                 "predicted": pred.samples_per_s, "measured": meas["samples_per_s"],

@@ -42,6 +42,7 @@ commands:
   eval MODEL                     measure what a model learned (likelihood, probes)
   finetune RUN_DIR               fine-tune the DBN into a classifier with the data's labels
   sample MODEL -o FILE.png       draw samples from the DBN as an image grid
+  simulate CONFIG --step-ms A,B  predict a plan's samples/s without running it
 
 `pipedbn COMMAND --help` describes each one. A user's mistake is one line and exit status 2;
 docs/errors.md lists them. Configs: docs/config.md."""

@@ -6,7 +6,17 @@ from __future__ import annotations
 import argparse
 
 from pipedbn.errors import UserError
-from pipedbn.sim import SimResult, data_shape, flops_step_s, from_config, load, plan_world
+from pipedbn.sim import (
+    Link,
+    Machine,
+    SimResult,
+    StepTimes,
+    data_shape,
+    flops_step_s,
+    from_config,
+    load,
+    plan_world,
+)
 
 DESCRIPTION = ("Predict what a config does on a plan before it runs: a discrete-event "
                "simulation of the streaming pipeline, its links and its replicas, from "
@@ -58,5 +68,5 @@ def predict(args: argparse.Namespace) -> SimResult:
         step = flops_step_s(cfg, features, args.flops)
     spec = args.plan or cfg.balancer.plan
     world = plan_world(cfg, spec) if args.world is None else args.world
-    return from_config(cfg, spec, world, step, latency=args.latency, bandwidth=args.bandwidth,
-                       cores=args.cores, shape=(features, per_epoch, rows))
+    machine = Machine(Link(args.latency, args.bandwidth), cores=args.cores)
+    return from_config(cfg, spec, world, StepTimes(step), machine, (features, per_epoch, rows))

@@ -32,7 +32,15 @@ checks), ``wires`` (the channels), ``sync`` (a replica's sync), ``stream`` (the 
 ``simulate``), ``result``, ``fromconfig`` (a config's run).
 """
 
-from pipedbn.sim.fromconfig import data_shape, flops_step_s, from_config, load, plan_world
+from pipedbn.sim.fromconfig import (
+    Machine,
+    StepTimes,
+    data_shape,
+    flops_step_s,
+    from_config,
+    load,
+    plan_world,
+)
 from pipedbn.sim.inputs import (
     SYNC_KINDS,
     LayerCost,
@@ -46,6 +54,6 @@ from pipedbn.sim.inputs import (
 from pipedbn.sim.result import RankResult, SimResult
 from pipedbn.sim.stream import simulate
 
-__all__ = ["SYNC_KINDS", "LayerCost", "Link", "Network", "Options", "RankResult", "SimResult",
-           "SimStage", "SyncPolicy", "data_shape", "flops_step_s", "from_config", "load",
-           "plan_world", "simulate", "stages_of"]
+__all__ = ["SYNC_KINDS", "LayerCost", "Link", "Machine", "Network", "Options", "RankResult",
+           "SimResult", "SimStage", "StepTimes", "SyncPolicy", "data_shape", "flops_step_s",
+           "from_config", "load", "plan_world", "simulate", "stages_of"]

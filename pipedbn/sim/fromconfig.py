@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipedbn.balancer import Plan, cd_flops, forward_flops, param_count, solve
@@ -46,23 +47,47 @@ def plan_world(cfg: Config, spec: str) -> int:
                                                                                plan=spec)))
 
 
-def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int,
-                step_s: Sequence[float], forward_s: Sequence[float] | None = None,
-                sleep_s: Sequence[float] | None = None, latency: float = 1e-4,
-                bandwidth: float = 1e9, cores: float | None = None, link_cpu: bool = False,
-                read_s: float = 0.0, sync_messages: int = 1,
-                shape: tuple[int, int, list[int]] | None = None, background: float = 0.0
+@dataclass(frozen=True)
+class StepTimes:
+    """Each layer's measured (or modelled) seconds per micro-batch."""
+
+    step_s: Sequence[float]
+    """A training step (CD), on a core of its own."""
+    forward_s: Sequence[float] | None = None
+    """A frozen layer's pass up; None: ``step_s`` scaled by ``forward_flops / cd_flops``."""
+    sleep_s: Sequence[float] | None = None
+    """Non-CPU seconds after the layer; None: the config's ``straggler`` (a layer's sleep from
+    ``straggler.after``)."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where the simulated run runs, besides the config."""
+
+    link: Link = Link(latency=1e-4, bandwidth=1e9)
+    """Every link between ranks (``cpu=True``: loopback, the transfers share the cores)."""
+    cores: float | None = None
+    """Host cores the ranks share; None: a device each."""
+    read_s: float = 0.0
+    """Seconds of stage 0's prefetch thread per micro-batch."""
+    sync_messages: int = 1
+    """Messages per peer per replica tick."""
+    background: float = 0.0
+    """Other jobs' CPU-bound load on the ``cores``."""
+
+
+def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int, times: StepTimes,
+                machine: Machine = Machine(), shape: tuple[int, int, list[int]] | None = None
                 ) -> SimResult:
-    """Simulate the config's run on ``world`` ranks with measured (or modelled) step times.
+    """Simulate the config's run on ``world`` ranks with these step times on ``machine``.
 
     ``plan_spec``: a plan (``Plan.parse`` forms); None: ``balancer.plan``, and for ``auto`` the
-    planner's plan for these step times (``problem_for``). ``forward_s``: a frozen layer's pass,
-    by default ``step_s`` scaled by ``forward_flops / cd_flops``. ``sleep_s``: non-CPU seconds
-    per layer, by default the config's ``straggler`` (a layer's sleep from ``straggler.after``).
-    ``shape``: ``data_shape(cfg)`` if known (else the data is opened to count its batches)."""
+    planner's plan for these step times (``problem_for``). ``shape``: ``data_shape(cfg)`` if
+    known (else the data is opened to count its batches)."""
     cfg = load(cfg) if isinstance(cfg, str | Path) else cfg
     features, per_epoch, rows = shape or data_shape(cfg)
     n = len(cfg.layers)
+    step_s, forward_s, sleep_s = times.step_s, times.forward_s, times.sleep_s
     for name, xs in (("step_s", step_s), ("forward_s", forward_s), ("sleep_s", sleep_s)):
         if xs is not None and len(xs) != n:
             raise ValueError(f"{name} has {len(xs)} entries for {n} layers; give one per layer")
@@ -90,11 +115,11 @@ def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int,
     else:
         plan = Plan.parse(spec, world, n)
     b = cfg.balancer
-    opt = Options(window=cfg.pipeline.window, batch=cfg.train.batch_size, rows=rows, cores=cores,
-                  sync=SyncPolicy(b.sync, b.sync_every, b.staleness, sync_messages),
-                  dtype_bytes=8 if cfg.train.dtype == "float64" else 4, read_s=read_s,
-                  prefetch=cfg.data.prefetch, background=background)
-    result = simulate(make_schedule(cfg, per_epoch), stages_of(plan), costs,
-                      Link(latency, bandwidth, link_cpu), opt)
+    opt = Options(window=cfg.pipeline.window, batch=cfg.train.batch_size, rows=rows,
+                  cores=machine.cores,
+                  sync=SyncPolicy(b.sync, b.sync_every, b.staleness, machine.sync_messages),
+                  dtype_bytes=8 if cfg.train.dtype == "float64" else 4, read_s=machine.read_s,
+                  prefetch=cfg.data.prefetch, background=machine.background)
+    result = simulate(make_schedule(cfg, per_epoch), stages_of(plan), costs, machine.link, opt)
     result.plan = plan.spec()
     return result
