@@ -28,8 +28,7 @@ def load(config: str | Path, overrides: Sequence[str] = ()) -> Config:
 def data_shape(cfg: Config) -> tuple[int, int, list[int]]:
     """(features, micro-batches per epoch, rows of each batch of an epoch) of the config's data."""
     data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
-    b, n = cfg.train.batch_size, len(data.train_rows)
-    rows = [min(b, n - j * b) for j in range(data.batches_per_epoch)]
+    rows = [len(data.batch_rows(0, j)) for j in range(data.batches_per_epoch)]  # its slices
     return data.features, data.batches_per_epoch, rows
 
 
