@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,9 @@ import pytest
 import torch
 
 from pipedbn.run.checkpoint import part_path, save_part
+from tools import bench_peers, bench_quality
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-bench_peers = importlib.import_module("bench_peers")
-bench_quality = importlib.import_module("bench_quality")
 
 
 def _installed(name: str) -> bool:

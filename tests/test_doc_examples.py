@@ -70,7 +70,7 @@ def test_every_documented_plan_spec_parses(doc: str, spec: str) -> None:
 def test_help_is_plain_text_and_describes_every_subcommand() -> None:
     proc = cli("--help")
     assert proc.returncode == 0 and "``" not in proc.stdout, proc.stdout  # no raw RST
-    for command in ("train", "plan", "export", "eval", "finetune", "sample"):
+    for command in ("train", "plan", "export", "eval", "finetune", "sample", "simulate"):
         assert f"\n  {command} " in proc.stdout, command
         sub = cli(command, "--help")
         assert sub.returncode == 0 and "``" not in sub.stdout

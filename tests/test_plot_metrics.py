@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tools import plot_metrics as pm
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tools" / "plot_metrics.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("plot_metrics", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pm = _load_tool()
-
-
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "tools.plot_metrics", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
 
 
 def assert_png(path: Path) -> None:

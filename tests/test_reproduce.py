@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from conftest import ROOT
 
 from pipedbn.config import load_config
-
-sys.path.insert(0, str(ROOT / "tools"))
-reproduce = importlib.import_module("reproduce")
+from tools import reproduce
 
 
 def _eval(ll: float | None, interval: list[float | None] | None = None,

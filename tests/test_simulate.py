@@ -1,28 +1,31 @@
-"""tools/simulate.py: the pipeline simulator against closed-form cases (no processes, no torch
-runs)."""
+"""pipedbn.sim: the pipeline simulator against closed-form cases (no processes, no torch
+runs), and ``pipedbn simulate``."""
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from simulate import (  # noqa: E402
+from pipedbn.balancer import Problem, stage_time
+from pipedbn.cli import main
+from pipedbn.pipeline.schedule import Schedule, build_schedule
+from pipedbn.sim import (
     LayerCost,
     Link,
+    Machine,
     Network,
+    Options,
     SimStage,
+    StepTimes,
     SyncPolicy,
-    main,
+    from_config,
+    load,
+    plan_world,
     simulate,
     stages_of,
 )
-
-from pipedbn.balancer import Problem, stage_time  # noqa: E402
-from pipedbn.pipeline.schedule import Schedule, build_schedule  # noqa: E402
 
 FREE = Link(latency=0.0, bandwidth=1e30)
 MS = 1e-3
@@ -38,7 +41,7 @@ def chain(n: int) -> list[SimStage]:
 
 
 def test_single_stage_runs_at_batch_over_step() -> None:
-    r = simulate(streaming(1, 50), chain(1), [LayerCost(2 * MS)], FREE, batch=100)
+    r = simulate(streaming(1, 50), chain(1), [LayerCost(2 * MS)], FREE, Options(batch=100))
     assert r.seconds == pytest.approx(50 * 2 * MS)
     assert r.samples == 5000
     assert r.samples_per_s == pytest.approx(100 / (2 * MS))
@@ -47,7 +50,7 @@ def test_single_stage_runs_at_batch_over_step() -> None:
 
 def test_equal_stages_fill_in_stages_minus_one_steps() -> None:
     L, S, step = 200, 3, 1 * MS
-    r = simulate(streaming(S, L), chain(S), [LayerCost(step)] * S, FREE, batch=10)
+    r = simulate(streaming(S, L), chain(S), [LayerCost(step)] * S, FREE, Options(batch=10))
     assert r.seconds == pytest.approx((L + S - 1) * step)
     assert r.samples_per_s == pytest.approx(10 / step, rel=0.02)
 
@@ -55,7 +58,7 @@ def test_equal_stages_fill_in_stages_minus_one_steps() -> None:
 def test_the_slowest_stage_sets_the_pace() -> None:
     L = 300
     steps = [1 * MS, 3 * MS, 1 * MS]
-    r = simulate(streaming(3, L), chain(3), [LayerCost(s) for s in steps], FREE, batch=10)
+    r = simulate(streaming(3, L), chain(3), [LayerCost(s) for s in steps], FREE, Options(batch=10))
     assert r.seconds == pytest.approx(1 * MS + L * 3 * MS + 1 * MS)
     assert r.bottleneck == 1 and r.limit == "compute"
     assert r.stage(1)[0].busy_frac == pytest.approx(1.0, rel=0.01)
@@ -68,7 +71,7 @@ def test_window_of_one_is_stop_and_wait() -> None:
     L, step, latency = 200, 1 * MS, 3 * MS
     link = Link(latency=latency, bandwidth=1e30)
     costs = [LayerCost(step)] * 2
-    one = simulate(streaming(2, L), chain(2), costs, link, window=1, batch=10)
+    one = simulate(streaming(2, L), chain(2), costs, link, Options(window=1, batch=10))
     assert one.seconds == pytest.approx(L * latency, rel=0.02)
     assert one.limit == "link"
 
@@ -81,9 +84,9 @@ def test_posted_receives_bound_what_a_window_hides() -> None:
     L, step, latency = 200, 1 * MS, 3 * MS
     link = Link(latency=latency, bandwidth=1e30)
     costs = [LayerCost(step)] * 2
-    two = simulate(streaming(2, L), chain(2), costs, link, window=4, batch=10)
+    two = simulate(streaming(2, L), chain(2), costs, link, Options(window=4, batch=10))
     assert two.seconds == pytest.approx(L * (step + latency) / 2, rel=0.02)
-    four = simulate(streaming(2, L), chain(2), costs, link, window=4, batch=10, buffers=4)
+    four = simulate(streaming(2, L), chain(2), costs, link, Options(window=4, batch=10, buffers=4))
     assert four.seconds == pytest.approx(L * step + latency + step, rel=0.02)
 
 
@@ -91,29 +94,32 @@ def test_bandwidth_bounds_the_rate() -> None:
     """Bytes hold the ports one message at a time: 1 MB at 1 GB/s is 1 ms a micro-batch."""
     L = 200
     costs = [LayerCost(0.1 * MS, width=2500), LayerCost(0.1 * MS)]  # 100 x 2500 x 4 = 1 MB
-    r = simulate(streaming(2, L), chain(2), costs, Link(0.0, 1e9), batch=100)
+    r = simulate(streaming(2, L), chain(2), costs, Link(0.0, 1e9), Options(batch=100))
     assert r.seconds == pytest.approx(L * 1 * MS, rel=0.02)
 
 
 def test_three_cpu_stages_share_two_cores() -> None:
     L, step = 300, 1 * MS
-    r = simulate(streaming(3, L), chain(3), [LayerCost(step)] * 3, FREE, batch=10, cores=2)
+    r = simulate(streaming(3, L), chain(3), [LayerCost(step)] * 3, FREE, Options(batch=10, cores=2))
     assert r.seconds == pytest.approx(1.5 * L * step, rel=0.02)
-    alone = simulate(streaming(3, L), chain(3), [LayerCost(step)] * 3, FREE, batch=10, cores=3)
+    alone = simulate(streaming(3, L), chain(3), [LayerCost(step)] * 3, FREE,
+                     Options(batch=10, cores=3))
     assert alone.seconds == pytest.approx((L + 2) * step)
 
 
 def test_other_jobs_share_the_cores() -> None:
-    r = simulate(streaming(1, 50), chain(1), [LayerCost(MS)], FREE, cores=1, background=1.0)
+    r = simulate(streaming(1, 50), chain(1), [LayerCost(MS)], FREE,
+                 Options(cores=1, background=1.0))
     assert r.seconds == pytest.approx(2 * 50 * MS)
 
 
 def test_sleeping_stages_use_no_core() -> None:
     L = 100
     costs = [LayerCost(0.0, sleep_s=2 * MS)] * 3
-    r = simulate(streaming(3, L), chain(3), costs, FREE, batch=10, cores=1)
+    r = simulate(streaming(3, L), chain(3), costs, FREE, Options(batch=10, cores=1))
     assert r.seconds == pytest.approx((L + 2) * 2 * MS)
-    cpu = simulate(streaming(3, L), chain(3), [LayerCost(2 * MS)] * 3, FREE, batch=10, cores=1)
+    cpu = simulate(streaming(3, L), chain(3), [LayerCost(2 * MS)] * 3, FREE,
+                   Options(batch=10, cores=1))
     assert cpu.seconds == pytest.approx(3 * L * 2 * MS, rel=0.02)
 
 
@@ -124,14 +130,14 @@ def test_replicas_divide_the_bottleneck_less_their_sync() -> None:
     link = Link(latency=50e-6, bandwidth=10e9)
     costs = [LayerCost(0.2 * MS, width=10, params=10), LayerCost(4 * MS, width=10, params=params)]
     stages = [SimStage((0,), (0,)), SimStage((1,), tuple(range(1, r + 1)))]
-    res = simulate(streaming(2, L), stages, costs, link, batch=10)
+    res = simulate(streaming(2, L), stages, costs, link, Options(batch=10))
     problem = Problem(costs=[0.2 * MS, 4 * MS], world=r + 1, sync_bytes=[40, 4 * params],
                       bandwidth=link.bandwidth, latency=link.latency)
     period = stage_time(problem, [1], list(range(1, r + 1)))
     assert period == pytest.approx((4 * MS + 3 * (50e-6 + 1e6 / 10e9)) / 4)
     assert res.seconds / L == pytest.approx(period, rel=0.05)
     no_sync = simulate(streaming(2, L), stages, [costs[0], LayerCost(4 * MS, width=10)], FREE,
-                       batch=10)
+                       Options(batch=10))
     assert no_sync.seconds / L == pytest.approx(1 * MS, rel=0.03)
     assert no_sync.seconds < res.seconds
 
@@ -142,12 +148,12 @@ def test_bsp_replicas_wait_for_the_slowest() -> None:
     L, step = 400, 2 * MS
     stages = [SimStage((0,), (0,)), SimStage((1,), (1, 2))]
     costs = [LayerCost(0.1 * MS), LayerCost(step)]
-    res = simulate(streaming(2, L), stages, costs, FREE, batch=10, speed={2: 2.0})
+    res = simulate(streaming(2, L), stages, costs, FREE, Options(batch=10), speed={2: 2.0})
     assert res.seconds / L == pytest.approx(step, rel=0.03)
     fast, slow = res.stage(1)
     assert fast.sync_wait_s > 0.4 * L * step / 2 and slow.sync_wait_s < 0.05 * L * step
-    ssp = simulate(streaming(2, L), stages, costs, FREE, batch=10, speed={2: 2.0},
-                   sync=SyncPolicy("ssp", staleness=2))
+    ssp = simulate(streaming(2, L), stages, costs, FREE,
+                   Options(batch=10, sync=SyncPolicy("ssp", staleness=2)), speed={2: 2.0})
     assert ssp.seconds / L == pytest.approx(step, rel=0.03)  # the routing still binds
 
 
@@ -157,8 +163,9 @@ def test_ticks_follow_the_engines_round_boundaries() -> None:
     link = Link(latency=1 * MS, bandwidth=1e30)
     stages = [SimStage((0,), (0,)), SimStage((1,), (1, 2))]
     costs = [LayerCost(0.1 * MS), LayerCost(2 * MS)]
-    every1 = simulate(streaming(2, L), stages, costs, link, batch=10)
-    every4 = simulate(streaming(2, L), stages, costs, link, batch=10, sync=SyncPolicy(every=4))
+    every1 = simulate(streaming(2, L), stages, costs, link, Options(batch=10))
+    every4 = simulate(streaming(2, L), stages, costs, link,
+                      Options(batch=10, sync=SyncPolicy(every=4)))
     assert every1.seconds / L == pytest.approx((2 * MS + 1 * MS) / 2, rel=0.05)
     assert every4.seconds / L == pytest.approx((2 * MS + 0.25 * MS) / 2, rel=0.05)
 
@@ -167,7 +174,7 @@ def test_greedy_schedule_takes_the_sum_of_its_phases() -> None:
     M, steps = 50, [1 * MS, 2 * MS, 3 * MS]
     schedule = build_schedule("greedy", M, [1.0, 1.0, 1.0], 0.0)
     costs = [LayerCost(s, forward_s=0.0) for s in steps]
-    r = simulate(schedule, chain(3), costs, FREE, batch=10)
+    r = simulate(schedule, chain(3), costs, FREE, Options(batch=10))
     assert r.seconds == pytest.approx(sum(M * s for s in steps), rel=0.02)
     assert r.samples == 3 * M * 10
 
@@ -175,10 +182,10 @@ def test_greedy_schedule_takes_the_sum_of_its_phases() -> None:
 def test_inter_node_links_are_priced_apart() -> None:
     net = Network(FREE, Link(0.0, 1e9), node_size=1)  # every rank its own node
     costs = [LayerCost(0.1 * MS, width=2500), LayerCost(0.1 * MS)]
-    r = simulate(streaming(2, 100), chain(2), costs, net, batch=100)
+    r = simulate(streaming(2, 100), chain(2), costs, net, Options(batch=100))
     assert r.seconds == pytest.approx(100 * 1 * MS, rel=0.03)
     same = simulate(streaming(2, 100), chain(2), costs, Network(FREE, Link(0.0, 1e9), 2),
-                    batch=100)
+                    Options(batch=100))
     assert same.seconds == pytest.approx(101 * 0.1 * MS, rel=0.02)
 
 
@@ -200,16 +207,50 @@ def test_stages_of_reads_a_plan_spec() -> None:
 def test_bad_inputs_are_refused_with_the_reason(change: dict, message: str) -> None:
     args = dict(schedule=streaming(2, 10), stages=chain(2), layers=[LayerCost(MS)] * 2,
                 network=FREE)
+    fields = {f.name for f in dataclasses.fields(Options)}
+    opt = Options(**{k: v for k, v in change.items() if k in fields})
+    change = {k: v for k, v in change.items() if k not in fields}
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        simulate(**{**args, **change})
+        simulate(**{**args, **change}, opt=opt)
 
 
 def test_the_command_line_answers_a_bad_plan_with_one_line(capsys: pytest.CaptureFixture[str]
                                                            ) -> None:
-    with pytest.raises(SystemExit) as e:
-        config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
-        main([str(config), "--plan", "0|1", "--step-ms", "4,3"])
-    assert e.value.code == 2
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    code = main(["simulate", str(config), "--plan", "0|1", "--step-ms", "4,3"])
+    assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("simulate.py: error: plan '0|1': covers 2 layers")
+    assert err.startswith("pipedbn: error: plan '0|1': covers 2 layers")
     assert "Traceback" not in err
+
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def test_the_command_line_prints_the_prediction_of_from_config(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", str(TINY), "--plan", "0@0|1-2@1,2", "--step-ms", "1,2,3",
+                 "--cores", "2"])
+    assert code == 0
+    expected = from_config(load(TINY), "0@0|1-2@1,2", 3, StepTimes([1e-3, 2e-3, 3e-3]),
+                           Machine(cores=2))
+    assert capsys.readouterr().out == expected.describe() + "\n"
+    assert expected.plan == "0@0|1-2@1,2" and len(expected.ranks) == 3
+
+
+def test_the_default_world_is_what_pipedbn_train_starts() -> None:
+    cfg = load(TINY)
+    assert plan_world(cfg, "0@0|1-2@3,5") == 6
+    assert plan_world(cfg, "auto") == len(cfg.layers)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--step-ms", "1,x"], "--step-ms 1,x: give one number of milliseconds per layer"),
+    (["--step-ms", "1,2"], "step_s has 2 entries for 3 layers"),
+    (["--flops", "0"], "--flops 0: give a rate > 0"),
+])
+def test_the_command_line_names_a_bad_option(args: list[str], message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", str(TINY), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pipedbn: error: {message}") and err.count("\n") == 1, err

@@ -2,9 +2,9 @@
 
 Run from the repository root (``pip install -e '.[bench]'`` first for the learnergy peer)::
 
-    python tools/bench.py --write-docs              # about 12 minutes on 2 cores
-    python tools/bench.py --only peers pipeline     # some sections only
-    python tools/bench.py --quick                   # shorter runs, for a first look
+    python -m tools.bench --write-docs              # about 12 minutes on 2 cores
+    python -m tools.bench --only peers pipeline     # some sections only
+    python -m tools.bench --quick                   # shorter runs, for a first look
 
 Sections, each a tool of its own under ``tools/`` that this one drives:
 
@@ -18,7 +18,7 @@ Sections, each a tool of its own under ``tools/`` that this one drives:
   prediction and the ideal (total work / ranks);
 - ``quality`` (bench_quality.py): wall time for streaming and greedy to reach the same
   linear-probe accuracy and layer-0 reconstruction error;
-- ``simulate`` (simulate.py): the discrete-event simulator's predictions against measured runs.
+- ``simulate`` (simvalidate.py): the discrete-event simulator's predictions against measured runs.
 
 Results go to ``tools/out/bench.json``; ``--write-docs`` rewrites the generated sections of
 ``docs/benchmarks.md`` (between ``<!-- bench_*:begin/end -->`` markers) and the plots under
@@ -43,15 +43,15 @@ from typing import Any  # noqa: E402
 
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
-sys.path.insert(0, str(TOOLS))
-
-import bench_balancer  # noqa: E402
-import bench_peers  # noqa: E402
-import bench_pipeline  # noqa: E402
-import bench_quality  # noqa: E402
-import bench_step  # noqa: E402
-import simvalidate  # noqa: E402
-from benchdocs import save_figure, write_section  # noqa: E402
+from tools import (  # noqa: E402
+    bench_balancer,
+    bench_peers,
+    bench_pipeline,
+    bench_quality,
+    bench_step,
+    simvalidate,
+)
+from tools.benchdocs import save_figure, write_section  # noqa: E402
 
 SECTIONS = ("peers", "pipeline", "balancer", "quality", "simulate")
 IMG = ROOT / "docs" / "img"
@@ -159,7 +159,7 @@ def goals_table(rows: list[dict[str, Any]]) -> str:
 def machine_text(r: dict[str, Any], argv: list[str]) -> str:
     m = bench_step.machine()
     return "\n".join([
-        f"Measured {r['date']} by `{' '.join(['python tools/bench.py', *argv])}` "
+        f"Measured {r['date']} by `{' '.join(['python -m tools.bench', *argv])}` "
         f"({r['seconds'] / 60:.0f} minutes) on: {m['cpu']}, {m['cores']} cores, "
         f"{m['platform']}, Python {m['python']}, torch {m['torch']} "
         f"({m['cpu_capability']}, MKL {'on' if m['mkl'] else 'off'}), one thread per process.",

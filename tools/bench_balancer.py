@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python tools/bench_balancer.py [--ranks 5 6 8] [--epochs 12] [--write-docs]
+    python -m tools.bench_balancer [--ranks 5 6 8] [--epochs 12] [--write-docs]
 
 Layer 2 sleeps ``--sleep`` seconds per micro-batch (the config's ``straggler``: a stand-in for a
 slower device that costs no CPU, so 8 ranks fit on 2 cores). Every layer trains on every
@@ -35,14 +35,14 @@ from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import benchrun  # noqa: E402  (tools/ is this script's directory)
 import torch  # noqa: E402
-from bench_pipeline import standalone  # noqa: E402
-from benchdocs import publish  # noqa: E402
 
 from pipedbn.balancer import Plan, evaluate, one_per_layer, solve  # noqa: E402
 from pipedbn.balancer.runtime import problem_for  # noqa: E402
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
+from tools import benchrun  # noqa: E402
+from tools.bench_pipeline import standalone  # noqa: E402
+from tools.benchdocs import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny.yaml"
@@ -161,7 +161,7 @@ def report(r: dict[str, Any]) -> str:
     one = r["one_per_layer"]
     lines = [
         f"Measured {r['date']} on {r['machine']}, one thread per process: "
-        f"`python tools/bench_balancer.py --ranks {' '.join(map(str, args.ranks))} "
+        f"`python -m tools.bench_balancer --ranks {' '.join(map(str, args.ranks))} "
         f"--epochs {args.epochs:g} --sleep {args.sleep:g} --onset {args.onset}`.",
         "",
         f"4-layer DBN 64-48-40-32-16 on digits, batch 50, every layer on every micro-batch, "

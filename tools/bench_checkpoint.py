@@ -1,7 +1,7 @@
 """What checkpoints cost: the same run with checkpoints at the default interval and with only
 the final state.
 
-    python tools/bench_checkpoint.py [--config configs/quickstart.yaml] [--pairs 3] [--write-docs]
+    python -m tools.bench_checkpoint [--config configs/quickstart.yaml] [--pairs 3] [--write-docs]
 
 Each pair runs the config twice on local processes, once with the default ``checkpoint.every``
 and once with ``checkpoint.every=0``, alternating which goes first (these machines are noisy).
@@ -18,8 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench_monitor import ROOT, overhead  # tools/ is this script's directory
-from benchdocs import publish
+from tools.bench_monitor import ROOT, overhead
+from tools.benchdocs import publish
 
 
 def measure(run_dir: Path, record: dict[str, Any]) -> None:
@@ -45,7 +45,7 @@ def main() -> None:
 
 
 def report(r: dict[str, Any]) -> str:
-    cmd = " ".join(["python tools/bench_checkpoint.py --config", r["config"],
+    cmd = " ".join(["python -m tools.bench_checkpoint --config", r["config"],
                     f"--pairs {len(r['pairs'])}", *r["overrides"]])
     lines = [f"Measured {r['date']} on {r['machine']}, one thread per process: `{cmd}`.", "",
              "| pair | checkpoints (samples/s) | final only | ratio | checkpoints kept | "

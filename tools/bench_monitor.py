@@ -1,6 +1,6 @@
 """What monitoring costs: the same run with monitoring at its default intervals and with it off.
 
-    python tools/bench_monitor.py [--config configs/quickstart.yaml] [--pairs 2] [--write-docs]
+    python -m tools.bench_monitor [--config configs/quickstart.yaml] [--pairs 2] [--write-docs]
 
 Each pair runs the config twice on local processes, once with the defaults (metrics.jsonl,
 TensorBoard scalars, held-out probes, images, histograms, the progress display) and once with
@@ -22,8 +22,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import benchrun  # tools/ is this script's directory
-from benchdocs import publish
+from tools import benchrun
+from tools.benchdocs import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def main() -> None:
 
 
 def report(r: dict[str, Any]) -> str:
-    cmd = " ".join(["python tools/bench_monitor.py --config", r["config"],
+    cmd = " ".join(["python -m tools.bench_monitor --config", r["config"],
                     f"--pairs {len(r['pairs'])}", *r["overrides"]])
     lines = [f"Measured {r['date']} on {r['machine']}, one thread per process: `{cmd}`.", "",
              "| pair | monitoring on (samples/s) | off | on / off | metrics.jsonl lines | "

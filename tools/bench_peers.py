@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python tools/bench_peers.py [--rounds 7] [--steps 200] [--json tools/out/bench_peers.json]
+    python -m tools.bench_peers [--rounds 7] [--steps 200] [--json tools/out/bench_peers.json]
                                 [--plot tools/out/bench_peers.png]
 
 The setting of ``tools/bench_step.py`` (imported from it, not copied): one Bernoulli RBM
@@ -45,7 +45,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from datetime import date  # noqa: E402
@@ -55,13 +54,12 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step, when imported
-import bench_step  # noqa: E402
-from benchdocs import publish, save_figure  # noqa: E402
+from tools import bench_step  # noqa: E402
+from tools.benchdocs import publish, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "not installed (pip install -e '.[bench]')"
-COMMAND = "python tools/bench_peers.py"
+COMMAND = "python -m tools.bench_peers"
 
 LABELS = {
     "gemm": "gemm (ceiling)",

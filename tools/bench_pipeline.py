@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python tools/bench_pipeline.py [--epochs 20] [--microbatches 8] [--write-docs]
+    python -m tools.bench_pipeline [--epochs 20] [--microbatches 8] [--write-docs]
 
 In one invocation, one thread per process:
 
@@ -39,14 +39,15 @@ from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import benchrun  # noqa: E402  (tools/ is this script's directory)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchdocs import publish  # noqa: E402
 
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 from pipedbn.data.loader import open_data  # noqa: E402
 from pipedbn.pipeline.trainer import make_layers, make_schedule  # noqa: E402
+from tools import benchrun  # noqa: E402
+from tools.benchdocs import publish  # noqa: E402
+from tools.simvalidate import layer_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
@@ -58,8 +59,6 @@ def config(epochs: float, *extra: str) -> Config:
 
 def standalone(cfg: Config, steps: int) -> list[float]:
     """Median seconds of one ``train_step`` per layer, on inputs passed up by fresh layers."""
-    from simvalidate import layer_times
-
     return layer_times(cfg, steps)[0]
 
 
@@ -82,8 +81,8 @@ def busy_worker(epochs: float) -> None:
 
 def standalone_loaded(cfg: Config, steps: int, epochs: float) -> float:
     """The last layer's step time while another process trains the layers below it."""
-    load = subprocess.Popen([sys.executable, __file__, "--busy-worker", "--epochs", str(epochs)],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    load = subprocess.Popen([sys.executable, "-m", "tools.bench_pipeline", "--busy-worker",
+                             "--epochs", str(epochs)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert load.stdout is not None and load.stdout.readline().strip() == "ready"
@@ -154,8 +153,8 @@ def gpipe_worker(epochs: float, microbatches: int, out: str) -> None:
 def gpipe(epochs: float, microbatches: int, tmp: Path) -> dict[str, Any]:
     out = tmp / "gpipe.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "3", __file__, "--gpipe-worker", "--epochs", str(epochs), "--microbatches",
-           str(microbatches), "--out", str(out)]
+           "3", "-m", "tools.bench_pipeline", "--gpipe-worker", "--epochs", str(epochs),
+           "--microbatches", str(microbatches), "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
@@ -235,7 +234,7 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"Quickstart DBN (784-500-500-2000, CD-1, micro-batch 100, {r['epochs']:g} epochs per "
         f"layer, streaming with a 1-epoch offset), one thread per process, {r['date']}: "
-        f"`python tools/bench_pipeline.py --epochs {r['epochs']:g} --microbatches "
+        f"`python -m tools.bench_pipeline --epochs {r['epochs']:g} --microbatches "
         f"{r['microbatches']}`.",
         "",
         "| stage | layer | standalone step ms | micro-batches | busy | recv wait s | "

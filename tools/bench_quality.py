@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python tools/bench_quality.py [--epochs 10] [--seeds 0 1] [--json tools/out/bench_quality.json]
+    python -m tools.bench_quality [--epochs 10] [--seeds 0 1] [--json tools/out/bench_quality.json]
                                   [--plot tools/out/bench_quality.png]
 
 For every seed, ``configs/quickstart.yaml`` (784-500-500-2000, CD-1, mnist5k) is trained three
@@ -57,13 +57,24 @@ from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchrun, when imported
-import benchrun  # noqa: E402
-from benchdocs import publish, save_figure  # noqa: E402
+import torch  # noqa: E402
+
+from pipedbn.config import load_config, resolve_defaults  # noqa: E402
+from pipedbn.data.loader import open_data  # noqa: E402
+from pipedbn.eval.evaluation import (  # noqa: E402
+    EvalOptions,
+    eval_inputs,
+    evaluate_dbn,
+    linear_probe,
+)
+from pipedbn.model.dbn import Model, from_run  # noqa: E402
+from pipedbn.pipeline.trainer import make_schedule  # noqa: E402
+from tools import benchrun  # noqa: E402
+from tools.benchdocs import publish, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
-COMMAND = "python tools/bench_quality.py"
+COMMAND = "python -m tools.bench_quality"
 RUNS = (("streaming", 3), ("greedy", 3), ("greedy", 1))
 """(schedule, processes) of the runs made for every seed."""
 METRICS = {  # name: (label, higher is better)
@@ -118,10 +129,6 @@ def equal_updates(finals: dict[str, dict[int, float]]) -> dict[str, Any]:
 # -- training runs ---------------------------------------------------------------------------
 
 def stream_length(epochs: float, schedule: str) -> int:
-    from pipedbn.config import load_config, resolve_defaults
-    from pipedbn.data.loader import open_data
-    from pipedbn.pipeline.trainer import make_schedule
-
     cfg = resolve_defaults(load_config(CONFIG, [f"rbm.epochs={epochs}",
                                                 f"train.schedule={schedule}"]))
     return make_schedule(cfg, open_data(cfg, unit_range=True).batches_per_epoch).length
@@ -169,11 +176,6 @@ def checkpoint_times(run_dir: Path, start: float) -> list[dict[str, Any]]:
 
 @functools.cache
 def _inputs(run_dir: str) -> tuple[Any, ...]:
-    from pipedbn.config import load_config, resolve_defaults
-    from pipedbn.data.loader import open_data
-    from pipedbn.eval.evaluation import EvalOptions, eval_inputs
-    from pipedbn.model.dbn import from_run
-
     cfg = resolve_defaults(load_config(Path(run_dir) / "config.yaml"))
     data = open_data(cfg, unit_range=True)
     return eval_inputs(from_run(run_dir, "final"), data, EvalOptions().probe_samples)
@@ -182,11 +184,6 @@ def _inputs(run_dir: str) -> tuple[Any, ...]:
 def measure(run_dir: str, tag: str, ais_temperatures: int) -> dict[str, float]:
     """Probe accuracy on the top layer, layer 0's recon error and PLL (and, with
     ``ais_temperatures``, its AIS log-likelihood), as ``pipedbn eval`` reports them."""
-    import torch
-
-    from pipedbn.eval.evaluation import EvalOptions, evaluate_dbn, linear_probe
-    from pipedbn.model.dbn import Model, from_run
-
     torch.set_num_threads(1)
     held, train_ref, probe_train, held_labels = _inputs(run_dir)
     dbn = from_run(run_dir, tag)

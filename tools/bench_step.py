@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python tools/bench_step.py [--steps 200] [--rounds 7] [--json tools/out/bench_step.json]
+    python -m tools.bench_step [--steps 200] [--rounds 7] [--json tools/out/bench_step.json]
 
 Setting: one Bernoulli RBM layer 784 -> 500 (the config default otherwise: CD-1, weight decay,
 momentum), micro-batch B=100 of real mnist5k data (read and converted to float32 tensors before

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def write_section(name: str, text: str, doc: Path = DOC) -> None:

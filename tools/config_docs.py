@@ -1,7 +1,7 @@
 """Write docs/config.md from the config dataclasses: every field, its type, default and docstring.
 
-    python tools/config_docs.py            # rewrite docs/config.md
-    python tools/config_docs.py --check    # exit 1 if docs/config.md is out of date (the tests do)
+    python -m tools.config_docs            # rewrite docs/config.md
+    python -m tools.config_docs --check    # exit 1 if docs/config.md is out of date (the tests do)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ SECTIONS = [("Config", "top level"), ("RBMConfig", "rbm"), ("LayerConfig", "laye
 
 INTRO = """# Config reference
 
-Generated from `pipedbn/config/__init__.py` by `python tools/config_docs.py`; do not edit by hand.
+Generated from `pipedbn/config/__init__.py` by `python -m tools.config_docs`; do not edit by hand.
 
 A config is a YAML file with the sections below. `rbm` holds the training settings of every
 layer; an entry of `layers` takes `hidden` (and optionally `visible`) and may override any `rbm`
@@ -54,7 +54,7 @@ def fields(tree: ast.Module, name: str) -> list[tuple[str, str, str, str]]:
 
 
 def render() -> str:
-    tree = ast.parse((ROOT / "pipedbn" / "config.py").read_text())
+    tree = ast.parse((ROOT / "pipedbn" / "config" / "__init__.py").read_text())
     parts = [INTRO]
     for cls, section in SECTIONS:
         parts.append(f"\n## `{section}` ({cls})\n\n| field | type | default | meaning |\n"
@@ -74,7 +74,7 @@ def main() -> int:
     if args.check:
         ok = path.is_file() and path.read_text() == text
         if not ok:
-            print(f"{path} is out of date: run python tools/config_docs.py", file=sys.stderr)
+            print(f"{path} is out of date: run python -m tools.config_docs", file=sys.stderr)
         return 0 if ok else 1
     path.write_text(text)
     print(path)

@@ -3,8 +3,8 @@ every job resumes from its checkpoints and ends with the uninterrupted run's wei
 
 Run from the repository root::
 
-    python tools/faults.py --trials 20                 # process mode: SIGKILL one worker
-    python tools/faults.py --trials 5 --mode node      # node mode: SIGKILL an agent and its workers
+    python -m tools.faults --trials 20                 # process mode: SIGKILL one worker
+    python -m tools.faults --trials 5 --mode node      # node mode: SIGKILL an agent and its workers
 
 1. *Reference*: one uninterrupted run, ``pipedbn train CONFIG run.dir=REF --nproc N`` with the
    trials' overrides. Its training window (from its first complete checkpoint, a
@@ -69,9 +69,16 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch.distributed import TCPStore
+
+from tools.benchdocs import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_TAGS = ("rbm/", "pipeline/")
@@ -304,9 +311,6 @@ def first_training_record(run_dir: Path, after_wall: float) -> float | None:
 
 
 def same_model(run_dir: Path, ref_dir: Path) -> bool:
-    import torch
-    from safetensors.torch import load_file
-
     got, want = load_file(run_dir / "model.safetensors"), load_file(ref_dir / "model.safetensors")
     return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
@@ -327,8 +331,6 @@ class Reference:
 
 def count_layers(args: argparse.Namespace) -> int:
     """Layers of the resolved config (``pipedbn train --print-config``; checks the overrides)."""
-    import yaml
-
     proc = subprocess.run([sys.executable, "-m", "pipedbn", "train", args.config,
                            *train_overrides(args, args.out / "unused"), "--print-config"],
                           cwd=ROOT, env=args.env_vars, capture_output=True, text=True,
@@ -544,10 +546,6 @@ def kill_victim(job: Job, current: list[Worker], victim: int, mode: str) -> list
 
 def rendezvous_store() -> tuple[Any, int]:
     """A c10d store in this process, on a free port, for the agents to rendezvous on."""
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
-
     for _ in range(20):
         port = free_port()
         try:
@@ -607,14 +605,12 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    import torch
-
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}, one thread per process")
 
 
 def command(args: argparse.Namespace) -> str:
-    return shlex.join(["python", "tools/faults.py", *args.argv])
+    return shlex.join(["python", "-m", "tools.faults", *args.argv])
 
 
 NOTES = {
@@ -704,9 +700,6 @@ def main(argv: list[str] | None = None) -> int:
                 "run_dir": str(ref.run_dir)},
             "summary": summary(trials), "trials": [asdict(t) for t in trials]}, indent=1))
     if args.write_docs:
-        sys.path.insert(0, str(ROOT / "tools"))
-        from benchdocs import write_section
-
         name = f"faults_{args.mode}" + ("_agent_store" if args.mode == "node"
                                          and args.store == "agent" else "") + \
             ("_no_share" if args.env == "no-share" else "")

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python tools/plot_metrics.py RUN_DIR [-o OUT_DIR]
+    python -m tools.plot_metrics RUN_DIR [-o OUT_DIR]
 
 Writes two PNGs into ``OUT_DIR`` (default ``RUN_DIR/plots``) and prints their paths:
 

@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    python tools/readme_timings.py                 # the quickstart, default launch and --nproc 1
-    python tools/readme_timings.py --tests         # and the fast tier and the full test suite
+    python -m tools.readme_timings                 # the quickstart, default launch and --nproc 1
+    python -m tools.readme_timings --tests         # and the fast tier and the full test suite
 
 Each figure is one run as README's command runs it (the quickstart with its defaults: its own
 thread count, monitoring on), so the numbers are what a user sees, not a benchmark's best case.

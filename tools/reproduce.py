@@ -1,9 +1,9 @@
 """Reproduce published RBM / DBN results on full MNIST and Fashion-MNIST; write docs/results.md.
 
-    python tools/reproduce.py                       # every row, one after another (hours)
-    python tools/reproduce.py --only rbm16-pcd      # one row (or several); the others are kept
-    python tools/reproduce.py --from-json           # re-render docs/results.md, nothing run
-    python tools/reproduce.py --list                # the rows, their commands and projections
+    python -m tools.reproduce                       # every row, one after another (hours)
+    python -m tools.reproduce --only rbm16-pcd      # one row (or several); the others are kept
+    python -m tools.reproduce --from-json           # re-render docs/results.md, nothing run
+    python -m tools.reproduce --list                # the rows, their commands and projections
 
 Every row runs the real commands (``pipedbn train`` / ``eval`` / ``finetune``, as subprocesses,
 one thread each) on a config of ``configs/``, reads the figures from the run's ``eval.json`` /
@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 
-from benchdocs import write_section  # noqa: E402
+from tools.benchdocs import write_section  # noqa: E402
 
 JSON = ROOT / "docs" / "results.json"
 DOC = ROOT / "docs" / "results.md"
@@ -247,8 +246,8 @@ def render(results: dict[str, Any]) -> str:
     machine = results.get("machine", {})
     lines = [f"Measured on {machine.get('cpus', '?')} CPU cores shared with other jobs "
              f"({machine.get('note', '')}); one thread per process, every command under "
-             f"`nice`. Regenerate: `python tools/reproduce.py [--only ROW]`; render only: "
-             f"`python tools/reproduce.py --from-json`.", "",
+             f"`nice`. Regenerate: `python -m tools.reproduce [--only ROW]`; render only: "
+             f"`python -m tools.reproduce --from-json`.", "",
              "| row | result | pipedbn (ours) | published (source) | settings | wall time | "
              "commands |", "| --- | --- | --- | --- | --- | --- | --- |"]
     notes: list[str] = []

@@ -1,6 +1,6 @@
-"""Projections of ``simulate.py``: a 784-2000-2000-2000-2000 DBN on 8 to 64 GPUs.
+"""Projections of the simulator (``pipedbn.sim``): a 784-2000-2000-2000-2000 DBN on 8 to 64 GPUs.
 
-    python tools/simulate.py --project [--write-docs]
+    python -m tools.simproject [--write-docs]   # the tables of docs/simulate.md
 
 Every figure here is a model's, from stated assumptions (``GPU``), not a measurement: per-layer
 step times from ``cd_flops`` at an assumed sustained FP32 rate, links from vendor-class figures.
@@ -10,13 +10,23 @@ and the simulator runs it (streaming, every layer on every micro-batch, BSP).
 
 from __future__ import annotations
 
-import math
+import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-
-from simulate import LayerCost, Link, Network, SimResult, SyncPolicy, simulate, stages_of
 
 from pipedbn.balancer import Problem, cd_flops, forward_flops, param_count, solve
 from pipedbn.pipeline.schedule import build_schedule
+from pipedbn.sim import (
+    LayerCost,
+    Link,
+    Network,
+    Options,
+    SimResult,
+    SyncPolicy,
+    simulate,
+    stages_of,
+)
+from tools.benchdocs import ROOT, write_section
 
 SIZES = [784, 2000, 2000, 2000, 2000]
 BATCH = 1000
@@ -65,8 +75,8 @@ def plan_and_run(world: int, gpu: GPU, sync_every: int = 1) -> tuple[str, float,
     length = max(400, 8 * r_max * sync_every)  # whole rounds, fill and drain a small part
     schedule = build_schedule("streaming", length, [1.0] * len(layers), 0.0)
     net = Network(gpu.intra, gpu.inter, gpu.per_node)
-    res = simulate(schedule, stages_of(sol.plan), layers, net, window=4, batch=BATCH,
-                   sync=SyncPolicy("bsp", sync_every))
+    res = simulate(schedule, stages_of(sol.plan), layers, net,
+                   Options(window=4, batch=BATCH, sync=SyncPolicy("bsp", sync_every)))
     return sol.plan.spec(), sol.samples_per_s(BATCH), res
 
 
@@ -154,12 +164,15 @@ def project(write_docs: bool = False) -> None:
     text = report()
     print(text)
     if write_docs:
-        from benchdocs import write_section
-        from simulate import ROOT
-
         write_section("simulate", text, ROOT / "docs" / "simulate.md")
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write-docs", action="store_true",
+                    help="write the tables into docs/simulate.md")
+    project(write_docs=ap.parse_args(argv).write_docs)
+
+
 if __name__ == "__main__":
-    assert math.isfinite(GPU().step_s(784, 2000))
-    project()
+    main()

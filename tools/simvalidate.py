@@ -1,4 +1,6 @@
-"""The simulator against this machine: measured step times, link and runs (``simulate.py``).
+"""The simulator against this machine: measured step times, link and runs (``pipedbn.sim``).
+
+    python -m tools.simvalidate [--epochs 3] [--write-docs]   # docs/benchmarks.md's bench_simulate
 
 ``validate`` runs each case of ``CASES`` here (``pipedbn train --nproc N``, one thread per
 process), simulates it with this machine's measured layer times, link (a gloo ping-pong) and
@@ -12,29 +14,37 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from simulate import ROOT, Link, data_shape, from_config, load  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
+from pipedbn.balancer import solve  # noqa: E402
+from pipedbn.balancer.runtime import problem_for  # noqa: E402
 from pipedbn.config import Config  # noqa: E402
+from pipedbn.data.loader import open_data  # noqa: E402
+from pipedbn.pipeline.trainer import make_layers, make_schedule  # noqa: E402
+from pipedbn.sim import Link, Machine, StepTimes, data_shape, from_config, load  # noqa: E402
+from tools.benchdocs import write_section  # noqa: E402
+from tools.benchrun import ROOT, train  # noqa: E402
 
 # -- measuring this machine ----------------------------------------------------------------------
 
 def layer_times(cfg: Config, steps: int = 50) -> tuple[list[float], list[float]]:
     """Median seconds of each layer's ``train_step`` and frozen ``forward`` on one thread, on
     real micro-batches passed up by fresh layers (``tools/bench_pipeline.standalone``'s way)."""
-    import statistics
-    import time
-
-    import torch
-
-    from pipedbn.data.loader import open_data
-    from pipedbn.pipeline.trainer import make_layers, make_schedule
-
     torch.set_num_threads(1)
     data = open_data(cfg, unit_range=True)
     layers = make_layers(cfg, data, make_schedule(cfg, data.batches_per_epoch),
@@ -56,9 +66,6 @@ def layer_times(cfg: Config, steps: int = 50) -> tuple[list[float], list[float]]
 
 def sleep_overshoot(seconds: float, n: int = 20) -> float:
     """How long ``time.sleep(seconds)`` really takes here (median)."""
-    import statistics
-    import time
-
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -71,16 +78,12 @@ def measure_link(small: int = 4, large: int = 2 << 20, rounds: int = 200) -> Lin
     """Latency and bandwidth of one pipedbn message (a header and a payload, as ``transport``
     sends them) between two local gloo processes, by ping-pong: half the median round trip of a
     ``small``-byte and a ``large``-byte payload. On loopback the transfer is CPU work."""
-    import json
-    import subprocess
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         init, out = Path(tmp) / "init", Path(tmp) / "out.json"
         procs = [subprocess.Popen(
-            [sys.executable, __file__, str(rank), str(init), str(out),
-             str(small), str(large), str(rounds)],
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+            [sys.executable, "-m", "tools.simvalidate", "--pingpong", str(rank), str(init),
+             str(out), str(small), str(large), str(rounds)],
+            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
             for rank in (0, 1)]
         for p in procs:
             if p.wait(timeout=120):
@@ -90,13 +93,6 @@ def measure_link(small: int = 4, large: int = 2 << 20, rounds: int = 200) -> Lin
 
 
 def _pingpong(rank: int, init: str, out: str, small: int, large: int, rounds: int) -> None:
-    import json
-    import statistics
-    import time
-
-    import torch
-    import torch.distributed as dist
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
     peer = 1 - rank
@@ -164,8 +160,6 @@ CASES = [
 def run_pipedbn(config: str, nproc: int, overrides: Sequence[str], run_dir: Path
                 ) -> dict[str, Any]:
     """``pipedbn train`` on ``nproc`` local processes of one thread each."""
-    from benchrun import train
-
     r = train(ROOT / config, run_dir, nproc, overrides, timeout=600)
     r.pop("metrics")
     return r
@@ -182,8 +176,6 @@ def cpu_busy() -> float:
 def wait_quiet(limit: float = 0.25, timeout: float = 300.0) -> float:
     """Wait (at most ``timeout`` seconds) until other processes use less than ``limit`` cores
     over a second; returns the last load seen. Other jobs on a shared machine skew timings."""
-    import time
-
     t_end = time.monotonic() + timeout
     while True:
         b0, t0 = cpu_busy(), time.monotonic()
@@ -202,12 +194,6 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
     Before each run it waits (``quiet_s`` at most) for other jobs to leave the cores; the CPU
     they used during the run (``other_cores``) is recorded, and a second prediction
     (``predicted_loaded``) lets that much background work share the cores."""
-    import tempfile
-    import time
-
-    from pipedbn.balancer import solve
-    from pipedbn.balancer.runtime import problem_for
-
     link = link or measure_link()
     cores = os.cpu_count()
     rows: list[dict[str, Any]] = []
@@ -228,15 +214,16 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
             if spec is None:
                 work = [s + z for s, z in zip(step, sleep, strict=True)]
                 spec = solve(problem_for(cfg, shape[0], case.nproc, work)).plan.spec()
-            args = (cfg, spec, case.nproc, step, fwd, sleep, link.latency, link.bandwidth, cores)
-            pred = from_config(*args, link_cpu=link.cpu, shape=shape)
+            times, machine = StepTimes(step, fwd, sleep), Machine(link, cores)
+            pred = from_config(cfg, spec, case.nproc, times, machine, shape)
             wait_quiet(timeout=quiet_s)
             b0, c0, t0 = cpu_busy(), _children_cpu(), time.monotonic()
             meas = run_pipedbn(case.config, case.nproc, [*over, f"balancer.plan={spec}"],
                                Path(tmp) / f"run-{n}")
             others = max(0.0, (cpu_busy() - b0 - (_children_cpu() - c0))
                          / (time.monotonic() - t0))
-            loaded = from_config(*args, link_cpu=link.cpu, shape=shape, background=others)
+            loaded = from_config(cfg, spec, case.nproc, times,
+                                 dataclasses.replace(machine, background=others), shape)
             rows.append({
                 "case": case.name, "ranks": case.nproc, "plan": spec,
                 "predicted": pred.samples_per_s, "measured": meas["samples_per_s"],
@@ -253,8 +240,6 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
 
 
 def _children_cpu() -> float:
-    import resource
-
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -278,11 +263,32 @@ def section(rows: Sequence[dict[str, Any]], scale: float) -> str:
     link = rows[0]["link"]
     return (f"Link measured by ping-pong: {link['latency_s'] * 1e6:.0f} µs + "
             f"{link['bandwidth_Bps'] / 1e9:.2f} GB/s; each case's epochs x {scale:g} "
-            f"(`python tools/simulate.py --validate --epochs {scale:g}`). The last columns "
+            f"(`python -m tools.simvalidate --epochs {scale:g}`). The last columns "
             "repeat the prediction with the CPU other jobs used during the run as background "
             "load.\n\n" + report_validation(rows))
 
 
-if __name__ == "__main__":  # the ping-pong worker: simvalidate.py RANK INIT OUT SMALL LARGE ROUNDS
-    rank, init, out, small, large, rounds = sys.argv[1:7]
-    _pingpong(int(rank), init, out, int(small), int(large), int(rounds))
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=float, default=1.0, help="scale every case's epochs")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="write the table into docs/benchmarks.md (bench_simulate)")
+    ap.add_argument("--pingpong", nargs=6, metavar=("RANK", "INIT", "OUT", "SMALL", "LARGE",
+                                                    "ROUNDS"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.pingpong:  # one of measure_link's two workers
+        rank, init, out, small, large, rounds = args.pingpong
+        _pingpong(int(rank), init, out, int(small), int(large), int(rounds))
+        return
+    rows = validate(epochs=args.epochs)
+    text = section(rows, args.epochs)
+    print(text)
+    out = ROOT / "tools" / "out" / "simulate_validation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    if args.write_docs:
+        write_section("bench_simulate", text)
+
+
+if __name__ == "__main__":
+    main()

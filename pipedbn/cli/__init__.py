@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from pipedbn import __version__
+from pipedbn.cli import simulate
 from pipedbn.config import dump_yaml, load_config, resolve_defaults
 from pipedbn.errors import ConfigError, Interrupted, UserError
 from pipedbn.pipeline.transport import LinkError
@@ -41,6 +42,7 @@ commands:
   eval MODEL                     measure what a model learned (likelihood, probes)
   finetune RUN_DIR               fine-tune the DBN into a classifier with the data's labels
   sample MODEL -o FILE.png       draw samples from the DBN as an image grid
+  simulate CONFIG --step-ms A,B  predict a plan's samples/s without running it
 
 `pipedbn COMMAND --help` describes each one. A user's mistake is one line and exit status 2;
 docs/errors.md lists them. Configs: docs/config.md."""
@@ -144,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="measure what a trained model learned (writes eval.json)",
                         description=SUBCOMMANDS["eval"])
     add_eval_arguments(ev)
+    simulate.add_parser(sub)
     return ap
 
 
@@ -312,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                 else finetune.cmd_sample(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "simulate":
+            return simulate.run(args)
         return cmd_export(args)
     except UserError as e:
         # every rank finds the same config mistake; rank 0 alone reports it. Under torchrun the

@@ -1,4 +1,4 @@
-"""The event engine under ``simulate.py``: processes, shared cores and point-to-point transfers.
+"""The event engine under the simulator: processes, shared cores and point-to-point transfers.
 
 A *process* is a generator that yields what it does next:
 
