@@ -11,7 +11,7 @@ import torch
 from pipedbn.config import LayerConfig, load_config, resolve_defaults
 from pipedbn.errors import NonFiniteError
 from pipedbn.eval.likelihood import exact_gradient, log_likelihood, log_partition
-from pipedbn.model.rbm import RBM, layer_seed
+from pipedbn.model.rbm import RBM, RBMSettings, layer_seed
 from stages import registry
 
 
@@ -24,8 +24,8 @@ def layer_cfg(**fields: object) -> LayerConfig:
 def make(n_v: int, n_h: int, *, seed: int = 0, index: int = 0, total: int = 100,
          dtype: torch.dtype = torch.float64, **fields: object) -> RBM:
     cfg = layer_cfg(hidden=n_h, **fields)
-    return registry.get(cfg.kind)(n_v, n_h, cfg, seed=seed, index=index, steps_per_epoch=10,
-                                  total_steps=total, dtype=dtype)
+    return registry.get(cfg.kind)(n_v, n_h, RBMSettings.of(cfg), seed=seed, index=index,
+                                  steps_per_epoch=10, total_steps=total, dtype=dtype)
 
 
 def random_params(n_v: int, n_h: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -77,7 +77,7 @@ def test_gaussian_log_partition_against_numerical_integration() -> None:
 
 def reference_update(layer: RBM, v0: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
     """CD-k written out from Hinton's guide, drawing the same uniforms in the same order."""
-    c = layer.cfg
+    c = layer.settings
     w, vb, hb = layer.weight.clone(), layer.visible_bias.clone(), layer.hidden_bias.clone()
     w_inc, vb_inc, hb_inc = (layer.weight_inc.clone(), layer.visible_bias_inc.clone(),
                              layer.hidden_bias_inc.clone())
@@ -186,9 +186,9 @@ def test_layer_rng_streams_depend_on_seed_and_index_only() -> None:
 def test_defaults_follow_hintons_guide() -> None:
     cd, pcd = make(784, 50, dtype=torch.float32), make(784, 50, method="pcd")
     assert cd.weight.std().item() == pytest.approx(0.01, rel=0.05)
-    assert (cd.cfg.momentum, cd.cfg.momentum_final) == (0.5, 0.9)
-    assert (pcd.cfg.momentum, pcd.cfg.momentum_final) == (0.0, 0.0)
-    assert cd.cfg.weight_decay == 2e-4
+    assert (cd.settings.momentum, cd.settings.momentum_final) == (0.5, 0.9)
+    assert (pcd.settings.momentum, pcd.settings.momentum_final) == (0.0, 0.0)
+    assert cd.settings.weight_decay == 2e-4
     assert cd.momentum_at(0) == 0.5 and cd.momentum_at(49) == 0.5 and cd.momentum_at(50) == 0.9
     mean = torch.full((3,), 0.2)
     vb = registry.get("bernoulli").init_visible_bias(cd, mean, 3)
