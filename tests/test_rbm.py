@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 
@@ -11,7 +12,7 @@ import torch
 from pipedbn.config import LayerConfig, load_config, resolve_defaults
 from pipedbn.errors import NonFiniteError
 from pipedbn.eval.likelihood import exact_gradient, log_likelihood, log_partition
-from pipedbn.model.rbm import RBM, RBMSettings, layer_seed
+from pipedbn.model.rbm import PARAMETERS, RBM, RBMSettings, layer_seed, replica_rates
 from stages import registry
 
 
@@ -285,3 +286,67 @@ def test_monitoring_does_not_touch_the_layer_rng() -> None:
     b.train_step(v0)
     assert torch.equal(a.generator.get_state(), b.generator.get_state())
     assert torch.equal(a.weight, b.weight)
+
+
+STATE_FILE_KEYS = ["weight", "visible_bias", "hidden_bias", "weight_inc", "visible_bias_inc",
+                   "hidden_bias_inc", "chains", "hidden_activity", "step", "rng_state"]
+"""The keys of a layer state as checkpoints and run directories have always stored them."""
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+def test_state_comes_from_the_modules_registered_tensors(kind: str) -> None:
+    layer = make(6, 4, kind=kind, method="pcd", pcd_chains=3)
+    assert isinstance(layer, torch.nn.Module)
+    assert [n for n, _ in layer.named_parameters()] == list(PARAMETERS)
+    assert not any(p.requires_grad for p in layer.parameters())  # CD updates them by hand
+    assert list(layer.state_dict()) == STATE_FILE_KEYS
+    assert [t.data_ptr() for t in layer.velocities()] == [
+        layer.weight_inc.data_ptr(), layer.visible_bias_inc.data_ptr(),
+        layer.hidden_bias_inc.data_ptr()]
+    assert [t.data_ptr() for t in layer.running_buffers()] == [
+        layer.chains.data_ptr(), layer.hidden_activity.data_ptr()]
+
+
+def test_a_state_written_as_before_loads_and_continues() -> None:
+    """A plain dict of cloned tensors under the historical keys (what checkpoints written
+    before the RBM became a module hold) restores the layer exactly."""
+    data = (torch.rand(24, 6, generator=torch.Generator().manual_seed(4)) < 0.5).double()
+    layer = make(6, 4, method="pcd", pcd_chains=8)
+    layer.train_step(data[:8])
+    old = {"weight": layer.weight.clone(), "visible_bias": layer.visible_bias.clone(),
+           "hidden_bias": layer.hidden_bias.clone(), "weight_inc": layer.weight_inc.clone(),
+           "visible_bias_inc": layer.visible_bias_inc.clone(),
+           "hidden_bias_inc": layer.hidden_bias_inc.clone(), "chains": layer.chains.clone(),
+           "hidden_activity": layer.hidden_activity.clone(),
+           "step": torch.tensor(layer.step, dtype=torch.int64),
+           "rng_state": layer.generator.get_state()}
+    buf = io.BytesIO()
+    torch.save(old, buf)
+    buf.seek(0)
+    clone = make(6, 4, method="pcd", pcd_chains=8, seed=7)
+    state = torch.load(buf, weights_only=True)
+    clone.load_state_dict(state)
+    assert set(state) == set(STATE_FILE_KEYS)  # the caller's dict is left whole
+    assert clone.step == 1
+    for x in (data[8:16], data[16:]):
+        assert torch.equal(layer.train_step(x), clone.train_step(x))
+    for name, t in layer.state_dict().items():
+        assert torch.equal(t, clone.state_dict()[name]), name
+
+
+def test_replica_count_is_an_argument_of_the_update() -> None:
+    """r replicas: momentum**r per step and lr scaled so lr / (1 - momentum) is unchanged; the
+    layer itself holds no replica count."""
+    v0 = (torch.rand(8, 6, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+    one, three, default = make(6, 4), make(6, 4), make(6, 4)
+    s1: dict[str, float] = {}
+    s3: dict[str, float] = {}
+    one.train_step(v0, stats=s1, replicas=1)
+    three.train_step(v0, stats=s3, replicas=3)
+    default.train_step(v0)
+    assert torch.equal(one.weight, default.weight)
+    assert s3["momentum"] == pytest.approx(s1["momentum"] ** 3)
+    assert s3["lr"] / (1 - s3["momentum"]) == pytest.approx(s1["lr"] / (1 - s1["momentum"]))
+    assert not torch.equal(one.weight, three.weight)
+    assert not hasattr(three, "replicas")
+    assert replica_rates(0.1, 0.0, 4) == (0.1, 0.0)  # no momentum: nothing to rescale
