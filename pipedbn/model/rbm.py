@@ -238,32 +238,37 @@ class RBM(torch.nn.Module, abc.ABC):
         t = self.step
         lr, mom = replica_rates(self.lr_at(t), self.momentum_at(t), replicas)
         batch = v0.shape[0]
+        # Each tensor looked up once: nn.Module resolves a parameter or buffer attribute in
+        # Python on every access, which a dozen times a step would add up on small layers.
+        w, vb, hb = self.weight, self.visible_bias, self.hidden_bias
+        w_inc, vb_inc, hb_inc = self.weight_inc, self.visible_bias_inc, self.hidden_bias_inc
+        g = self.generator
 
-        ph0 = self.hidden_probs(v0)
+        ph0 = torch.addmm(hb, v0, w).sigmoid_()  # hidden_probs
         self._check(ph0, micro_batch)
-        h0 = None if pcd else self.sample_hidden(ph0)
+        h0 = None if pcd else bernoulli(ph0, g)
         h = self.chains if pcd else h0
         assert h is not None
         for s in range(c.k):
-            vm = self.visible_mean(h)
-            v = self.sample_visible(vm) if (pcd or s < c.k - 1) else vm
-            ph = self.hidden_probs(v)
+            vm = self.visible_link(torch.addmm(vb, h, w.T))  # visible_mean
+            v = self.draw_visible(vm, g) if (pcd or s < c.k - 1) else vm
+            ph = torch.addmm(hb, v, w).sigmoid_()
             if pcd or s < c.k - 1:
-                h = self.sample_hidden(ph)
+                h = bernoulli(ph, g)
         if pcd:
             self.chains = h
         n_neg = v.shape[0]
 
         recon_error = 0.0
         if stats is not None:  # mean-field, before the update: the same measure for CD and PCD
-            recon = self.visible_link(torch.addmm(self.visible_bias, ph0, self.weight.T))
+            recon = self.visible_link(torch.addmm(vb, ph0, w.T))
             recon_error = float((v0 - recon).square_().sum() / batch)
 
         # Both gradient products accumulate straight into the momentum buffer.
-        self.weight_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr / batch)
-        self.weight_inc.addmm_(v.T, ph, alpha=-lr / n_neg)
+        w_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr / batch)
+        w_inc.addmm_(v.T, ph, alpha=-lr / n_neg)
         if c.weight_decay:
-            self.weight_inc.add_(self.weight, alpha=-lr * c.weight_decay)
+            w_inc.add_(w, alpha=-lr * c.weight_decay)
         v0_mean = v0.mean(0)
         ph0_mean = ph0.mean(0)
         dvb = v0_mean - v.mean(0)
@@ -274,12 +279,12 @@ class RBM(torch.nn.Module, abc.ABC):
             )
             push = (c.sparsity_target - q).mul_(c.sparsity_cost)
             dhb.add_(push)
-            self.weight_inc.addr_(v0_mean, push, alpha=lr)
-        self.visible_bias_inc.mul_(mom).add_(dvb, alpha=lr)
-        self.hidden_bias_inc.mul_(mom).add_(dhb, alpha=lr)
-        self.weight.add_(self.weight_inc)
-        self.visible_bias.add_(self.visible_bias_inc)
-        self.hidden_bias.add_(self.hidden_bias_inc)
+            w_inc.addr_(v0_mean, push, alpha=lr)
+        vb_inc.mul_(mom).add_(dvb, alpha=lr)
+        hb_inc.mul_(mom).add_(dhb, alpha=lr)
+        w.add_(w_inc)
+        vb.add_(vb_inc)
+        hb.add_(hb_inc)
         self.step += 1
 
         if stats is not None:
@@ -288,7 +293,7 @@ class RBM(torch.nn.Module, abc.ABC):
             stats["lr"] = lr
             stats["momentum"] = mom
         if c.forward == "samples":
-            return h0 if h0 is not None else self.sample_hidden(ph0)
+            return h0 if h0 is not None else bernoulli(ph0, g)
         return ph0
 
     def _check(self, h: torch.Tensor, micro_batch: int) -> None:
