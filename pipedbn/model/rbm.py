@@ -41,23 +41,23 @@ VELOCITY = "{}_inc"
 @dataclasses.dataclass(frozen=True)
 class RBMSettings:
     """A layer's resolved hyper-parameters (``layers.N`` of the config, defaults filled in):
-    what the update reads, and nothing of the rest of a config."""
+    what the update reads, and nothing of the rest of a config (the config documents each)."""
 
-    method: Literal["cd", "pcd"] = "cd"
-    k: int = 1
-    lr: float = 0.1
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    lr_final: float = 0.0
-    momentum: float = 0.5
-    momentum_final: float = 0.9
-    momentum_epochs: float = 5.0
-    weight_decay: float = 2e-4
-    sparsity_target: float = 0.1
-    sparsity_cost: float = 0.0
-    sparsity_decay: float = 0.95
-    init_std: float = 0.01
-    forward: Literal["probs", "samples"] = "probs"
-    pcd_chains: int = 0
+    method: Literal["cd", "pcd"]
+    k: int
+    lr: float
+    lr_schedule: Literal["constant", "linear", "cosine"]
+    lr_final: float
+    momentum: float
+    momentum_final: float
+    momentum_epochs: float
+    weight_decay: float
+    sparsity_target: float
+    sparsity_cost: float
+    sparsity_decay: float
+    init_std: float
+    forward: Literal["probs", "samples"]
+    pcd_chains: int
 
     @classmethod
     def of(cls, layer: Any) -> RBMSettings:
@@ -325,12 +325,14 @@ class RBM(torch.nn.Module, abc.ABC):
 # ``step`` and the RNG state are part of a layer's state (a layer restored from it continues bit
 # for bit) but are not tensors of the module: these hooks keep them in ``state_dict`` under the
 # names the state files have always used, after the parameters and buffers.
+_STEP, _RNG = "step", "rng_state"
+
 
 def _save_counters(module: torch.nn.Module, state: dict[str, Any], prefix: str,
                    local_metadata: dict[str, Any]) -> None:
     assert isinstance(module, RBM)
-    state[prefix + "step"] = torch.tensor(module.step, dtype=torch.int64)
-    state[prefix + "rng_state"] = module.generator.get_state()
+    state[prefix + _STEP] = torch.tensor(module.step, dtype=torch.int64)
+    state[prefix + _RNG] = module.generator.get_state()
 
 
 def _load_counters(module: torch.nn.Module, state: dict[str, Any], prefix: str,
@@ -340,17 +342,18 @@ def _load_counters(module: torch.nn.Module, state: dict[str, Any], prefix: str,
     shape: ValueError naming the layer), then take the counters out of it; the module loads the
     tensors."""
     assert isinstance(module, RBM)
-    own = {prefix + k: v for k, v in module.state_dict().items()}
-    given = {k for k in state if k.startswith(prefix)}
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    own = [*tensors, _STEP, _RNG]
+    given = {k[len(prefix):] for k in state if k.startswith(prefix)}
     if strict and given != set(own):
         raise ValueError(f"layer {module.index}: state keys {sorted(given)} do not match "
                          f"{sorted(own)}")
-    for key, current in own.items():
-        if key in state and key[len(prefix):] not in ("step", "rng_state") \
-                and state[key].shape != current.shape:
-            raise ValueError(f"layer {module.index}: {key[len(prefix):]} has shape "
-                             f"{tuple(state[key].shape)}, expected {tuple(current.shape)}")
-    if prefix + "step" in state:
-        module.step = int(state.pop(prefix + "step"))
-    if prefix + "rng_state" in state:
-        module.generator.set_state(state.pop(prefix + "rng_state").cpu())
+    for name, current in tensors.items():
+        got = state.get(prefix + name)
+        if got is not None and got.shape != current.shape:
+            raise ValueError(f"layer {module.index}: {name} has shape {tuple(got.shape)}, "
+                             f"expected {tuple(current.shape)}")
+    if prefix + _STEP in state:
+        module.step = int(state.pop(prefix + _STEP))
+    if prefix + _RNG in state:
+        module.generator.set_state(state.pop(prefix + _RNG).cpu())
