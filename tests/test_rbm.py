@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -350,3 +352,26 @@ def test_replica_count_is_an_argument_of_the_update() -> None:
     assert not torch.equal(one.weight, three.weight)
     assert not hasattr(three, "replicas")
     assert replica_rates(0.1, 0.0, 4) == (0.1, 0.0)  # no momentum: nothing to rescale
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_the_layer_base_and_the_kinds_depend_one_way() -> None:
+    """rbm.py (the base) needs nothing of pipedbn but its errors; a kind needs only the base;
+    so config may import the registry without a cycle."""
+    root = Path(__file__).resolve().parent.parent
+    base = {m for m in _imports(root / "pipedbn/model/rbm.py") if m.split(".")[0] == "pipedbn"}
+    assert base == {"pipedbn.errors"}
+    for kind in ("bernoulli", "gaussian"):
+        deps = {m for m in _imports(root / f"stages/{kind}.py")
+                if m.split(".")[0] in ("pipedbn", "stages")}
+        assert deps == {"pipedbn.model.rbm"}, kind
