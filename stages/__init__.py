@@ -1,1 +1,2 @@
-"""RBM layer kinds. Each kind registers itself in ``stages.registry`` under its config name."""
+"""RBM layer kinds: each a subclass of ``pipedbn.model.rbm.RBM`` (the only part of pipedbn a
+kind imports), listed in ``stages.registry`` under its config name."""

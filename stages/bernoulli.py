@@ -10,10 +10,8 @@ from typing import Any
 import torch
 
 from pipedbn.model.rbm import RBM, bernoulli
-from stages.registry import register
 
 
-@register
 class BernoulliRBM(RBM):
     kind = "bernoulli"
     default_lr = 0.1

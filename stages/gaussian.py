@@ -13,10 +13,8 @@ from typing import Any
 import torch
 
 from pipedbn.model.rbm import RBM
-from stages.registry import register
 
 
-@register
 class GaussianRBM(RBM):
     kind = "gaussian"
     default_lr = 0.01

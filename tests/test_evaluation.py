@@ -34,7 +34,7 @@ def trained(*overrides: str) -> tuple[Model, Data]:
     result = train_in_process(cfg, data, Metrics(None))
     params = [{k: layer.state_dict()[k] for k in ("weight", "visible_bias", "hidden_bias")}
               for layer in result.layers]
-    return Model([layer.cfg.kind for layer in result.layers], params), data
+    return Model([layer.kind for layer in result.layers], params), data
 
 
 def splits(data: Data) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from test_trainer import tiny
 
+from pipedbn.model.rbm import RBMSettings
 from pipedbn.observe.probe import gibbs_samples, image_shape, probe_generator, probe_layer, tile
 from stages import registry
 
@@ -14,12 +15,12 @@ def layer(kind: str = "bernoulli", n_vis: int = 12, n_hid: int = 7):
     cfg = tiny()
     lc = cfg.layers[0]
     lc.kind = kind
-    rbm = registry.get(kind)(n_vis, n_hid, lc, seed=3, index=0, steps_per_epoch=10,
-                             total_steps=100)
+    rbm = registry.get(kind)(n_vis, n_hid, RBMSettings.of(lc), seed=3, index=0,
+                             steps_per_epoch=10, total_steps=100)
     g = torch.Generator().manual_seed(5)
-    rbm.weight = torch.randn(n_vis, n_hid, generator=g) * 0.5
-    rbm.visible_bias = torch.randn(n_vis, generator=g) * 0.3
-    rbm.hidden_bias = torch.randn(n_hid, generator=g) * 0.3
+    rbm.weight.copy_(torch.randn(n_vis, n_hid, generator=g) * 0.5)
+    rbm.visible_bias.copy_(torch.randn(n_vis, generator=g) * 0.3)
+    rbm.hidden_bias.copy_(torch.randn(n_hid, generator=g) * 0.3)
     return rbm
 
 
@@ -44,7 +45,7 @@ def test_probe_measures_match_direct_computation() -> None:
 
 def test_probe_never_touches_the_layer_generator_or_state() -> None:
     rbm = layer()
-    before = rbm.state_dict()
+    before = {k: v.clone() for k, v in rbm.state_dict().items()}  # (state_dict shares storage)
     held = torch.rand(10, 12)
     probe_layer(rbm, held, held, probe_generator(1, 0, 0, held.device))
     after = rbm.state_dict()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import io
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ import torch
 from pipedbn.config import LayerConfig, load_config, resolve_defaults
 from pipedbn.errors import NonFiniteError
 from pipedbn.eval.likelihood import exact_gradient, log_likelihood, log_partition
-from pipedbn.model.rbm import RBM, layer_seed
+from pipedbn.model.rbm import PARAMETERS, RBM, RBMSettings, layer_seed, replica_rates
 from stages import registry
 
 
@@ -24,8 +27,8 @@ def layer_cfg(**fields: object) -> LayerConfig:
 def make(n_v: int, n_h: int, *, seed: int = 0, index: int = 0, total: int = 100,
          dtype: torch.dtype = torch.float64, **fields: object) -> RBM:
     cfg = layer_cfg(hidden=n_h, **fields)
-    return registry.get(cfg.kind)(n_v, n_h, cfg, seed=seed, index=index, steps_per_epoch=10,
-                                  total_steps=total, dtype=dtype)
+    return registry.get(cfg.kind)(n_v, n_h, RBMSettings.of(cfg), seed=seed, index=index,
+                                  steps_per_epoch=10, total_steps=total, dtype=dtype)
 
 
 def random_params(n_v: int, n_h: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -77,7 +80,7 @@ def test_gaussian_log_partition_against_numerical_integration() -> None:
 
 def reference_update(layer: RBM, v0: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
     """CD-k written out from Hinton's guide, drawing the same uniforms in the same order."""
-    c = layer.cfg
+    c = layer.settings
     w, vb, hb = layer.weight.clone(), layer.visible_bias.clone(), layer.hidden_bias.clone()
     w_inc, vb_inc, hb_inc = (layer.weight_inc.clone(), layer.visible_bias_inc.clone(),
                              layer.hidden_bias_inc.clone())
@@ -186,9 +189,9 @@ def test_layer_rng_streams_depend_on_seed_and_index_only() -> None:
 def test_defaults_follow_hintons_guide() -> None:
     cd, pcd = make(784, 50, dtype=torch.float32), make(784, 50, method="pcd")
     assert cd.weight.std().item() == pytest.approx(0.01, rel=0.05)
-    assert (cd.cfg.momentum, cd.cfg.momentum_final) == (0.5, 0.9)
-    assert (pcd.cfg.momentum, pcd.cfg.momentum_final) == (0.0, 0.0)
-    assert cd.cfg.weight_decay == 2e-4
+    assert (cd.settings.momentum, cd.settings.momentum_final) == (0.5, 0.9)
+    assert (pcd.settings.momentum, pcd.settings.momentum_final) == (0.0, 0.0)
+    assert cd.settings.weight_decay == 2e-4
     assert cd.momentum_at(0) == 0.5 and cd.momentum_at(49) == 0.5 and cd.momentum_at(50) == 0.9
     mean = torch.full((3,), 0.2)
     vb = registry.get("bernoulli").init_visible_bias(cd, mean, 3)
@@ -285,3 +288,90 @@ def test_monitoring_does_not_touch_the_layer_rng() -> None:
     b.train_step(v0)
     assert torch.equal(a.generator.get_state(), b.generator.get_state())
     assert torch.equal(a.weight, b.weight)
+
+
+STATE_FILE_KEYS = ["weight", "visible_bias", "hidden_bias", "weight_inc", "visible_bias_inc",
+                   "hidden_bias_inc", "chains", "hidden_activity", "step", "rng_state"]
+"""The keys of a layer state as checkpoints and run directories have always stored them."""
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+def test_state_comes_from_the_modules_registered_tensors(kind: str) -> None:
+    layer = make(6, 4, kind=kind, method="pcd", pcd_chains=3)
+    assert isinstance(layer, torch.nn.Module)
+    assert [n for n, _ in layer.named_parameters()] == list(PARAMETERS)
+    assert not any(p.requires_grad for p in layer.parameters())  # CD updates them by hand
+    assert list(layer.state_dict()) == STATE_FILE_KEYS
+    assert [t.data_ptr() for t in layer.velocities()] == [
+        layer.weight_inc.data_ptr(), layer.visible_bias_inc.data_ptr(),
+        layer.hidden_bias_inc.data_ptr()]
+    assert [t.data_ptr() for t in layer.running_buffers()] == [
+        layer.chains.data_ptr(), layer.hidden_activity.data_ptr()]
+
+
+def test_a_state_written_as_before_loads_and_continues() -> None:
+    """A plain dict of cloned tensors under the historical keys (what checkpoints written
+    before the RBM became a module hold) restores the layer exactly."""
+    data = (torch.rand(24, 6, generator=torch.Generator().manual_seed(4)) < 0.5).double()
+    layer = make(6, 4, method="pcd", pcd_chains=8)
+    layer.train_step(data[:8])
+    old = {"weight": layer.weight.clone(), "visible_bias": layer.visible_bias.clone(),
+           "hidden_bias": layer.hidden_bias.clone(), "weight_inc": layer.weight_inc.clone(),
+           "visible_bias_inc": layer.visible_bias_inc.clone(),
+           "hidden_bias_inc": layer.hidden_bias_inc.clone(), "chains": layer.chains.clone(),
+           "hidden_activity": layer.hidden_activity.clone(),
+           "step": torch.tensor(layer.step, dtype=torch.int64),
+           "rng_state": layer.generator.get_state()}
+    buf = io.BytesIO()
+    torch.save(old, buf)
+    buf.seek(0)
+    clone = make(6, 4, method="pcd", pcd_chains=8, seed=7)
+    state = torch.load(buf, weights_only=True)
+    clone.load_state_dict(state)
+    assert set(state) == set(STATE_FILE_KEYS)  # the caller's dict is left whole
+    assert clone.step == 1
+    for x in (data[8:16], data[16:]):
+        assert torch.equal(layer.train_step(x), clone.train_step(x))
+    for name, t in layer.state_dict().items():
+        assert torch.equal(t, clone.state_dict()[name]), name
+
+
+def test_replica_count_is_an_argument_of_the_update() -> None:
+    """r replicas: momentum**r per step and lr scaled so lr / (1 - momentum) is unchanged; the
+    layer itself holds no replica count."""
+    v0 = (torch.rand(8, 6, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+    one, three, default = make(6, 4), make(6, 4), make(6, 4)
+    s1: dict[str, float] = {}
+    s3: dict[str, float] = {}
+    one.train_step(v0, stats=s1, replicas=1)
+    three.train_step(v0, stats=s3, replicas=3)
+    default.train_step(v0)
+    assert torch.equal(one.weight, default.weight)
+    assert s3["momentum"] == pytest.approx(s1["momentum"] ** 3)
+    assert s3["lr"] / (1 - s3["momentum"]) == pytest.approx(s1["lr"] / (1 - s1["momentum"]))
+    assert not torch.equal(one.weight, three.weight)
+    assert not hasattr(three, "replicas")
+    assert replica_rates(0.1, 0.0, 4) == (0.1, 0.0)  # no momentum: nothing to rescale
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_the_layer_base_and_the_kinds_depend_one_way() -> None:
+    """rbm.py (the base) needs nothing of pipedbn but its errors; a kind needs only the base;
+    so config may import the registry without a cycle."""
+    root = Path(__file__).resolve().parent.parent
+    base = {m for m in _imports(root / "pipedbn/model/rbm.py") if m.split(".")[0] == "pipedbn"}
+    assert base == {"pipedbn.errors"}
+    for kind in ("bernoulli", "gaussian"):
+        deps = {m for m in _imports(root / f"stages/{kind}.py")
+                if m.split(".")[0] in ("pipedbn", "stages")}
+        assert deps == {"pipedbn.model.rbm"}, kind

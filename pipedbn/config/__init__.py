@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from pipedbn.errors import ConfigError
+from stages import registry  # the registry is the only way pipedbn reaches stages
 
 
 @dataclass
@@ -659,8 +660,6 @@ def check(cfg: Config) -> list[str]:
         if value is not None and (value <= 0 if strict else value < 0):
             p.append(f"{where}: must be {'>' if strict else '>='} 0, got {value}")
 
-    from stages import registry  # the registry is the only way pipedbn reaches stages
-
     for i, layer in enumerate(cfg.layers):
         w = f"layers.{i}"
         positive(f"{w}.hidden", layer.hidden)
@@ -824,8 +823,6 @@ def _bad_run_name(name: str) -> str | None:
 
 def resolve_defaults(cfg: Config) -> Config:
     """Fill defaults that depend on other fields (kind's lr, method's momentum, chains)."""
-    from stages import registry
-
     cfg = copy.deepcopy(cfg)
     for layer in cfg.layers:
         if layer.lr is None:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from pipedbn.model.rbm import free_energy
+from stages import registry
 
 MAX_ENUMERATED = 24
 _CHUNK = 1 << 14
@@ -64,8 +65,6 @@ def log_likelihood(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias
                    v: torch.Tensor, kind: str = "bernoulli") -> torch.Tensor:
     """Mean log p(v) over the rows of v, exactly (float64, differentiable)."""
     w, vb, hb = (t.double() for t in (weight, visible_bias, hidden_bias))
-    from stages import registry
-
     log_z = log_partition(w, vb, hb, kind)
     return -free_energy(registry.get(kind), v.double(), w, vb, hb).mean() - log_z
 

@@ -31,16 +31,15 @@ from safetensors.torch import load_file, safe_open, save
 from pipedbn.config import TextError, load_yaml, read_text
 from pipedbn.data.binarize import stochastic_binarize
 from pipedbn.errors import ModelError, UserError
-from pipedbn.model.rbm import RBM, free_energy
+from pipedbn.model.rbm import PARAMETERS, RBM, free_energy
 from pipedbn.run.rundir import atomic_write, layer_state_path
+from stages import registry
 
 FORMAT = "pipedbn-dbn/1"
 MODEL_FILE = "model.safetensors"
 
 
 def _kind(name: str) -> type[RBM]:
-    from stages import registry
-
     return registry.get(name)
 
 
@@ -152,7 +151,7 @@ class Model:
         """Write the export file (atomically)."""
         tensors: dict[str, torch.Tensor] = {}
         for i, p in enumerate(self.params):
-            for name in ("weight", "visible_bias", "hidden_bias"):
+            for name in PARAMETERS:
                 tensors[f"layers.{i}.{name}"] = p[name].detach().cpu().contiguous()
         if self.mean is not None and self.std is not None:
             tensors["preprocess.mean"] = self.mean.cpu().contiguous()
@@ -168,7 +167,6 @@ class Model:
 EXPORT_FIX = "export the run again (pipedbn export RUN_DIR -o FILE)"
 PREPROCESS_FIX = ("pipedbn train writes it when a run starts; restore it from a copy of the run "
                   "or train again")
-_PARAMS = ("weight", "visible_bias", "hidden_bias")
 
 
 def _bad(path: Path, field: str, what: str, fix: str) -> ModelError:
@@ -193,8 +191,6 @@ def _torch_load(path: Path) -> Any:
 
 def _kinds(path: Path, field: str, kinds: Any, fix: str) -> list[str]:
     """A non-empty list of registered layer kinds, the first-layer-only ones at layer 0."""
-    from stages import registry
-
     if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
         raise _bad(path, field, f"{str(kinds)[:80]!r} is not a list of layer kinds such as "
                    "[\"bernoulli\", \"bernoulli\"]", fix)
@@ -239,7 +235,7 @@ def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: st
     for i, raw in enumerate(layers):
         path, prefix = where[i]
         p = {}
-        for name in _PARAMS:
+        for name in PARAMETERS:
             t = raw.get(name)
             if not isinstance(t, torch.Tensor):
                 raise _bad(path, prefix + name, "missing" if t is None else
@@ -310,13 +306,13 @@ def load(path: str | Path) -> Model:
     except ValueError:
         raise _bad(path, "metadata kinds", f"{meta['kinds'][:80]!r} is not JSON",
                    EXPORT_FIX) from None
-    expected = {f"layers.{i}.{name}" for i in range(len(kinds)) for name in _PARAMS}
+    expected = {f"layers.{i}.{name}" for i in range(len(kinds)) for name in PARAMETERS}
     expected |= {"preprocess.mean", "preprocess.std"}
     extra = sorted(set(tensors) - expected)
     if extra:
         raise _bad(path, extra[0], f"not part of a {len(kinds)}-layer model (metadata kinds "
                    f"names {len(kinds)} layers)", EXPORT_FIX)
-    params = _layers([{name: tensors.get(f"layers.{i}.{name}") for name in _PARAMS}
+    params = _layers([{name: tensors.get(f"layers.{i}.{name}") for name in PARAMETERS}
                       for i in range(len(kinds))],
                      [(path, f"layers.{i}.") for i in range(len(kinds))], EXPORT_FIX)
     binarize = meta.get("binarize", "")

@@ -21,14 +21,64 @@ RNG stream of a layer is consumed in exactly this order):
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from pipedbn.config import LayerConfig
 from pipedbn.errors import NonFiniteError
+
+PARAMETERS = ("weight", "visible_bias", "hidden_bias")
+"""The names an RBM registers its parameters under, in order: also what an export file or a
+layer state holds as the model, which a reader of those files needs without a module. Whatever
+has a module asks it (``named_parameters``, ``state_dict``)."""
+VELOCITY = "{}_inc"
+"""The name of a parameter's momentum buffer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RBMSettings:
+    """A layer's resolved hyper-parameters (``layers.N`` of the config, defaults filled in):
+    what the update reads, and nothing of the rest of a config (the config documents each)."""
+
+    method: Literal["cd", "pcd"]
+    k: int
+    lr: float
+    lr_schedule: Literal["constant", "linear", "cosine"]
+    lr_final: float
+    momentum: float
+    momentum_final: float
+    momentum_epochs: float
+    weight_decay: float
+    sparsity_target: float
+    sparsity_cost: float
+    sparsity_decay: float
+    init_std: float
+    forward: Literal["probs", "samples"]
+    pcd_chains: int
+
+    @classmethod
+    def of(cls, layer: Any) -> RBMSettings:
+        """The settings of a resolved layer config (any object with these fields; None as
+        ``pcd_chains``: no chains)."""
+        values = {f.name: getattr(layer, f.name) for f in dataclasses.fields(cls)}
+        values["pcd_chains"] = values["pcd_chains"] or 0
+        missing = [k for k, v in values.items() if v is None]
+        assert not missing, f"unresolved layer settings {missing} (resolve_defaults fills them)"
+        return cls(**values)
+
+
+def replica_rates(lr: float, momentum: float, replicas: int) -> tuple[float, float]:
+    """The (lr, momentum) of one of ``replicas`` replicas that steps every ``replicas``-th
+    micro-batch: its velocity decays momentum**r per step (as one velocity would over those r
+    micro-batches), and lr grows so that a gradient's total effect lr / (1 - momentum) stays
+    the same."""
+    if replicas <= 1 or momentum <= 0:
+        return lr, momentum
+    mom_r = momentum ** replicas
+    return lr * (1 - mom_r) / (1 - momentum), mom_r
 
 
 def layer_seed(seed: int, index: int) -> int:
@@ -50,19 +100,35 @@ def free_energy(kind: type[RBM], v: torch.Tensor, weight: torch.Tensor,
     return kind.visible_energy(v, visible_bias) - torch.nn.functional.softplus(pre).sum(1)
 
 
-class RBM(abc.ABC):
-    """A restricted Boltzmann machine layer: parameters, optimiser state, chains and RNG."""
+class RBM(torch.nn.Module, abc.ABC):
+    """A restricted Boltzmann machine layer as a module: its parameters (the model), its
+    training state as buffers (a velocity per parameter, the persistent chains, the sparsity
+    estimate), and besides them the update count and the RNG, which ``state_dict`` adds as
+    ``step`` and ``rng_state``.
+
+    The parameters do not require gradients: CD-k is not the gradient of a loss autograd could
+    differentiate, and ``train_step`` updates them in place by hand."""
 
     kind: ClassVar[str]
     default_lr: ClassVar[float] = 0.1
     stackable: ClassVar[bool] = True
     """False for kinds whose visible units are real-valued: they can only be the first layer."""
 
+    # (for the type checker: nn.Module keeps these in its registries, not in the instance)
+    weight: torch.nn.Parameter
+    visible_bias: torch.nn.Parameter
+    hidden_bias: torch.nn.Parameter
+    weight_inc: torch.Tensor
+    visible_bias_inc: torch.Tensor
+    hidden_bias_inc: torch.Tensor
+    chains: torch.Tensor
+    hidden_activity: torch.Tensor
+
     def __init__(
         self,
         n_visible: int,
         n_hidden: int,
-        cfg: LayerConfig,
+        settings: RBMSettings,
         *,
         seed: int,
         index: int,
@@ -72,28 +138,31 @@ class RBM(abc.ABC):
         dtype: torch.dtype = torch.float32,
         visible_mean: torch.Tensor | None = None,
     ) -> None:
-        assert cfg.lr is not None and cfg.momentum is not None and cfg.momentum_final is not None
-        self.cfg = cfg
+        super().__init__()
+        self.settings = settings
         self.index = index
         self.n_visible, self.n_hidden = n_visible, n_hidden
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.device, self.dtype = torch.device(device), dtype
         self.generator = torch.Generator(self.device).manual_seed(layer_seed(seed, index))
         kw: dict[str, Any] = {"device": self.device, "dtype": dtype}
-        self.weight = torch.randn(n_visible, n_hidden, generator=self.generator, **kw)
-        self.weight.mul_(cfg.init_std)
-        self.visible_bias = self.init_visible_bias(
+        weight = torch.randn(n_visible, n_hidden, generator=self.generator, **kw)
+        weight.mul_(settings.init_std)
+        visible_bias = self.init_visible_bias(
             visible_mean.to(**kw) if visible_mean is not None else None, n_visible, **kw
         )
-        self.hidden_bias = torch.zeros(n_hidden, **kw)
-        self.weight_inc = torch.zeros_like(self.weight)
-        self.visible_bias_inc = torch.zeros_like(self.visible_bias)
-        self.hidden_bias_inc = torch.zeros_like(self.hidden_bias)
+        for name, t in zip(PARAMETERS, (weight, visible_bias, torch.zeros(n_hidden, **kw)),
+                           strict=True):
+            self.register_parameter(name, torch.nn.Parameter(t, requires_grad=False))
+        for name, p in list(self.named_parameters()):
+            self.register_buffer(VELOCITY.format(name), torch.zeros_like(p))
         # PCD chains start all-off: the first down pass then gives the visible biases' marginals.
-        self.chains = torch.zeros(cfg.pcd_chains or 0, n_hidden, **kw)
-        self.hidden_activity = torch.full((n_hidden,), cfg.sparsity_target, **kw)
+        self.register_buffer("chains", torch.zeros(settings.pcd_chains, n_hidden, **kw))
+        self.register_buffer("hidden_activity",
+                             torch.full((n_hidden,), settings.sparsity_target, **kw))
         self.step = 0
-        self.replicas = 1  # set by a replicated stage (replicas.py); not part of the state
+        self.register_state_dict_post_hook(_save_counters)
+        self.register_load_state_dict_pre_hook(_load_counters)
 
     # -- what a kind defines ---------------------------------------------------------------
     @abc.abstractmethod
@@ -138,8 +207,7 @@ class RBM(abc.ABC):
         return float((v - vm).square_().sum() / v.shape[0])
 
     def lr_at(self, t: int) -> float:
-        c = self.cfg
-        assert c.lr is not None
+        c = self.settings
         if c.lr_schedule == "constant" or self.total_steps <= 1:
             return c.lr
         frac = min(t / (self.total_steps - 1), 1.0)
@@ -148,61 +216,59 @@ class RBM(abc.ABC):
         return c.lr * (c.lr_final + (1.0 - c.lr_final) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
     def momentum_at(self, t: int) -> float:
-        c = self.cfg
+        c = self.settings
         switch = c.momentum_epochs * self.steps_per_epoch
-        m = c.momentum if t < switch else c.momentum_final
-        assert m is not None
-        return m
+        return c.momentum if t < switch else c.momentum_final
 
     @torch.no_grad()
     def forward(self, v: torch.Tensor, micro_batch: int = -1) -> torch.Tensor:
-        """What this layer passes up for ``v`` without training on it."""
+        """What this layer passes up for ``v`` without training on it (``micro_batch`` names
+        it in an error)."""
         ph = self.hidden_probs(v)
         self._check(ph, micro_batch)
-        return self.sample_hidden(ph) if self.cfg.forward == "samples" else ph
+        return self.sample_hidden(ph) if self.settings.forward == "samples" else ph
 
     @torch.no_grad()
-    def train_step(
-        self, v0: torch.Tensor, micro_batch: int = -1, stats: dict[str, float] | None = None
-    ) -> torch.Tensor:
-        """One CD-k / PCD-k update on ``v0``; returns what the layer passes up (see module doc)."""
-        c = self.cfg
+    def train_step(self, v0: torch.Tensor, micro_batch: int = -1,
+                   stats: dict[str, float] | None = None, replicas: int = 1) -> torch.Tensor:
+        """One CD-k / PCD-k update on ``v0``; returns what the layer passes up (see module doc).
+        ``replicas``: how many replicas of the layer share the stream (``replica_rates``)."""
+        c = self.settings
         pcd = c.method == "pcd"
         t = self.step
-        lr, mom = self.lr_at(t), self.momentum_at(t)
-        if self.replicas > 1 and mom > 0:
-            # one of r replicas steps every r-th micro-batch: its velocity decays mom**r per
-            # step (as one velocity would over those r micro-batches), and lr grows so that a
-            # gradient's total effect lr / (1 - mom) stays the same
-            mom_r = mom ** self.replicas
-            lr, mom = lr * (1 - mom_r) / (1 - mom), mom_r
+        lr, mom = replica_rates(self.lr_at(t), self.momentum_at(t), replicas)
         batch = v0.shape[0]
+        # Each tensor looked up once: nn.Module resolves a parameter or buffer attribute in
+        # Python on every access, which a dozen times a step would add up on small layers.
+        w, vb, hb = self.weight, self.visible_bias, self.hidden_bias
+        w_inc, vb_inc, hb_inc = self.weight_inc, self.visible_bias_inc, self.hidden_bias_inc
+        g = self.generator
 
-        ph0 = self.hidden_probs(v0)
+        ph0 = torch.addmm(hb, v0, w).sigmoid_()  # hidden_probs
         self._check(ph0, micro_batch)
-        h0 = None if pcd else self.sample_hidden(ph0)
+        h0 = None if pcd else bernoulli(ph0, g)
         h = self.chains if pcd else h0
         assert h is not None
         for s in range(c.k):
-            vm = self.visible_mean(h)
-            v = self.sample_visible(vm) if (pcd or s < c.k - 1) else vm
-            ph = self.hidden_probs(v)
+            vm = self.visible_link(torch.addmm(vb, h, w.T))  # visible_mean
+            v = self.draw_visible(vm, g) if (pcd or s < c.k - 1) else vm
+            ph = torch.addmm(hb, v, w).sigmoid_()
             if pcd or s < c.k - 1:
-                h = self.sample_hidden(ph)
+                h = bernoulli(ph, g)
         if pcd:
             self.chains = h
         n_neg = v.shape[0]
 
         recon_error = 0.0
         if stats is not None:  # mean-field, before the update: the same measure for CD and PCD
-            recon = self.visible_link(torch.addmm(self.visible_bias, ph0, self.weight.T))
+            recon = self.visible_link(torch.addmm(vb, ph0, w.T))
             recon_error = float((v0 - recon).square_().sum() / batch)
 
         # Both gradient products accumulate straight into the momentum buffer.
-        self.weight_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr / batch)
-        self.weight_inc.addmm_(v.T, ph, alpha=-lr / n_neg)
+        w_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr / batch)
+        w_inc.addmm_(v.T, ph, alpha=-lr / n_neg)
         if c.weight_decay:
-            self.weight_inc.add_(self.weight, alpha=-lr * c.weight_decay)
+            w_inc.add_(w, alpha=-lr * c.weight_decay)
         v0_mean = v0.mean(0)
         ph0_mean = ph0.mean(0)
         dvb = v0_mean - v.mean(0)
@@ -213,12 +279,12 @@ class RBM(abc.ABC):
             )
             push = (c.sparsity_target - q).mul_(c.sparsity_cost)
             dhb.add_(push)
-            self.weight_inc.addr_(v0_mean, push, alpha=lr)
-        self.visible_bias_inc.mul_(mom).add_(dvb, alpha=lr)
-        self.hidden_bias_inc.mul_(mom).add_(dhb, alpha=lr)
-        self.weight.add_(self.weight_inc)
-        self.visible_bias.add_(self.visible_bias_inc)
-        self.hidden_bias.add_(self.hidden_bias_inc)
+            w_inc.addr_(v0_mean, push, alpha=lr)
+        vb_inc.mul_(mom).add_(dvb, alpha=lr)
+        hb_inc.mul_(mom).add_(dhb, alpha=lr)
+        w.add_(w_inc)
+        vb.add_(vb_inc)
+        hb.add_(hb_inc)
         self.step += 1
 
         if stats is not None:
@@ -227,7 +293,7 @@ class RBM(abc.ABC):
             stats["lr"] = lr
             stats["momentum"] = mom
         if c.forward == "samples":
-            return h0 if h0 is not None else self.sample_hidden(ph0)
+            return h0 if h0 is not None else bernoulli(ph0, g)
         return ph0
 
     def _check(self, h: torch.Tensor, micro_batch: int) -> None:
@@ -239,48 +305,55 @@ class RBM(abc.ABC):
             )
 
     def check_parameters(self, micro_batch: int) -> None:
-        for name, p in self.parameters().items():
+        for name, p in self.named_parameters():
             if not torch.isfinite(p).all():
                 raise NonFiniteError(
                     self.index, micro_batch, f"{name}",
                     "Training diverged: lower the learning rate (layers.N.lr) or momentum.",
                 )
 
-    def parameters(self) -> dict[str, torch.Tensor]:
-        """The tensors that define the model (what export writes)."""
-        return {
-            "weight": self.weight,
-            "visible_bias": self.visible_bias,
-            "hidden_bias": self.hidden_bias,
-        }
+    def velocities(self) -> list[torch.Tensor]:
+        """Each parameter's momentum buffer, in parameter order."""
+        return [self.get_buffer(VELOCITY.format(name)) for name, _ in self.named_parameters()]
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything needed to continue training exactly: loadable with ``weights_only=True``."""
-        return {
-            **{k: v.clone() for k, v in self.parameters().items()},
-            "weight_inc": self.weight_inc.clone(),
-            "visible_bias_inc": self.visible_bias_inc.clone(),
-            "hidden_bias_inc": self.hidden_bias_inc.clone(),
-            "chains": self.chains.clone(),
-            "hidden_activity": self.hidden_activity.clone(),
-            "step": torch.tensor(self.step, dtype=torch.int64),
-            "rng_state": self.generator.get_state(),
-        }
+    def running_buffers(self) -> list[torch.Tensor]:
+        """The buffers that are not velocities (persistent chains, the sparsity estimate)."""
+        velocities = {VELOCITY.format(name) for name, _ in self.named_parameters()}
+        return [b for name, b in self.named_buffers() if name not in velocities]
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.state_dict())
-        if set(state) != expected:
-            raise ValueError(
-                f"layer {self.index}: state keys {sorted(state)} do not match {sorted(expected)}"
-            )
-        for name in ("weight", "visible_bias", "hidden_bias", "weight_inc", "visible_bias_inc",
-                     "hidden_bias_inc", "chains", "hidden_activity"):
-            current: torch.Tensor = getattr(self, name)
-            if state[name].shape != current.shape:
-                raise ValueError(
-                    f"layer {self.index}: {name} has shape {tuple(state[name].shape)}, "
-                    f"expected {tuple(current.shape)}"
-                )
-            setattr(self, name, state[name].to(device=self.device, dtype=self.dtype).clone())
-        self.step = int(state["step"])
-        self.generator.set_state(state["rng_state"].cpu())
+
+# ``step`` and the RNG state are part of a layer's state (a layer restored from it continues bit
+# for bit) but are not tensors of the module: these hooks keep them in ``state_dict`` under the
+# names the state files have always used, after the parameters and buffers.
+_STEP, _RNG = "step", "rng_state"
+
+
+def _save_counters(module: torch.nn.Module, state: dict[str, Any], prefix: str,
+                   local_metadata: dict[str, Any]) -> None:
+    assert isinstance(module, RBM)
+    state[prefix + _STEP] = torch.tensor(module.step, dtype=torch.int64)
+    state[prefix + _RNG] = module.generator.get_state()
+
+
+def _load_counters(module: torch.nn.Module, state: dict[str, Any], prefix: str,
+                   local_metadata: dict[str, Any], strict: bool, missing_keys: list[str],
+                   unexpected_keys: list[str], error_msgs: list[str]) -> None:
+    """Check the whole state before anything changes (the layer's own keys, every tensor's
+    shape: ValueError naming the layer), then take the counters out of it; the module loads the
+    tensors."""
+    assert isinstance(module, RBM)
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    own = [*tensors, _STEP, _RNG]
+    given = {k[len(prefix):] for k in state if k.startswith(prefix)}
+    if strict and given != set(own):
+        raise ValueError(f"layer {module.index}: state keys {sorted(given)} do not match "
+                         f"{sorted(own)}")
+    for name, current in tensors.items():
+        got = state.get(prefix + name)
+        if got is not None and got.shape != current.shape:
+            raise ValueError(f"layer {module.index}: {name} has shape {tuple(got.shape)}, "
+                             f"expected {tuple(current.shape)}")
+    if prefix + _STEP in state:
+        module.step = int(state.pop(prefix + _STEP))
+    if prefix + _RNG in state:
+        module.generator.set_state(state.pop(prefix + _RNG).cpu())

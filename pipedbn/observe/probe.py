@@ -56,7 +56,7 @@ def probe_layer(layer: RBM, held: torch.Tensor, train: torch.Tensor | None,
             f_flip = layer.visible_energy(flipped, layer.visible_bias) - F.softplus(pre_f).sum(1)
             pll = layer.n_visible * F.logsigmoid(f_flip - f_held)
             out["pseudo_log_likelihood"] = float(pll.mean())
-    up = bernoulli(ph, generator) if layer.cfg.forward == "samples" else ph
+    up = bernoulli(ph, generator) if layer.settings.forward == "samples" else ph
     return out, up
 
 

@@ -38,12 +38,11 @@ import torch
 import torch.distributed as dist
 
 from pipedbn.config import BalancerConfig
-from pipedbn.model.rbm import RBM
+from pipedbn.model.rbm import RBM, layer_seed
 from pipedbn.observe.monitor import Metrics
 from pipedbn.pipeline.transport import _post, _wait
 
 TICK, FINAL = 0, 1
-_PARAMS = ("weight", "visible_bias", "hidden_bias")
 
 
 class ReplicaSync:
@@ -62,8 +61,6 @@ class ReplicaSync:
         self.barrier = max(1, math.ceil(cfg.barrier_every / cfg.sync_every))
         self.timeout, self.name, self.metrics = timeout, name, metrics
         self.peers = [k for k in range(len(ranks)) if k != replica]
-        for layer in layers:
-            layer.replicas = len(ranks)
         self.snapshot = self._flat()
         self.clock = 0
         self.boundaries = deque(boundaries)
@@ -77,11 +74,10 @@ class ReplicaSync:
         self._msg_len = self._header_at + 3 * per
         self._t_tick = time.perf_counter()
         self.speed = 0.0  # seconds per micro-batch of this replica since its last tick
-        self.wait_s = 0.0
-        self.ticks: list[dict[str, float]] = []
 
     def _views(self) -> list[torch.Tensor]:
-        return [getattr(layer, n) for layer in self.layers for n in _PARAMS]
+        """What replicas exchange: every parameter of the stage's layers, in layer order."""
+        return [p for layer in self.layers for p in layer.parameters()]
 
     def _flat(self) -> torch.Tensor:
         return torch.cat([v.reshape(-1) for v in self._views()])
@@ -130,7 +126,7 @@ class ReplicaSync:
         """At a checkpoint: every replica takes replica 0's state (which holds every update
         before ``m``, the checkpoint's), with no velocity of its own and a new random stream,
         as when a plan starts its replicas there; a run resumed from ``m`` does the same."""
-        parts = [t for layer in self.layers for t in (layer.chains, layer.hidden_activity)]
+        parts = [t for layer in self.layers for t in layer.running_buffers()]
         flat = torch.cat([self.snapshot] + [t.reshape(-1) for t in parts])
         if self.replica == 0:
             works = [_post(dist.isend, flat, self.ranks[k],
@@ -145,11 +141,10 @@ class ReplicaSync:
         self.snapshot = flat[:n].clone()
         self._set(self.snapshot)
         i = n
+        for t in parts:
+            t.copy_(flat[i:i + t.numel()].view_as(t))
+            i += t.numel()
         for layer in self.layers:
-            for name in ("chains", "hidden_activity"):
-                t = getattr(layer, name)
-                t.copy_(flat[i:i + t.numel()].view_as(t))
-                i += t.numel()
             start_replica(layer, self.seed, self.replica, m)
 
     def _tick(self, m: int, cut: bool = False) -> None:
@@ -178,11 +173,9 @@ class ReplicaSync:
                     self._add(self._receive(k))
             self.snapshot = self._flat()
         wait = time.perf_counter() - t0
-        self.wait_s += wait
         behind = [self.peer_clock[k] for k in self.peers if k not in self.finished]
         drift = self.clock - min(behind) if behind else 0
         rec = {"clock": self.clock, "drift": drift, "staleness": stale, "wait_s": wait}
-        self.ticks.append(rec)
         layer = self.layers[0].index
         tb = m >= self._tb_next
         if tb:
@@ -209,8 +202,6 @@ class ReplicaSync:
         self.snapshot = self._flat()
         while self._sent:
             self._retire()
-        for layer in self.layers:
-            layer.replicas = 1
 
     def _send(self, kind: int) -> torch.Tensor:
         """Send every peer this replica's update since its last sync, in one message with its
@@ -267,8 +258,6 @@ def replica_generator(seed: int, layer: int, replica: int, begin: int,
                       device: torch.device) -> torch.Generator:
     """Replica ``replica`` (>= 1) of a layer draws from its own stream, a pure function of the
     seed, the layer, the replica and the micro-batch where the replica began."""
-    from pipedbn.model.rbm import layer_seed
-
     s = layer_seed(seed, layer) ^ (0x9E3779B97F4A7C15 * (replica + 1) + begin) % (1 << 63)
     return torch.Generator(device).manual_seed(s % (1 << 63))
 
@@ -295,5 +284,5 @@ def start_replica(layer: RBM, seed: int, replica: int, begin: int) -> None:
     0) and its own random stream. The rule for replicas a plan starts, at a checkpoint and on
     resume alike."""
     layer.generator = replica_generator(seed, layer.index, replica, begin, layer.device)
-    for t in (layer.weight_inc, layer.visible_bias_inc, layer.hidden_bias_inc):
+    for t in layer.velocities():
         t.zero_()

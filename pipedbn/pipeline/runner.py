@@ -223,7 +223,7 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
             if layer.index > top:
                 break
             monitoring = metrics.seconds
-            x, probe = layer_step(layer, x, m, schedule, cfg, metrics, probe)
+            x, probe = layer_step(layer, x, m, schedule, cfg, metrics, probe, role.replicas)
             straggler.after_layer(layer.index, m)
             now = time.perf_counter()
             # the balancer plans with the layer's own cost, not the monitoring's spikes

@@ -29,7 +29,7 @@ import torch
 
 from pipedbn.config import Config
 from pipedbn.data.loader import Data, Prefetcher
-from pipedbn.model.rbm import RBM
+from pipedbn.model.rbm import RBM, RBMSettings
 from pipedbn.observe.monitor import Metrics, flat_params
 from pipedbn.observe.probe import (
     gibbs_samples,
@@ -43,6 +43,7 @@ from pipedbn.observe.progress import Progress
 from pipedbn.pipeline.schedule import Schedule, build_schedule
 from pipedbn.run.checkpoint import Checkpoint, Saver
 from pipedbn.run.rundir import atomic_write
+from stages import registry
 
 log = logging.getLogger("pipedbn")
 
@@ -68,13 +69,11 @@ def make_layer(cfg: Config, i: int, features: int, schedule: Schedule, device: t
                visible_mean: np.ndarray | None = None) -> RBM:
     """Layer i, freshly initialised: a pure function of (config, seed, i) and, for layer 0, the
     data mean (``visible_mean``), so any process can build any layer."""
-    from stages import registry
-
     assert (i == 0) == (visible_mean is not None)
     sizes = [features] + cfg.sizes
     lc = cfg.layers[i]
     return registry.get(lc.kind)(
-        sizes[i], sizes[i + 1], lc, seed=cfg.seed, index=i,
+        sizes[i], sizes[i + 1], RBMSettings.of(lc), seed=cfg.seed, index=i,
         steps_per_epoch=schedule.batches_per_epoch, total_steps=schedule.steps(i),
         device=device, dtype=dtype_of(cfg),
         visible_mean=torch.from_numpy(visible_mean) if visible_mean is not None else None,
@@ -114,10 +113,11 @@ class Straggler:
 
 
 def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Config,
-               metrics: Metrics, probe: torch.Tensor | None = None
+               metrics: Metrics, probe: torch.Tensor | None = None, replicas: int = 1
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What layer ``layer.index`` does with micro-batch m: train on it or forward it frozen.
-    A held-out ``probe`` that came with m is measured first (``probe.py``) and passed up too."""
+    A held-out ``probe`` that came with m is measured first (``probe.py``) and passed up too.
+    ``replicas``: of the layer's stage (``RBM.train_step``)."""
     i, mo = layer.index, cfg.monitor
     trains = schedule.trains(i, m)
     if probe is not None:
@@ -137,7 +137,7 @@ def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Con
     layer.step = m - schedule.starts[i]  # the same count on a replica that saw only some
     record = mo.enabled and metrics.due(("scalars", i), layer.step, mo.scalars_every)
     stats: dict[str, float] | None = {} if record else None
-    y = layer.train_step(x, m, stats)
+    y = layer.train_step(x, m, stats, replicas)
     if stats:
         with metrics.timed():
             stats["weight_norm"] = float(layer.weight.norm())
@@ -152,7 +152,7 @@ def layer_step(layer: RBM, x: torch.Tensor, m: int, schedule: Schedule, cfg: Con
 
 
 def histograms(metrics: Metrics, step: int, layer: RBM) -> None:
-    for name, t in layer.parameters().items():
+    for name, t in layer.named_parameters():
         metrics.histogram(step, layer.index, f"weights/{name}", t)
 
 

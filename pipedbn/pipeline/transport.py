@@ -81,7 +81,6 @@ class Sender:
         self.name = name
         self._pending: deque[tuple[list[dist.Work], torch.Tensor, torch.Tensor]] = deque()
         self.max_in_flight = 0
-        self.wait_s = 0.0
         self.beat_every = timeout / 4 if beat_every is None else beat_every
         self._last_send = -math.inf  # the first call to beat_if_quiet says the stream began
         self.max_beats: int | None = None
@@ -115,10 +114,8 @@ class Sender:
                   self.dst)
 
     def send(self, m: int, x: torch.Tensor, kind: int = DATA) -> None:
-        t0 = time.perf_counter()
         while len(self._pending) >= self.window:
             self._retire_oldest()
-        self.wait_s += time.perf_counter() - t0
         if kind != BEAT:
             self._beats = 0
         rows = x.shape[0]
@@ -143,10 +140,8 @@ class Sender:
         empty = torch.zeros(0, self.features, dtype=self.dtype, device=self.device)
         for _ in range(2):  # one for each receive the peer keeps posted
             self.send(m, empty, kind)
-        t0 = time.perf_counter()
         while self._pending:
             self._retire_oldest()
-        self.wait_s += time.perf_counter() - t0
 
 
 class Receiver:
@@ -164,7 +159,6 @@ class Receiver:
         self._works: list[list[dist.Work]] = [[], []]
         self._next = 0
         self._pending_repost: int | None = None
-        self.wait_s = 0.0
         for k in range(2):
             self._post(k)
 
@@ -213,8 +207,6 @@ class Receiver:
         self._next = (k + 1) % 2
 
     def _take(self, k: int) -> None:
-        t0 = time.perf_counter()
         timeout, self._first_timeout = self._first_timeout, self.timeout
         for w in self._works[k]:
             _wait(w, timeout, f"{self.name}: lost stage {self.src} while receiving", self.src)
-        self.wait_s += time.perf_counter() - t0
