@@ -20,6 +20,7 @@ import math
 import torch
 
 from pipedbn.balancer import Plan
+from pipedbn.pipeline.context import Ending, MicroBatch
 from pipedbn.pipeline.transport import DATA, END, PROBE, Receiver, Sender
 
 
@@ -45,14 +46,12 @@ class Inbox:
                 self.receivers[i] = Receiver(rank, max_rows, features, dtype, device, timeout,
                                              name, on_beat=on_beat,  # type: ignore[arg-type]
                                              first_timeout=first_timeout)
-        self.end_kind = END
-        self.end_at = -1
-        self.probe: torch.Tensor | None = None
-        """The held-out probe that came with the last micro-batch taken, if any."""
+        self.ending = Ending(END)
+        """How the input ended (once ``take`` has returned None, or after ``finish``)."""
 
-    def take(self, m: int) -> torch.Tensor | None:
-        """Micro-batch ``m`` (valid until the next call), or None if the input ended before it;
-        ``end_kind``/``end_at`` then say how and where."""
+    def take(self, m: int) -> MicroBatch | None:
+        """Micro-batch ``m`` (its rows valid until the next call), or None if the input ended
+        before it; ``ending`` then says how and where."""
         receiver = self.receivers[m % self.upstream]
         kind, got, x = receiver.get()
         pieces = []
@@ -62,18 +61,19 @@ class Inbox:
             assert x is not None
             pieces.append(x.clone())  # the receive buffer is reused
             kind, got, x = receiver.get()
-        self.probe = torch.cat(pieces) if pieces else None
+        probe = torch.cat(pieces) if pieces else None
         if kind == DATA:
             if got != m:  # the neighbour runs a different schedule: configs differ
                 raise RuntimeError(f"received micro-batch {got}, expected {m}")
             assert x is not None
-            return x
+            return MicroBatch(m, x, probe)
         self._ended(kind, got, first=m % self.upstream)
         return None
 
-    def finish(self) -> None:
+    def finish(self) -> Ending:
         """After the last expected micro-batch: every link must end."""
         self._ended(END, -1, first=None)
+        return self.ending
 
     def _ended(self, kind: int, at: int, first: int | None) -> None:
         ends = {} if first is None else {first: (kind, at)}
@@ -86,7 +86,8 @@ class Inbox:
         kinds = set(ends.values())
         if len(kinds) != 1:
             raise RuntimeError(f"the replicas below ended their streams differently: {ends}")
-        (self.end_kind, self.end_at), = kinds
+        (kind, at), = kinds
+        self.ending = Ending(kind, at)
 
 
 class Outbox:
@@ -127,6 +128,6 @@ class Outbox:
     def max_in_flight(self) -> int:
         return max(s.max_in_flight for s in self.senders.values())
 
-    def close(self, kind: int = END, m: int = -1) -> None:
+    def close(self, ending: Ending) -> None:
         for s in self.senders.values():
-            s.close(kind, m)
+            s.close(ending.kind, ending.at)
