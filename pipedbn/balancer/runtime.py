@@ -14,7 +14,7 @@
   rest of the stream exceeds what the re-plan costs (a drain of the pipeline, the state moves).
   Stage 0 then ends its stream with PLAN at that micro-batch, the marker flows up the pipeline
   behind the last micro-batch of the old plan, and every rank moves layer state to the new
-  owners (``distributed.py``).
+  owners (``moves.py``).
 """
 
 from __future__ import annotations

@@ -4,11 +4,14 @@
     stage s:        receive from stage s-1     -> layer s -> send to stage s+1
     the last stage: receive from its neighbour -> its layer; the stream ends there
 
-A stage owns a contiguous run of layers (one, in the one-rank-per-layer plan). It handles exactly
-the micro-batches that reach its first layer (``Schedule.micro_batches``), in stream order, and
-checks each one it receives against that list; it sends a micro-batch on only when a layer above
-it trains on it. Layers draw only from their own generators, so the weights equal the in-process
-trainer's bit for bit (see ``trainer.py``).
+    one process:    data (background prefetch) -> every layer, in order
+
+A stage owns a contiguous run of layers (one, in the one-rank-per-layer plan; all of them in a
+run in one process). It handles exactly the micro-batches that reach its first layer
+(``Schedule.micro_batches``), in stream order, and checks each one it receives against that
+list; it sends a micro-batch on only when a layer above it trains on it. Layers draw only from
+their own generators, so the weights equal the sequential reference's bit for bit
+(``tests/reference.py``). Everything else the stage does is a hook (``hooks.py``).
 
 Timing: *compute* is the layers' work on a micro-batch (a straggler's sleep included: it stands
 for a slower device), *receive-wait* the time spent waiting for the next micro-batch (from the

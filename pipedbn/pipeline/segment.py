@@ -48,9 +48,8 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM]) -> Ending:
     pl, b = cfg.pipeline, cfg.balancer
     send_timeout, recv_timeout = graded_timeouts(ctx.timeout, role.stage, len(plan.stages))
     first, last = stage.layers[0], stage.layers[-1]
-    outbox = (Outbox(plan, role.stage, role.replica, cfg.train.batch_size, sizes[last + 1],
-                     ctx.dtype, ctx.device, pl.window, send_timeout, role.name,
-                     beat_every=ctx.timeout / 4)
+    rows = cfg.train.batch_size
+    outbox = (Outbox(role, ctx, (rows, sizes[last + 1]), pl.window, send_timeout)
               if role.stage + 1 < len(plan.stages) else None)
     saver = (Saver(run.setup.run_dir, cfg, schedule, role.begin, finalizer=ctx.rank == 0)
              if role.replica == 0 else None)
@@ -81,9 +80,7 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM]) -> Ending:
                              for j in range(role.replicas))
             hooks.append(ReplanChecks(_decider(run, role), role, b.check_every, last_check))
     else:
-        source = Inbox(plan, role.stage, role.replica, cfg.train.batch_size, sizes[first],
-                       ctx.dtype, ctx.device, recv_timeout, role.name,
-                       first_timeout=ctx.setup_timeout,
+        source = Inbox(role, ctx, (rows, sizes[first]), recv_timeout,
                        on_beat=outbox.beat_if_quiet if outbox is not None else None)
     hooks.append(ShowProgress(run.progress, role, single=run.kv is None))
     if replan:
