@@ -127,12 +127,12 @@ def _run(cfg: Config, ctx: RankContext, setup: Setup, data: Data | None) -> None
         progress.close()
         metrics.close()
     gathered: list[object] | None = [None] * ctx.world if ctx.rank == 0 else None
-    dist.gather_object(run.stats.as_dict(), gathered, dst=0)  # every owner has saved
+    dist.gather_object(run.stats, gathered, dst=0)  # every owner has saved its layers
     if opening is None:
         return
     assert gathered is not None and data is not None
     opening.t0 = t0
-    stages = [s for s in gathered if isinstance(s, dict)]
+    stages = [s for s in gathered if isinstance(s, StageStats)]
     metrics = Metrics(setup.run_dir, stage=0, tensorboard=tensorboard_on(cfg))
     try:
         close_run(cfg, data, opening, Closing(stages, None, setup.run_dir), metrics)

@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -33,6 +32,7 @@ from pipedbn.observe.probe import (
     tile,
 )
 from pipedbn.pipeline.layers import dtype_of, make_layers, make_schedule
+from pipedbn.pipeline.runner import StageStats
 from pipedbn.pipeline.schedule import Schedule
 from pipedbn.pipeline.step import histograms
 from pipedbn.run.checkpoint import finalize
@@ -80,7 +80,7 @@ class Closing:
     """What rank 0 has once every rank is done: the stages' timings, and the final states
     (None: on disk, where their owners saved them)."""
 
-    stages: list[dict[str, Any]]
+    stages: list[StageStats]
     trained: list[RBM] | None
     run_dir: Path | None
 
@@ -90,7 +90,7 @@ def close_run(cfg: Config, data: Data, opening: Opening, closing: Closing, metri
     """Rank 0's end of the run, once every stage is done: evaluate, record, and with a run
     directory complete the final checkpoint, export the model and write the summary."""
     seconds = time.perf_counter() - opening.t0  # until the last stage is done
-    samples = sum(int(s["input_samples"]) for s in closing.stages)
+    samples = sum(s.input_samples for s in closing.stages)
     schedule = make_schedule(cfg, data.batches_per_epoch)
     length, run_dir = schedule.length, closing.run_dir
     if run_dir is not None:
@@ -116,7 +116,8 @@ def close_run(cfg: Config, data: Data, opening: Opening, closing: Closing, metri
         text = summary(cfg, data, result)
         if len(closing.stages) > 1:  # a pipeline: its stages' table
             atomic_write(run_dir / STAGES_FILE,
-                         (json.dumps(closing.stages, indent=1) + "\n").encode())
+                         (json.dumps([s.as_dict() for s in closing.stages], indent=1)
+                          + "\n").encode())
             text += "\n" + stage_table(closing.stages)
         finish_run(run_dir, text)
     return result
@@ -248,16 +249,16 @@ def summary(cfg: Config, data: Data, result: Result) -> str:
 
 
 
-def stage_table(stages: list[dict[str, Any]]) -> str:
+def stage_table(stages: list[StageStats]) -> str:
     lines = [f"{'rank':>4} {'stage':>5} {'layers':>6} {'batches':>8} {'busy':>6} "
              f"{'compute s':>10} {'recv wait s':>11} {'send wait s':>11} {'sync s':>7} "
              f"{'samples/s':>10} {'in flight':>9}"]
     for s in stages:
-        stage = "idle" if s["stage"] is None else (
-            f"{s['stage']}.{s['replica']}" if s["layers"] and s["replica"] else str(s["stage"]))
+        stage = "idle" if s.stage is None else (
+            f"{s.stage}.{s.replica}" if s.layers and s.replica else str(s.stage))
         lines.append(
-            f"{s['rank']:>4} {stage:>5} {','.join(map(str, s['layers'])):>6} "
-            f"{s['micro_batches']:>8} {s['busy_frac']:>6.1%} {s['compute_s']:>10.2f} "
-            f"{s['recv_wait_s']:>11.2f} {s['send_wait_s']:>11.2f} {s['sync_wait_s']:>7.2f} "
-            f"{s['samples_per_s']:>10.0f} {s['max_in_flight']:>9}")
+            f"{s.rank:>4} {stage:>5} {','.join(map(str, s.layers)):>6} "
+            f"{s.micro_batches:>8} {s.busy_frac:>6.1%} {s.compute_s:>10.2f} "
+            f"{s.recv_wait_s:>11.2f} {s.send_wait_s:>11.2f} {s.sync_wait_s:>7.2f} "
+            f"{s.samples_per_s:>10.0f} {s.max_in_flight:>9}")
     return "\n".join(lines)

@@ -59,5 +59,5 @@ def train_in_process(cfg: Config, data: Data, metrics: Metrics, run_dir: Path | 
     finally:
         progress.close()
     trained = [held[i] for i in range(len(cfg.layers))]
-    return close_run(cfg, data, opening, Closing([run.stats.as_dict()], trained, run_dir),
+    return close_run(cfg, data, opening, Closing([run.stats], trained, run_dir),
                      metrics)
