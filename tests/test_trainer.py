@@ -100,3 +100,14 @@ def test_monitoring_never_changes_the_weights() -> None:
         off = train(tiny(*overrides, "monitor.enabled=false"))
         for a, b in zip(on, off, strict=True):
             assert_same(a, b)
+
+
+def test_one_process_records_its_stage_as_every_pipeline_stage_does(tmp_path: Path) -> None:
+    train(tiny(), run_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    tags = {(r["layer"], r["tag"]) for r in rows}
+    # one stage of every layer: its records go under its first layer, as a grouped stage's do
+    assert {(0, "pipeline/busy_frac"), (0, "throughput/samples_per_s"),
+            (-1, "throughput/end_to_end_samples_per_s")} <= tags
+    assert (1, "pipeline/busy_frac") not in tags
+    assert [r["data"]["spec"] for r in rows if r["tag"] == "balancer/plan"] == ["0-2@0"]
