@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ONE_PER_LAYER, ROOT, cli, env1, free_port
+from reference import train_reference
 from safetensors.torch import load_file
 
 from pipedbn.config import load_config, resolve_defaults
 from pipedbn.data.loader import open_data
-from pipedbn.observe.monitor import Metrics
-from pipedbn.pipeline.trainer import train_in_process
 from pipedbn.run.rundir import layer_state_path
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -44,7 +43,7 @@ VARIANTS = [
 def reference(overrides: list[str]) -> list[dict[str, torch.Tensor]]:
     cfg = resolve_defaults(load_config(TINY, overrides))
     data = open_data(cfg, unit_range=True)
-    return [layer.state_dict() for layer in train_in_process(cfg, data, Metrics(None)).layers]
+    return [layer.state_dict() for layer in train_reference(cfg, data)]
 
 
 def assert_run_equals(run_dir: Path, ref: list[dict[str, torch.Tensor]]) -> None:

@@ -1,4 +1,5 @@
-"""The in-process reference trainer: determinism, schedules, partial micro-batches, metrics."""
+"""A run in one process: equal to the sequential reference, determinism, schedules, partial
+micro-batches, metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+from reference import train_reference
 
 from pipedbn.config import Config, load_config, resolve_defaults
 from pipedbn.data.loader import open_data
@@ -29,6 +31,17 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_one_process_runs_the_stage_loop_to_the_reference_weights() -> None:
+    # the production loop (one stage of every layer, monitoring on) against tests/reference.py
+    for overrides in ([], ["train.schedule=greedy", "rbm.method=pcd", "rbm.forward=samples",
+                           "monitor.eval_every=7"]):
+        cfg = tiny(*overrides)
+        data = open_data(cfg, unit_range=True)
+        want = [layer.state_dict() for layer in train_reference(cfg, data)]
+        for a, b in zip(train(cfg), want, strict=True):
+            assert_same(a, b)
 
 
 def test_same_config_and_seed_give_bitwise_equal_state() -> None:
@@ -87,3 +100,14 @@ def test_monitoring_never_changes_the_weights() -> None:
         off = train(tiny(*overrides, "monitor.enabled=false"))
         for a, b in zip(on, off, strict=True):
             assert_same(a, b)
+
+
+def test_one_process_records_its_stage_as_every_pipeline_stage_does(tmp_path: Path) -> None:
+    train(tiny(), run_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    tags = {(r["layer"], r["tag"]) for r in rows}
+    # one stage of every layer: its records go under its first layer, as a grouped stage's do
+    assert {(0, "pipeline/busy_frac"), (0, "throughput/samples_per_s"),
+            (-1, "throughput/end_to_end_samples_per_s")} <= tags
+    assert (1, "pipeline/busy_frac") not in tags
+    assert [r["data"]["spec"] for r in rows if r["tag"] == "balancer/plan"] == ["0-2@0"]

@@ -14,7 +14,7 @@
   rest of the stream exceeds what the re-plan costs (a drain of the pipeline, the state moves).
   Stage 0 then ends its stream with PLAN at that micro-batch, the marker flows up the pipeline
   behind the last micro-batch of the old plan, and every rank moves layer state to the new
-  owners (``distributed.py``).
+  owners (``moves.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from pipedbn.balancer.cost import param_count
 from pipedbn.config import Config
 from pipedbn.errors import ConfigError
 from pipedbn.observe.monitor import Metrics
+from pipedbn.pipeline.device import wants_cuda
+from pipedbn.pipeline.layers import dtype_of, make_layer, make_schedule
 
 log = logging.getLogger("pipedbn")
 
@@ -68,7 +70,7 @@ def problem_for(cfg: Config, features: int, world: int,
 
 def machine_memory(device: str) -> tuple[int, str]:
     """Bytes of memory one rank has on ``device`` (``train.device``) and what they are."""
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+    if wants_cuda(device):
         index = torch.device(device if device != "auto" else "cuda").index or 0
         return torch.cuda.get_device_properties(index).total_memory, f"GPU {index}"
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's RAM"
@@ -119,8 +121,6 @@ def profile_layers(cfg: Config, features: int, device: torch.device, steps: int 
                    ) -> list[float]:
     """Seconds per micro-batch of a CD step of every layer on this rank's device (fresh layers,
     random input; the fastest of ``steps`` after one warm-up)."""
-    from pipedbn.pipeline.trainer import dtype_of, make_layer, make_schedule
-
     schedule = make_schedule(cfg, 1)
     out = []
     for i in range(len(cfg.layers)):

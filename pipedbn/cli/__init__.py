@@ -230,7 +230,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from pipedbn.balancer import describe, evaluate, one_per_layer, solve
     from pipedbn.balancer.runtime import first_plan, problem_for, profile_layers
     from pipedbn.data.loader import open_data
-    from pipedbn.pipeline.trainer import resolve_device
+    from pipedbn.pipeline.device import local_device
     from stages import registry
 
     cfg = resolve_defaults(load_config(args.config, args.overrides))
@@ -240,7 +240,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
     n = args.world_size
     if args.profile:
-        times = profile_layers(cfg, data.features, resolve_device(cfg.train.device))
+        times = profile_layers(cfg, data.features, local_device(cfg.train.device))
         problem = problem_for(cfg, data.features, n, costs=times)
         how = "profiled here: " + ", ".join(f"layer {i} {t * 1e3:.2f} ms"
                                             for i, t in enumerate(times))

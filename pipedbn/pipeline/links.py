@@ -16,10 +16,11 @@ one of its links has ended the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from pipedbn.balancer import Plan
+from pipedbn.pipeline.context import Ending, MicroBatch, RankContext, Role
 from pipedbn.pipeline.transport import DATA, END, PROBE, Receiver, Sender
 
 
@@ -34,25 +35,24 @@ def feeds(senders: int, receivers: int, i: int, j: int) -> bool:
 class Inbox:
     """A replica's input from the replicas of the stage below, in stream order."""
 
-    def __init__(self, plan: Plan, stage: int, replica: int, max_rows: int, features: int,
-                 dtype: torch.dtype, device: torch.device, timeout: float, name: str,
-                 first_timeout: float, on_beat: object = None) -> None:
-        below = plan.stages[stage - 1]
+    def __init__(self, role: Role, ctx: RankContext, shape: tuple[int, int], timeout: float,
+                 on_beat: Callable[[], None] | None = None) -> None:
+        """``shape``: (rows, features) of a full micro-batch; ``timeout`` bounds every wait
+        but the first (``ctx.setup_timeout``); ``on_beat``: called on each heartbeat."""
+        below = role.plan.stages[role.stage - 1]
         self.upstream = below.replicas
         self.receivers: dict[int, Receiver] = {}
         for i, rank in enumerate(below.ranks):
-            if feeds(below.replicas, plan.stages[stage].replicas, i, replica):
-                self.receivers[i] = Receiver(rank, max_rows, features, dtype, device, timeout,
-                                             name, on_beat=on_beat,  # type: ignore[arg-type]
-                                             first_timeout=first_timeout)
-        self.end_kind = END
-        self.end_at = -1
-        self.probe: torch.Tensor | None = None
-        """The held-out probe that came with the last micro-batch taken, if any."""
+            if feeds(below.replicas, role.replicas, i, role.replica):
+                self.receivers[i] = Receiver(rank, *shape, ctx.dtype, ctx.device, timeout,
+                                             role.name, on_beat=on_beat,
+                                             first_timeout=ctx.setup_timeout)
+        self.ending = Ending(END)
+        """How the input ended (once ``take`` has returned None, or after ``finish``)."""
 
-    def take(self, m: int) -> torch.Tensor | None:
-        """Micro-batch ``m`` (valid until the next call), or None if the input ended before it;
-        ``end_kind``/``end_at`` then say how and where."""
+    def take(self, m: int) -> MicroBatch | None:
+        """Micro-batch ``m`` (its rows valid until the next call), or None if the input ended
+        before it; ``ending`` then says how and where."""
         receiver = self.receivers[m % self.upstream]
         kind, got, x = receiver.get()
         pieces = []
@@ -62,18 +62,19 @@ class Inbox:
             assert x is not None
             pieces.append(x.clone())  # the receive buffer is reused
             kind, got, x = receiver.get()
-        self.probe = torch.cat(pieces) if pieces else None
+        probe = torch.cat(pieces) if pieces else None
         if kind == DATA:
             if got != m:  # the neighbour runs a different schedule: configs differ
                 raise RuntimeError(f"received micro-batch {got}, expected {m}")
             assert x is not None
-            return x
+            return MicroBatch(m, x, probe)
         self._ended(kind, got, first=m % self.upstream)
         return None
 
-    def finish(self) -> None:
+    def finish(self) -> Ending:
         """After the last expected micro-batch: every link must end."""
         self._ended(END, -1, first=None)
+        return self.ending
 
     def _ended(self, kind: int, at: int, first: int | None) -> None:
         ends = {} if first is None else {first: (kind, at)}
@@ -86,23 +87,26 @@ class Inbox:
         kinds = set(ends.values())
         if len(kinds) != 1:
             raise RuntimeError(f"the replicas below ended their streams differently: {ends}")
-        (self.end_kind, self.end_at), = kinds
+        (kind, at), = kinds
+        self.ending = Ending(kind, at)
 
 
 class Outbox:
     """A replica's output to the replicas of the stage above: ``m`` goes to replica ``m % r``."""
 
-    def __init__(self, plan: Plan, stage: int, replica: int, max_rows: int, features: int,
-                 dtype: torch.dtype, device: torch.device, window: int, timeout: float,
-                 name: str, beat_every: float) -> None:
-        above = plan.stages[stage + 1]
+    def __init__(self, role: Role, ctx: RankContext, shape: tuple[int, int], window: int,
+                 timeout: float) -> None:
+        """``shape``: (rows, features) of a full micro-batch; at most ``window`` messages in
+        flight per link, each wait bounded by ``timeout``; a heartbeat after a quarter of
+        ``ctx.timeout`` of quiet."""
+        above = role.plan.stages[role.stage + 1]
         self.downstream = above.replicas
         self.senders: dict[int, Sender] = {}
         for j, rank in enumerate(above.ranks):
-            if feeds(plan.stages[stage].replicas, above.replicas, replica, j):
-                s = Sender(rank, max_rows, features, dtype, device, window, timeout, name,
-                           beat_every=beat_every)
-                if plan.stages[stage].replicas > 1:
+            if feeds(role.replicas, above.replicas, role.replica, j):
+                s = Sender(rank, *shape, ctx.dtype, ctx.device, window, timeout, role.name,
+                           beat_every=ctx.timeout / 4)
+                if role.replicas > 1:
                     # the replica above reads another link while this one is quiet: never
                     # wait on a heartbeat it has not taken (its two posted receives hold two)
                     s.max_beats = 2
@@ -127,6 +131,6 @@ class Outbox:
     def max_in_flight(self) -> int:
         return max(s.max_in_flight for s in self.senders.values())
 
-    def close(self, kind: int = END, m: int = -1) -> None:
+    def close(self, ending: Ending) -> None:
         for s in self.senders.values():
-            s.close(kind, m)
+            s.close(ending.kind, ending.at)

@@ -4,11 +4,14 @@
     stage s:        receive from stage s-1     -> layer s -> send to stage s+1
     the last stage: receive from its neighbour -> its layer; the stream ends there
 
-A stage owns a contiguous run of layers (one, in the one-rank-per-layer plan). It handles exactly
-the micro-batches that reach its first layer (``Schedule.micro_batches``), in stream order, and
-checks each one it receives against that list; it sends a micro-batch on only when a layer above
-it trains on it. Layers draw only from their own generators, so the weights equal the in-process
-trainer's bit for bit (see ``trainer.py``).
+    one process:    data (background prefetch) -> every layer, in order
+
+A stage owns a contiguous run of layers (one, in the one-rank-per-layer plan; all of them in a
+run in one process). It handles exactly the micro-batches that reach its first layer
+(``Schedule.micro_batches``), in stream order, and checks each one it receives against that
+list; it sends a micro-batch on only when a layer above it trains on it. Layers draw only from
+their own generators, so the weights equal the sequential reference's bit for bit
+(``tests/reference.py``). Everything else the stage does is a hook (``hooks.py``).
 
 Timing: *compute* is the layers' work on a micro-batch (a straggler's sleep included: it stands
 for a slower device), *receive-wait* the time spent waiting for the next micro-batch (from the
@@ -20,25 +23,33 @@ wait before that is the schedule's own (a layer that starts later), not a pipeli
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 
-from pipedbn.balancer import Plan
-from pipedbn.balancer.runtime import Reporter
-from pipedbn.config import Config
-from pipedbn.model.rbm import RBM
 from pipedbn.observe.monitor import Metrics
-from pipedbn.observe.progress import Progress
-from pipedbn.pipeline.links import Inbox, Outbox
-from pipedbn.pipeline.replicas import ReplicaSync
-from pipedbn.pipeline.schedule import Schedule
-from pipedbn.pipeline.trainer import Straggler, is_probe, layer_step
-from pipedbn.pipeline.transport import END, PLAN
-from pipedbn.run.checkpoint import Saver
+from pipedbn.pipeline.context import STREAM_END, Ending, MicroBatch, Role
+from pipedbn.pipeline.hooks import Done, Hook
+from pipedbn.pipeline.links import Outbox
+from pipedbn.pipeline.step import Compute
+from pipedbn.pipeline.transport import PLAN
+
+
+class Source(Protocol):
+    """A stage's input: the data (``source.DataSource``) or the stage below (``links.Inbox``)."""
+
+    def take(self, m: int) -> MicroBatch | None:
+        """Micro-batch ``m``, or None if the input ended before it (see ``ending``)."""
+
+    @property
+    def ending(self) -> Ending:
+        """How the input ended, after ``take`` returned None."""
+
+    def finish(self) -> Ending:
+        """After the last expected micro-batch: wait for the input's end."""
 
 
 @dataclass
@@ -100,108 +111,47 @@ class _Interval:
 
 
 @dataclass
-class Role:
-    """What one rank does in one part of the stream (a *segment*: from micro-batch ``begin`` to
-    the end of the stream or to the next re-plan)."""
+class Stage:
+    """One rank's stage in one segment: its role, its layers' work, where it trains and the
+    run's timings it adds to."""
 
-    plan: Plan
-    stage: int
-    replica: int
-    segment: int
-    begin: int
-
-    @property
-    def replicas(self) -> int:
-        return self.plan.stages[self.stage].replicas
-
-    def micro_batches(self, schedule: Schedule, first: int, replica: int | None = None
-                      ) -> list[int]:
-        """The micro-batches this replica (or another of the stage) handles, in order."""
-        r, j = self.replicas, self.replica if replica is None else replica
-        return [m for m in schedule.micro_batches(first, self.begin) if m % r == j]
+    role: Role
+    compute: Compute
+    device: torch.device
+    stats: StageStats
+    record_every: int | None
+    """Micro-batches between ``pipeline/*`` records (None: monitoring off)."""
 
 
-def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: Schedule,
-              source: Iterable[tuple[int, torch.Tensor]] | Inbox, outbox: Outbox | None,
-              sync: ReplicaSync | None, metrics: Metrics, device: torch.device,
-              stats: StageStats, decide: Callable[[int], bool] | None = None,
-              reporter: Reporter | None = None, probe_samples: torch.Tensor | None = None,
-              progress: Progress | None = None, saver: Saver | None = None) -> tuple[int, int]:
-    """Stream this replica's micro-batches of the segment through ``layers``; adds the timings
-    to ``stats`` and returns how the segment ended: ``(END, -1)`` or ``(PLAN, m)``.
-
-    ``source`` is the data (stage 0) or the ``Inbox`` from the stage below. ``decide(q)`` (stage
-    0 with re-planning on) says whether the run re-plans at micro-batch ``q * check_every``.
-    ``probe_samples``: stage 0's held-out probe (``probe.py``); ``progress``: the display.
-
-    ``saver`` (the stage's first replica) writes the stage's part of each checkpoint ``c`` as
-    soon as no micro-batch before ``c`` is left to it: right after its last micro-batch before
-    ``c`` (a layer that trains later saves at once), or, for a replicated stage, once its
-    replicas have exchanged every update before ``c`` (``ReplicaSync``)."""
-    first, last = layers[0].index, layers[-1].index
-    straggler = Straggler(cfg, rank=rank, metrics=metrics)
-    check_every = cfg.balancer.check_every
+def run_stage(stage: Stage, source: Source, outbox: Outbox | None, hooks: Sequence[Hook]
+              ) -> Ending:
+    """Stream this replica's micro-batches of the segment through the stage's layers; adds the
+    timings to ``stage.stats`` and returns how the segment ended."""
+    role, stats, compute = stage.role, stage.stats, stage.compute
+    schedule, metrics = compute.schedule, compute.metrics
+    first, last = compute.layers[0].index, compute.layers[-1].index
     mine = role.micro_batches(schedule, first)
-    reads = iter(source) if not isinstance(source, Inbox) else None
     interval: _Interval | None = None
     began = ended = time.perf_counter()
-    end: tuple[int, int] = (END, -1)
+    end = STREAM_END
     exhausted = False  # every micro-batch of the segment handled (no re-plan cut it short)
-    next_check = (role.begin // check_every + 1) * check_every
-    # checks only where every replica of stage 0 still has a micro-batch: all of them then meet
-    # the same checks and stop together at a re-plan
-    last_check = -1
-    if decide is not None:
-        last_check = min(max(role.micro_batches(schedule, first, j), default=-1)
-                         for j in range(role.replicas))
-    record_every = cfg.monitor.scalars_every if cfg.monitor.enabled else None
-    if progress is not None:
-        progress.begin_segment(role.segment, role.stage, role.replica, role.replicas)
     if first == 0 and outbox is not None:
         outbox.beat_if_quiet()  # the stream begins: the stages above switch to pipeline.timeout
-    lookahead = saver if sync is None else None  # (a replicated stage saves at its ticks)
-    if lookahead is not None:
-        lookahead.save_upto(layers, mine[0] if mine else schedule.length)
-    for idx, m in enumerate(mine):
-        # the boundaries passed before m, in stream order: every replica meets them in the
-        # same order, so a replica waiting at one never holds back one its peers wait at
-        stop = False
-        while not stop:
-            tick = sync.next_boundary if sync is not None else math.inf
-            check = next_check if decide is not None and next_check <= last_check else math.inf
-            if min(tick, check) > m:
-                break
-            t0 = time.perf_counter()
-            if tick <= check:
-                assert sync is not None
-                cut = sync.tick()
-                if cut is not None and saver is not None:
-                    saver.save_upto(layers, cut)
-            else:
-                assert decide is not None
-                q, next_check = next_check // check_every, next_check + check_every
-                stop = decide(q)
-            stats.sync_wait_s += time.perf_counter() - t0
-        if stop:
-            end = (PLAN, (next_check - check_every))
+    for hook in hooks:
+        hook.start()
+    for m in mine:
+        stop = _points(hooks, m, stats)
+        if stop is not None:
+            end = Ending(PLAN, stop)
             break
-        if sync is not None:
-            sync.handled += 1  # its boundaries up to m are behind it (above)
         t_wait = time.perf_counter()
-        if reads is not None:
-            got, x = next(reads)
-            if got != m:
-                raise RuntimeError(f"stage {role.stage}: read micro-batch {got}, expected {m}")
-        else:
-            assert isinstance(source, Inbox)
-            taken = source.take(m)
-            if taken is None:
-                end = (source.end_kind, source.end_at)
-                if end[0] == END:  # the neighbour runs a different schedule: configs differ
-                    raise RuntimeError(f"stage {role.stage}: the stream ended before "
-                                       f"micro-batch {m}")
-                break
-            x = taken
+        taken = source.take(m)
+        if taken is None:
+            end = source.ending
+            if not end.replans:  # the neighbour runs a different schedule: configs differ
+                raise RuntimeError(f"stage {role.stage}: the stream ended before "
+                                   f"micro-batch {m}")
+            break
         t_got = time.perf_counter()
         if interval is None:
             began = t_got
@@ -209,82 +159,64 @@ def run_stage(cfg: Config, rank: int, role: Role, layers: list[RBM], schedule: S
         else:
             interval.recv += t_got - t_wait
             stats.recv_wait_s += t_got - t_wait
-        x = x.to(device, non_blocking=True)
-        if reads is not None:
-            probe = probe_samples if probe_samples is not None and is_probe(cfg, m) else None
-        else:
-            assert isinstance(source, Inbox)
-            probe = source.probe
-        rows = x.shape[0]
-        top = schedule.top(m)
-        layer_s: dict[int, float] = {}
-        t_layer = t_got
-        for layer in layers:
-            if layer.index > top:
-                break
-            monitoring = metrics.seconds
-            x, probe = layer_step(layer, x, m, schedule, cfg, metrics, probe, role.replicas)
-            straggler.after_layer(layer.index, m)
-            now = time.perf_counter()
-            # the balancer plans with the layer's own cost, not the monitoring's spikes
-            layer_s[layer.index] = now - t_layer - (metrics.seconds - monitoring)
-            t_layer = now
-        straggler.after_micro_batch(m)
-        t_done = time.perf_counter()
-        if reporter is not None:
-            reporter.add(layer_s, t_done - t_layer)
-        interval.compute += t_done - t_got
-        stats.compute_s += t_done - t_got
+        batch = MicroBatch(m, taken.x.to(stage.device, non_blocking=True), taken.probe)
+        rows = batch.rows
+        batch, work = compute(batch, t_got)
+        interval.compute += work.done - t_got
+        stats.compute_s += work.done - t_got
         if outbox is not None:
-            if top > last:
-                outbox.send(m, x, probe)
+            if schedule.top(m) > last:
+                outbox.send(m, batch.x, batch.probe)
                 interval.depth = max(interval.depth, outbox.in_flight)
             else:
                 outbox.beat_if_quiet()
         ended = time.perf_counter()
-        interval.send += ended - t_done
-        stats.send_wait_s += ended - t_done
+        interval.send += ended - work.done
+        stats.send_wait_s += ended - work.done
         stats.micro_batches += 1
         stats.samples += rows
         if role.stage == 0:
             stats.input_samples += rows
         interval.samples += rows
-        if progress is not None:
-            progress.update(m, rows)
-        if record_every is not None and stats.micro_batches % record_every == 0:
+        busy = None
+        if stage.record_every is not None and stats.micro_batches % stage.record_every == 0:
             busy = interval.record(metrics, m, first, ended)
-            if progress is not None:
-                progress.publish(role.stage, [layer.index for layer in layers], busy)
             interval = _Interval(ended)
-        if reporter is not None and reporter.count >= check_every // 2:
-            reporter.publish()
-        if lookahead is not None:
-            lookahead.save_upto(layers, mine[idx + 1] if idx + 1 < len(mine)
-                                else schedule.length)
+        done = Done(batch, work, stats.micro_batches, busy)
+        for hook in hooks:
+            hook.after(done)
     else:
         exhausted = True
-    stop_at = schedule.length if end[0] == END else end[1]
-    if sync is not None:
-        # before waiting for the input's end: a peer with micro-batches left may be waiting at
-        # a round boundary that this replica, having none, would otherwise never reach
-        t0 = time.perf_counter()
-        for cut in sync.drain(stop_at):
-            if saver is not None:
-                saver.save_upto(layers, cut)
-        sync.finish()
-        stats.sync_wait_s += time.perf_counter() - t0
-    if exhausted and isinstance(source, Inbox):
-        source.finish()
-        end = (source.end_kind, source.end_at)
+    t0 = time.perf_counter()
+    for hook in hooks:
+        hook.end(end.stop_at(schedule.length))
+    stats.sync_wait_s += time.perf_counter() - t0
+    if exhausted:
+        end = source.finish()
     t0 = time.perf_counter()
     if outbox is not None:
-        outbox.close(*end)
+        outbox.close(end)
         stats.max_in_flight = max(stats.max_in_flight, outbox.max_in_flight)
     ended = time.perf_counter()
     stats.send_wait_s += ended - t0
     if interval is not None:
         interval.send += ended - t0
-    if record_every is not None and interval is not None and interval.samples:
-        interval.record(metrics, schedule.length if end[0] == END else end[1], first, ended)
+    if stage.record_every is not None and interval is not None and interval.samples:
+        interval.record(metrics, end.stop_at(schedule.length), first, ended)
     stats.active_s += ended - began
     return end
+
+
+def _points(hooks: Sequence[Hook], m: int, stats: StageStats) -> int | None:
+    """Run the hooks' points at or before micro-batch ``m``, in stream order; the point where
+    one stopped the segment, if one did."""
+    while True:
+        at, hook = min(((h.next_point(), h) for h in hooks), key=lambda p: p[0],
+                       default=(float("inf"), None))
+        if hook is None or at > m:
+            return None
+        t0 = time.perf_counter()
+        stop = hook.at_point()
+        stats.sync_wait_s += time.perf_counter() - t0
+        if stop:
+            return int(at)

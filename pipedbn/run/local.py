@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from pipedbn.config import Config
 from pipedbn.errors import Interrupted, UserError, resume_command
+from pipedbn.pipeline.device import gpus, wants_cuda
 
 if TYPE_CHECKING:
     from pipedbn.data.loader import Data
@@ -33,16 +32,17 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
     """Train ``cfg`` on ``nproc`` local processes (1: in this one), or continue the run in
     ``resume``; the exit status. With ``announce`` the run directory is the last line of
     stdout (for scripts); the estimator trains without it."""
-    from pipedbn.pipeline.distributed import check_world, failure_record, wants_cuda
+    from pipedbn.pipeline.distributed import check_world
+    from pipedbn.pipeline.failure import failure_record
     from pipedbn.run.rundir import discard_run_dir, record_failure, start_run, write_root_failure
 
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
     if nproc > 1:
         check_world(cfg, nproc, f"--nproc {nproc}")
-        if wants_cuda(cfg) and torch.cuda.device_count() < nproc:
+        if wants_cuda(cfg.train.device) and gpus() < nproc:
             raise UserError(f"--nproc {nproc} with train.device={cfg.train.device}: one GPU per "
-                            f"process is needed and {torch.cuda.device_count()} are visible")
+                            f"process is needed and {gpus()} are visible")
     ckpt = None
     if resume is not None:
         from pipedbn.run.resume import resume_run
@@ -126,8 +126,7 @@ def machine_nproc(cfg: Config, samples: int, features: int) -> int:
     """Processes for the devices present: one per GPU, else one per core; never more than the
     layers unless replicas are allowed (the balancer would leave the rest idle); one (this
     process) for a problem under ``IN_PROCESS_FLOPS`` on the default plan."""
-    devices = torch.cuda.device_count() if cfg.train.device.startswith("cuda") or (
-        cfg.train.device == "auto" and torch.cuda.is_available()) else (os.cpu_count() or 1)
+    devices = gpus() if wants_cuda(cfg.train.device) else (os.cpu_count() or 1)
     if cfg.balancer.plan != "auto":
         return default_nproc(cfg)
     sizes = [features] + cfg.sizes
@@ -141,13 +140,12 @@ def machine_nproc(cfg: Config, samples: int, features: int) -> int:
 def _train_here(cfg: Config, run_dir: Path, data: Data, ckpt: Checkpoint | None,
                 resumed: bool) -> None:
     from pipedbn.observe.monitor import Metrics, tensorboard_on
-    from pipedbn.pipeline.trainer import finish_run, summary, train_in_process
+    from pipedbn.pipeline.trainer import train_in_process
 
     # a resumed run's TensorBoard drops what the interrupted attempt wrote from ckpt on
     purge = (ckpt.micro_batch if ckpt is not None else 0) if resumed else None
     metrics = Metrics(run_dir, tensorboard=tensorboard_on(cfg), purge_step=purge)
     try:
-        result = train_in_process(cfg, data, metrics, run_dir, ckpt)
+        train_in_process(cfg, data, metrics, run_dir, ckpt)  # exports and summarises
     finally:
         metrics.close()
-    finish_run(run_dir, summary(cfg, data, result))

@@ -28,6 +28,7 @@ from pipedbn.config import Config, load_config, resolve_defaults
 from pipedbn.data.loader import Data, open_data
 from pipedbn.errors import ConfigError, RunDirError
 from pipedbn.observe.monitor import METRICS_FILE
+from pipedbn.pipeline.layers import make_schedule
 from pipedbn.run.checkpoint import (
     CHECKPOINTS,
     FINAL,
@@ -44,6 +45,7 @@ from pipedbn.run.rundir import (
     root_failure,
     write_config,
 )
+from stages import registry
 
 log = logging.getLogger("pipedbn")
 
@@ -110,9 +112,6 @@ def write_pointer(cfg: Config, run_dir: Path) -> None:
 def resume_run(cfg: Config, run_dir: Path) -> tuple[Config, Data, Checkpoint | None]:
     """Check ``cfg`` against the run in ``run_dir`` and prepare the directory to resume from
     its newest complete checkpoint (None: from the start). Returns the config to run with."""
-    from pipedbn.pipeline.trainer import make_schedule
-    from stages import registry
-
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"--resume {run_dir}: not a run directory (no config.yaml); give the "
                           "directory a run printed as its last line")
