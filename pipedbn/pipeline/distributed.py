@@ -44,7 +44,8 @@ from pipedbn.balancer.runtime import (
     store,
 )
 from pipedbn.config import Config, dump_yaml
-from pipedbn.data.loader import Data, Prefetcher, open_data
+from pipedbn.data.loader import Data, Prefetcher
+from pipedbn.data.prepare import run_data
 from pipedbn.errors import ConfigError, RunDirError, UserError
 from pipedbn.model.rbm import RBM
 from pipedbn.observe.monitor import Metrics, tensorboard_on
@@ -86,7 +87,6 @@ from pipedbn.run.rundir import (
     start_run,
     storage_problem,
 )
-from stages import registry
 
 log = logging.getLogger("pipedbn")
 
@@ -458,7 +458,7 @@ def _run_segment(cfg: Config, rank: int, world: int, run_dir: Path, role: Role,
     probe = None
     if role.stage == 0:
         if data is None:  # a replica of stage 0 on another rank reads the data too
-            data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+            data = run_data(cfg, run_dir, values=False)  # trusted by rank 0's manifest
         probe = probe_data(cfg, data, device)
         positions = [(m, *schedule.data_position(m)) for m in role.micro_batches(schedule, 0)]
         source = Prefetcher(data, positions, cfg.data.prefetch, dtype, timeout=pl.setup_timeout)
