@@ -86,21 +86,22 @@ def verify(record: dict[str, Any], data: Data, where: Path) -> None:
     """Refuse data that is not what the manifest's check saw: another set of files, or a file
     whose size, modification time or identity changed since (one line naming the file)."""
     files = _files(data)
-    listed = [f["path"] for f in record["files"]]
-    if [os.path.abspath(p) for p in files] != listed or record["rows"] != data.source.rows \
-            or record["features"] != data.features:
-        raise DataError(f"data: the data ({data.source.description}) is not what the run in "
-                        f"{where} checked ({record['description']}); resume with the run's "
-                        "own data, or start a new run")
+    other = DataError(f"data: the data ({data.source.description}) is not what the run in "
+                      f"{where} checked ({record['description']}); resume with the run's own "
+                      "data, or start a new run")
+    if [os.path.abspath(p) for p in files] != [f["path"] for f in record["files"]]:
+        raise other
     for path, seen in zip(files, record["files"], strict=True):
         now = file_identity(path)
-        for key, what in (("size", "size"), ("mtime_ns", "modification time"),
-                          ("digest", "contents")):
+        for key, what in (("size", "size differs"), ("mtime_ns", "modification time differs"),
+                          ("digest", "first or last 64 KiB differ")):
             if now[key] != seen[key]:
                 raise DataError(
-                    f"data: {path} changed since the run in {where} checked it (its {what} "
-                    f"differs: {seen[key]} then, {now[key]} now): its values are unchecked; "
-                    "restore the file, or start a new run on the new data")
+                    f"data: {path} changed since the run in {where} checked it (its {what}: "
+                    f"{seen[key]} then, {now[key]} now), so its values are unchecked; restore "
+                    "the file, or start a new run on the new data")
+    if record["rows"] != data.source.rows or record["features"] != data.features:
+        raise other
 
 
 def trust(record: dict[str, Any], data: Data) -> None:
