@@ -120,7 +120,7 @@ class Peaks:
                 hwm = _hwm_kb(p)
                 if hwm is not None:
                     self.peak_kb[p] = max(hwm, self.peak_kb.get(p, 0))
-                    if p not in self.rank:
+                    if self.rank.get(p) is None:  # (read again: a fork not yet exec'd)
                         self.rank[p] = _rank(p)
             time.sleep(0.1)
 

@@ -102,6 +102,11 @@ class Data:
         return x
 
     def check(self, x: np.ndarray, rows: np.ndarray) -> None:
+        if x.size:  # two reductions, no temporaries; NaN propagates through both
+            lo, hi = float(x.min()), float(x.max())
+            if np.isfinite(lo) and np.isfinite(hi) and not (
+                    self.unit_range and (lo < 0 or hi > 1)):
+                return
         bad = ~np.isfinite(x)
         if bad.any():
             r, c = (int(v) for v in np.argwhere(bad)[0])
@@ -270,9 +275,11 @@ def measure(data: Data, cfg: Config, unit_range: bool) -> None:
         rows = used[lo : lo + _CHUNK]
         x = data.preprocess(data.raw(rows), rows)
         data.check(x, rows)
-        xt = x[is_train[rows]].astype(np.float64)
-        total += xt.sum(0)
-        total_sq += np.square(xt).sum(0)
+        xt = x[is_train[rows]]
+        # row after row per feature, in float64: the sums of a float64 copy, bit for bit
+        total += np.add.reduce(xt, axis=0, dtype=np.float64)
+        if standardize:
+            total_sq += np.add.reduce(np.square(xt.astype(np.float64)), axis=0)
     n_train = len(data.train_rows)
     mean = total / n_train
     if standardize:
