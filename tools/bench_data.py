@@ -109,7 +109,9 @@ class Peaks:
     """Peak resident memory of a process tree, polled (``VmHWM`` is the kernel's own peak)."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak_kb, self.rank = pid, {}, {}
+        self.pid = pid
+        self.peak_kb: dict[int, int] = {}
+        self.rank: dict[int, int | None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()

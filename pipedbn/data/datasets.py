@@ -2,9 +2,9 @@
 
 Every source becomes a list of ``Shard``s: row-major 2-D (rows, features) arrays read lazily.
 File shards are validated from their headers and sizes up front (numpy's own message for a
-truncated memory-mapped file is only "mmap length is greater than file size") and memory-mapped
-only when first read, in the process that reads them: a shard pickles as its path and header,
-never as its data.
+truncated memory-mapped file is only "mmap length is greater than file size") and read in place,
+rows when they are needed (``Shard.take``), in the process that reads them: a shard pickles as
+its path and header, never as its data.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 @dataclass
 class Shard:
-    """``rows`` x ``features`` values: an in-memory array or a file region mapped on first use."""
+    """``rows`` x ``features`` values: an in-memory array or a file region (read by ``take``;
+    ``array`` maps it, on first use)."""
 
     name: str
     rows: int
@@ -73,7 +74,7 @@ class Shard:
             raise DataError(f"{self.path}: cannot read ({e.strerror})") from None
         try:
             for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                got = os.preadv(fd, [buf[a:b]], self.offset + int(rows[a]) * width)
+                got = os.preadv(fd, [buf[a:b].data], self.offset + int(rows[a]) * width)
                 if got != (b - a) * width:
                     raise DataError(f"{self.path}: shorter than its header says (it was "
                                     "truncated while the run read it); restore the file")

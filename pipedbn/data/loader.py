@@ -1,10 +1,12 @@
 """Training data: held-out split, preprocessing, checks, deterministic micro-batches, prefetch.
 
-``open_data`` opens a source (``datasets.py``), splits it, and reads every value once in chunks
-to check it (finite; within [0, 1] for a Bernoulli visible layer) and to take the statistics
-that standardisation and the visible-bias initialisation need. Bad data is reported before any
-run directory exists. Micro-batches are then read on demand, in the order of a permutation drawn
-from (seed, epoch), and checked again as they are read.
+``open_data`` opens a source (``datasets.py``), splits it, and (``measure``) reads every value
+once in chunks to check it (finite; within [0, 1] for a Bernoulli visible layer) and to take the
+statistics that standardisation and the visible-bias initialisation need; once per run, in the
+process that starts it: the others open the headers only and trust the run's manifest
+(``manifest.py``, ``prepare.run_data``). Bad data is reported before any run directory exists.
+Micro-batches are then read on demand, in the order of a permutation drawn from (seed, epoch),
+and checked again as they are read.
 """
 
 from __future__ import annotations
