@@ -144,7 +144,7 @@ def train(folder: Path, run_dir: Path, layers: str, env: dict[str, str]) -> Row:
            "train.offset_epochs=0", f"layers=[{layers}]", "monitor.progress=off",
            f"run.dir={run_dir}"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     peaks = Peaks(proc.pid)
     marks: dict[str, float] = {}
@@ -161,7 +161,7 @@ def train(folder: Path, run_dir: Path, layers: str, env: dict[str, str]) -> Row:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    proc.communicate()
+    proc.wait()
     wall = time.perf_counter() - t0
     peaks.stop()
     reader.join()

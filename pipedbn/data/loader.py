@@ -54,7 +54,7 @@ class Data:
     checked: bool = False
     """Whether every value has been read and checked (``measure``) or taken on trust from a
     manifest that matches the files (``manifest.py``)."""
-    eval_samples: int = 10_000
+    eval_samples: int = 1000
     """At most this many held-out samples in the start and end evaluations
     (``monitor.final_samples``; ``eval_rows``)."""
     _perm_epoch: int = -1
