@@ -174,6 +174,8 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--probe-samples", type=int, default=d.probe_samples, metavar="N",
                     help=f"training rows the linear probe fits on, at most "
                          f"(default {d.probe_samples})")
+    ev.add_argument("--samples", type=int, default=d.samples, metavar="N",
+                    help=f"held-out rows measured on, at most (default {d.samples})")
     ev.add_argument("--seed", type=int, default=d.seed,
                     help=f"seed of AIS and the subsets (default {d.seed})")
 
@@ -181,7 +183,7 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipedbn.eval.evaluation import EvalOptions, ais_progress, run_eval, table
 
-    for name in ("ais_chains", "ais_temperatures", "probe_samples"):
+    for name in ("ais_chains", "ais_temperatures", "probe_samples", "samples"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a number "
                             ">= 1")
@@ -193,7 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     opts = EvalOptions(ais=not args.no_ais, ais_chains=args.ais_chains,
                        ais_temperatures=args.ais_temperatures, exact_max=args.exact_max,
-                       probe_samples=args.probe_samples, seed=args.seed,
+                       probe_samples=args.probe_samples, samples=args.samples, seed=args.seed,
                        ais_schedule=args.ais_schedule, progress=ais_progress())
     result, out = run_eval(args.model, args.config, opts, args.output)
     print(table(result))

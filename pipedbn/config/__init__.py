@@ -246,6 +246,11 @@ class MonitorConfig:
     eval_samples: int = 100
     """Held-out samples in a probe (a random subset fixed by the seed). A probe travels in
     pieces of ``train.batch_size`` rows, each taking a place in the ``pipeline.window``."""
+    final_samples: int = 1000
+    """Held-out samples in the evaluations at the start and the end (``eval/*``, the summary):
+    the whole held-out split when it is no larger (tiny's 180, quickstart's 500), else a random
+    subset fixed by the seed, with as many training samples as its reference, so that their
+    time and memory do not grow with the data set (``pipedbn eval`` measures up to 10,000)."""
     histograms_every: int = 500
     """A layer's updates between histograms of its weights and biases (and at the end)."""
     images_every: int = 1000
@@ -784,6 +789,7 @@ def check(cfg: Config) -> list[str]:
     for name in ("eval_every", "histograms_every", "images_every"):
         positive(f"monitor.{name}", getattr(mo, name), strict=False)
     positive("monitor.eval_samples", mo.eval_samples)
+    positive("monitor.final_samples", mo.final_samples)
     positive("monitor.log_seconds", mo.log_seconds)
     if mo.image_shape is not None and (len(mo.image_shape) != 2 or min(mo.image_shape) < 1):
         p.append(f"monitor.image_shape: expected [height, width], got {mo.image_shape}")

@@ -2,9 +2,9 @@
 
 Every source becomes a list of ``Shard``s: row-major 2-D (rows, features) arrays read lazily.
 File shards are validated from their headers and sizes up front (numpy's own message for a
-truncated memory-mapped file is only "mmap length is greater than file size") and memory-mapped
-only when first read, in the process that reads them: a shard pickles as its path and header,
-never as its data.
+truncated memory-mapped file is only "mmap length is greater than file size") and read in place,
+rows when they are needed (``Shard.take``), in the process that reads them: a shard pickles as
+its path and header, never as its data.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 @dataclass
 class Shard:
-    """``rows`` x ``features`` values: an in-memory array or a file region mapped on first use."""
+    """``rows`` x ``features`` values: an in-memory array or a file region (read by ``take``;
+    ``array`` maps it, on first use)."""
 
     name: str
     rows: int
@@ -53,6 +54,33 @@ class Shard:
             except OSError as e:
                 raise DataError(f"{self.path}: cannot read ({e.strerror})") from None
         return self._array
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The values of this shard's sorted ``rows``. A file shard's are read with ``preadv``,
+        a call per run of consecutive rows, not through its mapping: mapped pages count in the
+        resident memory of the process that touched them, so reading a whole data set through
+        a mapping (the value check, an epoch of the stream) would grow it by the data set's
+        size; read pages stay in the page cache, shared, and out of every process's own."""
+        if self.path is None or self.fortran or not len(rows):
+            return self.array[rows]
+        width = self.features * self.dtype.itemsize
+        out = np.empty((len(rows), self.features), self.dtype)
+        buf = out.reshape(len(rows), -1).view(np.uint8)
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts, ends = np.r_[0, cuts], np.r_[cuts, len(rows)]
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot read ({e.strerror})") from None
+        try:
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                got = os.preadv(fd, [buf[a:b].data], self.offset + int(rows[a]) * width)
+                if got != (b - a) * width:
+                    raise DataError(f"{self.path}: shorter than its header says (it was "
+                                    "truncated while the run read it); restore the file")
+        finally:
+            os.close(fd)
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -1,10 +1,12 @@
 """Training data: held-out split, preprocessing, checks, deterministic micro-batches, prefetch.
 
-``open_data`` opens a source (``datasets.py``), splits it, and reads every value once in chunks
-to check it (finite; within [0, 1] for a Bernoulli visible layer) and to take the statistics
-that standardisation and the visible-bias initialisation need. Bad data is reported before any
-run directory exists. Micro-batches are then read on demand, in the order of a permutation drawn
-from (seed, epoch), and checked again as they are read.
+``open_data`` opens a source (``datasets.py``), splits it, and (``measure``) reads every value
+once in chunks to check it (finite; within [0, 1] for a Bernoulli visible layer) and to take the
+statistics that standardisation and the visible-bias initialisation need; once per run, in the
+process that starts it: the others open the headers only and trust the run's manifest
+(``manifest.py``, ``prepare.run_data``). Bad data is reported before any run directory exists.
+Micro-batches are then read on demand, in the order of a permutation drawn from (seed, epoch),
+and checked again as they are read.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class Data:
     sample's row in its source."""
     valid_rows: np.ndarray | None = None
     """Sorted rows of a validation split carved from training (``data.validation``), if any."""
+    checked: bool = False
+    """Whether every value has been read and checked (``measure``) or taken on trust from a
+    manifest that matches the files (``manifest.py``)."""
+    eval_samples: int = 1000
+    """At most this many held-out samples in the start and end evaluations
+    (``monitor.final_samples``; ``eval_rows``)."""
     _perm_epoch: int = -1
     _perm: np.ndarray | None = None
 
@@ -71,7 +79,7 @@ class Data:
         for k, shard in enumerate(self.source.shards):
             lo, hi = cut[k], cut[k + 1]
             if lo < hi:
-                out[order[lo:hi]] = shard.array[sorted_rows[lo:hi] - bounds[k]]
+                out[order[lo:hi]] = shard.take(sorted_rows[lo:hi] - bounds[k])
         return out
 
     def _where(self, row: int) -> str:
@@ -96,6 +104,11 @@ class Data:
         return x
 
     def check(self, x: np.ndarray, rows: np.ndarray) -> None:
+        if x.size:  # two reductions, no temporaries; NaN propagates through both
+            lo, hi = float(x.min()), float(x.max())
+            if np.isfinite(lo) and np.isfinite(hi) and not (
+                    self.unit_range and (lo < 0 or hi > 1)):
+                return
         bad = ~np.isfinite(x)
         if bad.any():
             r, c = (int(v) for v in np.argwhere(bad)[0])
@@ -174,6 +187,17 @@ class Data:
         """``n`` held-out samples drawn once from (seed): the probe of ``probe.py``."""
         return self.rows(self.subset(self.monitor_rows, n, 0x9E0))
 
+    def eval_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(evaluated, reference) rows of the start and end evaluations: at most ``n`` of the
+        monitored split (1,000 training rows when there is none), drawn once from (seed), and
+        as many training rows, drawn once from (seed): bounded whatever the data's size, the
+        same rows for the same seed, the whole split when it is no larger than ``n``."""
+        if len(self.monitor_rows):
+            held = self.subset(self.monitor_rows, n, 0xE5A)
+        else:
+            held = self.subset(self.train_rows, min(1000, n), 0x7A1)
+        return held, self.subset(self.train_rows, min(len(held), len(self.train_rows)), 0x7A1)
+
     def subset(self, rows: np.ndarray, n: int, tag: int) -> np.ndarray:
         """``n`` of ``rows``, drawn once from (seed, ``tag``), sorted (all of them if fewer)."""
         if n >= len(rows):
@@ -181,8 +205,11 @@ class Data:
         return np.sort(np.random.default_rng([self.seed, tag]).choice(rows, n, replace=False))
 
 
-def open_data(cfg: Config, unit_range: bool) -> Data:
-    """Open, split, check and measure the configured data; raises DataError on any problem."""
+def open_data(cfg: Config, unit_range: bool, values: bool = True) -> Data:
+    """Open, split, check and measure the configured data; raises DataError on any problem.
+    Without ``values`` only the headers are read (O(files)): the values are then checked as
+    micro-batches are read, and the statistics come from the run's manifest
+    (``manifest.py``) or ``measure``."""
     d = cfg.data
     if d.source in OFFICIAL:
         src = open_official(d.source, d.path)
@@ -222,40 +249,53 @@ def open_data(cfg: Config, unit_range: bool) -> Data:
         drop_last=d.drop_last,
         shuffle=d.shuffle,
         seed=cfg.seed,
+        eval_samples=cfg.monitor.final_samples,
     )
     if data.batches_per_epoch == 0:
         raise DataError(f"data: {len(data.train_rows)} training samples make no full micro-batch "
                         f"of {cfg.train.batch_size} with data.drop_last=true; lower "
                         "train.batch_size or set data.drop_last=false")
-    # One pass over every sample: check values, take mean and variance of the training split.
+    data.unit_range = unit_range and not d.standardize
+    if values:
+        measure(data, cfg, unit_range)
+    return data
+
+
+def measure(data: Data, cfg: Config, unit_range: bool) -> None:
+    """Read every sample once, ``_CHUNK`` rows at a time (memory bounded whatever the data's
+    size): check its values and take the mean (and variance) of the training split."""
+    src, standardize = data.source, cfg.data.standardize
+    pool = src.rows - src.test_rows
+    n = pool if cfg.data.limit is None else min(cfg.data.limit, pool)
     total = np.zeros(src.features, np.float64)
     total_sq = np.zeros(src.features, np.float64)
-    is_train = np.zeros(src.rows, bool)
+    is_train = np.zeros(src.rows, bool)  # (a byte a sample: the row arrays are 8)
     is_train[data.train_rows] = True
-    data.unit_range = unit_range and not d.standardize
     used = np.concatenate([np.arange(n), np.arange(pool, src.rows)]) if src.test_rows \
         else np.arange(n)
     for lo in range(0, len(used), _CHUNK):
         rows = used[lo : lo + _CHUNK]
         x = data.preprocess(data.raw(rows), rows)
         data.check(x, rows)
-        xt = x[is_train[rows]].astype(np.float64)
-        total += xt.sum(0)
-        total_sq += np.square(xt).sum(0)
+        xt = x[is_train[rows]]
+        # row after row per feature, in float64: the sums of a float64 copy, bit for bit
+        total += np.add.reduce(xt, axis=0, dtype=np.float64)
+        if standardize:
+            total_sq += np.add.reduce(np.square(xt.astype(np.float64)), axis=0)
     n_train = len(data.train_rows)
     mean = total / n_train
-    if d.standardize:
+    if standardize:
         std = np.sqrt(np.maximum(total_sq / n_train - mean**2, 0.0))
         data.mean = mean.astype(np.float32)
         data.std = np.where(std > 1e-6, std, 1.0).astype(np.float32)  # constant pixels stay 0
     else:
         data.feature_mean = mean.astype(np.float32)
-    if unit_range and d.standardize:  # checked after standardising: it is what layer 0 sees
+    if unit_range and standardize:  # checked after standardising: it is what layer 0 sees
         data.unit_range = True
         for lo in range(0, len(used), _CHUNK):
             rows = used[lo : lo + _CHUNK]
             data.check(data.preprocess(data.raw(rows), rows), rows)
-    return data
+    data.checked = True
 
 
 class Prefetcher:

@@ -173,6 +173,9 @@ class EvalOptions:
     exact_max: int = EXACT_MAX
     probe_samples: int = 5000
     """Training rows the linear probe fits on, at most (a seeded random subset)."""
+    samples: int = 10_000
+    """Held-out rows measured on, at most (the whole split when no larger: the official test
+    split of ``mnist``; else a seeded random subset), and as many training rows."""
     seed: int = 0
     progress: Callable[[int, int], None] | None = None
     """Called as AIS advances (``done``, ``total`` temperatures)."""
@@ -292,14 +295,16 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def eval_inputs(dbn: Model, data: Any, probe_samples: int
+def eval_inputs(dbn: Model, data: Any, probe_samples: int, samples: int = 10_000
                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, np.ndarray] | None,
                            np.ndarray | None]:
     """What ``pipedbn eval`` measures ``dbn`` on, from its run's ``Data``: the held-out rows (a
     training sample without a held-out split), a training reference sample of equal size, the
     probe's training inputs and labels, and the held-out labels, all preprocessed the model's
-    own way; the probe parts are None without labels or without a held-out split."""
-    rows = data.held_rows if len(data.held_rows) else data.subset(data.train_rows, 1000, 0xE7A)
+    own way; the probe parts are None without labels or without a held-out split. At most
+    ``samples`` held-out rows (``EvalOptions.samples``): bounded whatever the data's size."""
+    rows = data.subset(data.held_rows, samples, 0xE7B) if len(data.held_rows) \
+        else data.subset(data.train_rows, min(1000, samples), 0xE7A)
     held = dbn.preprocess(data.raw(rows), rows)
     train_rows = data.subset(data.train_rows, min(len(rows), len(data.train_rows)), 0x7A1)
     train = dbn.preprocess(data.raw(train_rows), train_rows)
@@ -348,7 +353,7 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
                         f"{dbn.sizes[0]} visible units")
     if not len(data.held_rows):
         log.warning("no held-out split (data.held_out=0): measuring on training samples")
-    result = evaluate_dbn(dbn, *eval_inputs(dbn, data, opts.probe_samples), opts)
+    result = evaluate_dbn(dbn, *eval_inputs(dbn, data, opts.probe_samples, opts.samples), opts)
     if not len(data.held_rows):
         result["notes"].append("no held-out split (data.held_out=0): measured on training "
                                "samples; no linear probe")

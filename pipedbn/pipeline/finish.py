@@ -224,8 +224,8 @@ def monitor_data(data: Data, device: torch.device, dtype: torch.dtype
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out samples (training ones if there are none) and a training reference sample of the
     same size, for ``evaluate``."""
-    held = torch.from_numpy(data.held_out() if len(data.held_rows) else data.train_sample(1000))
-    ref = torch.from_numpy(data.train_sample(min(len(held), len(data.train_rows))))
+    held_rows, ref_rows = data.eval_rows(data.eval_samples)  # bounded: monitor.final_samples
+    held, ref = torch.from_numpy(data.rows(held_rows)), torch.from_numpy(data.rows(ref_rows))
     return held.to(device=device, dtype=dtype), ref.to(device=device, dtype=dtype)
 
 
@@ -239,8 +239,8 @@ def summary(cfg: Config, data: Data, result: Result) -> str:
             f"{layer.step:>8} {result.start[i]['recon_error']:>12.3f} "
             f"{result.end[i]['recon_error']:>10.3f}"
         )
-    lines += [f"warning: {w}" for w in layer_warnings(cfg, result.end, len(data.held_rows)
-                                                       or min(1000, len(data.train_rows)))]
+    lines += [f"warning: {w}" for w in layer_warnings(
+        cfg, result.end, len(data.eval_rows(data.eval_samples)[0]))]
     rate = result.samples / result.seconds if result.seconds else float("nan")
     lines.append(f"{result.samples} samples through the pipeline in {result.seconds:.1f} s "
                  f"({rate:.0f} samples/s); reconstruction error on "

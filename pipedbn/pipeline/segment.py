@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipedbn.balancer.runtime import Coordinator, Reporter, get, put
-from pipedbn.data.loader import Prefetcher, open_data
+from pipedbn.data.loader import Prefetcher
+from pipedbn.data.prepare import run_data
 from pipedbn.model.rbm import RBM
 from pipedbn.pipeline.context import Ending, Role
 from pipedbn.pipeline.hooks import (
@@ -24,7 +25,6 @@ from pipedbn.pipeline.runner import Source, Stage, run_stage
 from pipedbn.pipeline.source import DataSource, held_probe
 from pipedbn.pipeline.step import Compute, Straggler, Watch
 from pipedbn.run.checkpoint import Saver, boundaries
-from stages import registry
 
 
 def graded_timeouts(timeout: float, rank: int, world: int) -> tuple[float, float]:
@@ -68,7 +68,7 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM]) -> Ending:
     if role.stage == 0:
         data = run.data
         if data is None:  # a replica of stage 0 on another rank reads the data too
-            data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+            data = run_data(cfg, run.setup.run_dir, values=False)  # trusted: the manifest
         positions = [(m, *schedule.data_position(m)) for m in role.micro_batches(schedule, 0)]
         reader = Prefetcher(data, positions, cfg.data.prefetch, ctx.dtype,
                             timeout=ctx.setup_timeout)

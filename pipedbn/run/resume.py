@@ -25,7 +25,8 @@ import shutil
 from pathlib import Path
 
 from pipedbn.config import Config, load_config, resolve_defaults
-from pipedbn.data.loader import Data, open_data
+from pipedbn.data.loader import Data
+from pipedbn.data.prepare import run_data
 from pipedbn.errors import ConfigError, RunDirError
 from pipedbn.observe.monitor import METRICS_FILE
 from pipedbn.pipeline.layers import make_schedule
@@ -42,10 +43,10 @@ from pipedbn.run.rundir import (
     FAILURES_DIR,
     atomic_write,
     discard_run_dir,
+    keep_manifest,
     root_failure,
     write_config,
 )
-from stages import registry
 
 log = logging.getLogger("pipedbn")
 
@@ -125,7 +126,8 @@ def resume_run(cfg: Config, run_dir: Path) -> tuple[Config, Data, Checkpoint | N
                                    f"{run_dir / 'config.yaml'} --resume {run_dir}"],
                           source=f"--resume {run_dir}: the config differs from the run's in "
                                  "fields that decide the weights")
-    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+    data = run_data(cfg, run_dir, values=True)
+    keep_manifest(run_dir, data)
     schedule = make_schedule(cfg, data.batches_per_epoch)
     layers = len(cfg.layers)
     ckpt = latest(run_dir, cfg, layers, schedule.length)

@@ -22,16 +22,19 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipedbn.config import Config, dump_yaml
+from pipedbn.data.loader import Data
+from pipedbn.data.manifest import MANIFEST_FILE, manifest_bytes
+from pipedbn.data.prepare import run_data
 from pipedbn.errors import RunDirError
 
-if TYPE_CHECKING:
-    from pipedbn.data.loader import Data
+PREPROCESS_FILE = "preprocess.pt"
+"""How raw data becomes layer 0's input (``Data.preprocessing``; ``model.dbn`` reads it)."""
 
 def _umask() -> int:
     """The process's umask, read once at import (before any thread starts): ``os.umask`` can
@@ -195,16 +198,13 @@ def layer_state_path(run_dir: Path, layer: int, tag: str = "final") -> Path:
 def start_run(cfg: Config, prepared: bool = False, marks: dict[str, bytes] | None = None,
               token: str | None = None, on_claim: Callable[[Path], None] | None = None
               ) -> tuple[Path, Data]:
-    """Open and check the data, then claim the run directory with ``config.yaml``, the
-    preprocessing and ``marks`` (more files) in it; nothing is written before every check has
-    passed (``claim_run_dir`` says what ``token`` and ``on_claim`` do). ``prepared``: the local
-    launcher has done this already (``cfg.run.dir`` holds its config) and only the data is
-    opened again."""
+    """Open and check the data (every value once, ``data.loader.measure``), then claim the run
+    directory with ``config.yaml``, the preprocessing, the split, the data manifest and
+    ``marks`` (more files) in it; nothing is written before every check has passed
+    (``claim_run_dir`` says what ``token`` and ``on_claim`` do). ``prepared``: the local
+    launcher has done this already (``cfg.run.dir`` holds its config): the data is opened by
+    its headers and trusted by the manifest (``data.prepare.run_data``)."""
     from pipedbn.balancer.runtime import check_memory
-    from pipedbn.data.loader import open_data
-    from pipedbn.errors import ConfigError
-    from pipedbn.model.dbn import PREPROCESS_FILE
-    from stages import registry
 
     run_dir = Path(cfg.run.dir) if prepared and cfg.run.dir else choose_run_dir(cfg)
     if prepared:
@@ -212,27 +212,33 @@ def start_run(cfg: Config, prepared: bool = False, marks: dict[str, bytes] | Non
             raise RunDirError(f"{run_dir}: not a prepared run directory (no config.yaml)")
     else:
         check_run_dir(run_dir)
-    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
-    first = cfg.layers[0]
-    if first.visible is not None and first.visible != data.features:
-        raise ConfigError([f"layers.0.visible: {first.visible}, but the data has "
-                           f"{data.features} features per sample (remove it or fix the data)"])
-    shape = cfg.monitor.image_shape
-    if shape is not None and shape[0] * shape[1] != data.features:
-        raise ConfigError([f"monitor.image_shape: {shape[0]} x {shape[1]} is not the "
-                           f"{data.features} features of one sample (fix it or remove it)"])
+    data = run_data(cfg, run_dir if prepared else None, values=True)
     check_memory(cfg, data.features)
     if prepared:
+        keep_manifest(run_dir, data)
         return run_dir, data
+
     def contents(path: Path) -> dict[str, bytes]:
         cfg.run.dir = str(path)
-        buf = io.BytesIO()
-        torch.save(data.preprocessing(), buf)
-        return {**(marks or {}), PREPROCESS_FILE: buf.getvalue(),
+        return {**(marks or {}), PREPROCESS_FILE: _preprocess_bytes(data),
+                MANIFEST_FILE: manifest_bytes(data),
                 SPLIT_FILE: split_bytes(data.train_rows, data.held_rows),
                 "config.yaml": dump_yaml(cfg).encode()}
 
     return claim_run_dir(cfg, contents, token, on_claim), data
+
+
+def keep_manifest(run_dir: Path, data: Data) -> None:
+    """Write the data manifest of a run made before pipedbn kept one, its values just checked,
+    so that the run's other processes and later resumes trust them."""
+    if not (run_dir / MANIFEST_FILE).is_file():
+        atomic_write(run_dir / MANIFEST_FILE, manifest_bytes(data))
+
+
+def _preprocess_bytes(data: Data) -> bytes:
+    buf = io.BytesIO()
+    torch.save(data.preprocessing(), buf)
+    return buf.getvalue()
 
 
 STORAGE_ERRORS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
