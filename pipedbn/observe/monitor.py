@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from pipedbn.config import to_dict
+
 TB_DIR = "tb"
 METRICS_FILE = "metrics.jsonl"
 
@@ -197,8 +199,6 @@ def tensorboard_on(cfg: Any) -> bool:
 
 def flat_params(cfg: Any, layer: int) -> dict[str, Any]:
     """The hyperparameters of one layer's row in the HParams table."""
-    from pipedbn.config import to_dict
-
     d = to_dict(cfg)
     out: dict[str, Any] = {"seed": d["seed"], "layer": layer, "plan": d["balancer"]["plan"]}
     for section in ("train", "data"):

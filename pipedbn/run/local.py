@@ -16,9 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipedbn.balancer import Plan
+from pipedbn.balancer.runtime import first_plan
 from pipedbn.config import Config
 from pipedbn.errors import Interrupted, UserError, resume_command
+from pipedbn.observe.monitor import Metrics, tensorboard_on
 from pipedbn.pipeline.device import gpus, wants_cuda
+from pipedbn.pipeline.distributed import check_world
+from pipedbn.pipeline.failure import failure_record
+from pipedbn.pipeline.trainer import train_in_process
+from pipedbn.run.launch import launch_local
+from pipedbn.run.resume import resume_run
+from pipedbn.run.rundir import discard_run_dir, record_failure, start_run, write_root_failure
 
 if TYPE_CHECKING:
     from pipedbn.data.loader import Data
@@ -32,10 +41,6 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
     """Train ``cfg`` on ``nproc`` local processes (1: in this one), or continue the run in
     ``resume``; the exit status. With ``announce`` the run directory is the last line of
     stdout (for scripts); the estimator trains without it."""
-    from pipedbn.pipeline.distributed import check_world
-    from pipedbn.pipeline.failure import failure_record
-    from pipedbn.run.rundir import discard_run_dir, record_failure, start_run, write_root_failure
-
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
     if nproc > 1:
@@ -45,15 +50,11 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
                             f"process is needed and {gpus()} are visible")
     ckpt = None
     if resume is not None:
-        from pipedbn.run.resume import resume_run
-
         cfg, data, ckpt = resume_run(cfg, resume)
         run_dir = resume
     else:
         run_dir, data = start_run(cfg)
     if nproc > 1:
-        from pipedbn.balancer.runtime import first_plan
-
         try:  # a plan the world cannot run is reported once, here, before any process starts
             plan, _ = first_plan(cfg, data.features, nproc)
         except UserError:
@@ -64,8 +65,6 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
              data.source.description, len(data.train_rows), len(data.held_rows), data.features)
     log.info("run directory: %s", run_dir)
     if nproc > 1:
-        from pipedbn.run.launch import launch_local
-
         log.info("starting %d local processes; plan%s: %s", nproc,
                  " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
         code = launch_local(run_dir, nproc, cfg.train.threads, quiet, resume is not None)
@@ -108,8 +107,6 @@ def _sigterm_interrupts() -> Iterator[None]:
 def default_nproc(cfg: Config) -> int:
     """Processes to start without a launcher: the ranks an explicit plan names, else one per
     layer."""
-    from pipedbn.balancer import Plan
-
     if cfg.balancer.plan == "auto":
         return len(cfg.layers)
     plan = Plan.parse(cfg.balancer.plan, 1 << 16, len(cfg.layers))
@@ -139,9 +136,6 @@ def machine_nproc(cfg: Config, samples: int, features: int) -> int:
 
 def _train_here(cfg: Config, run_dir: Path, data: Data, ckpt: Checkpoint | None,
                 resumed: bool) -> None:
-    from pipedbn.observe.monitor import Metrics, tensorboard_on
-    from pipedbn.pipeline.trainer import train_in_process
-
     # a resumed run's TensorBoard drops what the interrupted attempt wrote from ckpt on
     purge = (ckpt.micro_batch if ckpt is not None else 0) if resumed else None
     metrics = Metrics(run_dir, tensorboard=tensorboard_on(cfg), purge_step=purge)

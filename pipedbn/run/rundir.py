@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipedbn.balancer.runtime import check_memory
 from pipedbn.config import Config, dump_yaml
 from pipedbn.data.loader import Data
 from pipedbn.data.manifest import MANIFEST_FILE, manifest_bytes
@@ -204,8 +205,6 @@ def start_run(cfg: Config, prepared: bool = False, marks: dict[str, bytes] | Non
     (``claim_run_dir`` says what ``token`` and ``on_claim`` do). ``prepared``: the local
     launcher has done this already (``cfg.run.dir`` holds its config): the data is opened by
     its headers and trusted by the manifest (``data.prepare.run_data``)."""
-    from pipedbn.balancer.runtime import check_memory
-
     run_dir = Path(cfg.run.dir) if prepared and cfg.run.dir else choose_run_dir(cfg)
     if prepared:
         if not (run_dir / "config.yaml").is_file():
