@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from pipedbn.config import LayerConfig
 from pipedbn.errors import NonFiniteError
+
+if TYPE_CHECKING:  # a type only: the config's layer kinds come from stages, which imports this
+    from pipedbn.config import LayerConfig
 
 
 def layer_seed(seed: int, index: int) -> int:
