@@ -35,9 +35,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pipedbn.config import Config, load_config, resolve_defaults
 from pipedbn.errors import UserError
+from pipedbn.eval.evaluation import pseudo_log_likelihood
 from pipedbn.model.dbn import Model, load
 from pipedbn.run.local import machine_nproc, train_local
 from pipedbn.run.rundir import read_split
+from stages import registry
 
 # where a plain option name is looked up, in order (``rbm.lr`` etc. name a section explicitly)
 _SECTIONS = ("rbm", "train", "data", "balancer", "monitor", "pipeline", "straggler", "run")
@@ -221,9 +223,6 @@ class DBN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Pseudo-log-likelihood of each row under layer 0 (binary units): one random unit
         flipped per row, ``n_visible * log sigmoid(F(flipped) - F(x))``, as scikit-learn's
         ``BernoulliRBM.score_samples``."""
-        from pipedbn.eval.evaluation import pseudo_log_likelihood
-        from stages import registry
-
         x = self._input(X)
         m = self._model()
         if m.kinds[0] != "bernoulli":

@@ -17,21 +17,14 @@ alone and for the fine-tuned network). The report lists the rows of each (``spli
 
 The classifier is written with ``torch.save`` (loads with ``weights_only=True``): a dict with
 ``state_dict`` (of ``build_classifier(sizes, num_classes)``), ``num_classes``, ``classes`` (the
-label value of each output) and ``sizes``. The figures go to a JSON file beside it.
-
-``pipedbn sample RUN_DIR -o FILE.png`` draws samples from the DBN (``Model.sample``) and writes
-them as one grid image (``probe.tile``), a grayscale PNG. The chains begin at the up pass of
-held-out images of the model's data (found by its config), as the DBN literature does;
-``--from-noise`` starts them from uniform noise instead.
+label value of each output) and ``sizes``. The figures go to a JSON file beside it
+(``pipedbn finetune``, ``cli/finetune.py``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
-from pipedbn.config import load_yaml
+from pipedbn.config import Config, load_config, resolve_defaults
+from pipedbn.data.loader import open_data
 from pipedbn.errors import UserError
-from pipedbn.run.rundir import SPLIT_FILE, atomic_write, read_split, save_tensors
+from pipedbn.model.dbn import MODEL_FILE, from_run, load
+from pipedbn.run.rundir import SPLIT_FILE, read_split, save_tensors
+from stages import registry
 
 CLASSIFIER_FILE = "classifier.pt"
 REPORT_FILE = "finetune.json"
@@ -106,9 +101,7 @@ def load_classifier(path: str | Path) -> tuple[torch.nn.Sequential, list[int]]:
     return model, list(blob["classes"])
 
 
-def _run_config(run_dir: Path) -> Any:
-    from pipedbn.config import load_config, resolve_defaults
-
+def _run_config(run_dir: Path) -> Config:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -119,9 +112,6 @@ def labelled_splits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
                                              torch.Tensor, list[int]]:
     """(x_train, y_train, x_held, y_held, classes) of the run's data, preprocessed as in
     training; ``y`` are class indices into ``classes`` (the sorted label values)."""
-    from pipedbn.data.loader import open_data
-    from stages import registry
-
     cfg = _run_config(run_dir)
     data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
     labels = data.source.labels
@@ -188,8 +178,6 @@ def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
 def finetune(run_dir: str | Path, settings: FinetuneSettings | None = None,
              log: Any = None) -> FinetuneResult:
     """Fine-tune the DBN of ``run_dir`` into a classifier (see the module docstring)."""
-    from pipedbn.model.dbn import MODEL_FILE, from_run, load
-
     s = settings or FinetuneSettings()
     s.check()
     run_dir = Path(run_dir)
@@ -266,132 +254,3 @@ def save_classifier(result: FinetuneResult, path: Path) -> None:
                                        for k, v in result.classifier.state_dict().items()},
                         "num_classes": len(result.classes), "classes": result.classes,
                         "sizes": result.sizes})
-
-
-def report_path(run_dir: Path, output: str | None) -> tuple[Path, Path]:
-    """(classifier file, report file): ``RUN_DIR/classifier.pt`` and ``RUN_DIR/finetune.json``,
-    or ``-o FILE`` and FILE with the suffix ``.json``."""
-    if output is None:
-        return run_dir / CLASSIFIER_FILE, run_dir / REPORT_FILE
-    out = Path(output)
-    if out.is_dir():
-        raise UserError(f"-o {out}: is a directory; give a file name such as classifier.pt")
-    if out.suffix == ".json":
-        raise UserError(f"-o {out}: the classifier file would collide with its .json report; "
-                        "give a name such as classifier.pt")
-    return out, out.with_suffix(".json")
-
-
-def cmd_finetune(args: Any) -> int:
-    torch.set_num_threads(1)
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
-    out, report = report_path(run_dir, args.output)
-    s = FinetuneSettings(epochs=args.epochs, head_epochs=args.head_epochs, lr=args.lr,
-                         batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed,
-                         validation=args.validation)
-    result = finetune(run_dir, s, log=None if args.quiet else _stderr)
-    r = result.report
-    try:
-        save_classifier(result, out)
-        atomic_write(report, (json.dumps(r, indent=2) + "\n").encode())
-    except OSError as e:
-        raise UserError(f"cannot write {out} or {report} ({e.strerror})") from None
-    print(f"test error: {r['test_error_before']:.4f} before fine-tuning (softmax layer on the "
-          f"frozen DBN), {r['test_error_after']:.4f} after ({r['test_samples']} held-out "
-          f"samples, measured once; {r['train_samples']} trained on, {r['validation_samples']} "
-          f"for validation; {r['seconds']:.1f} s)")
-    print(out)
-    return 0
-
-
-def _stderr(msg: str) -> None:
-    import sys
-
-    print(f"[pipedbn] {msg}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------
-# pipedbn sample
-
-
-def png_bytes(image: torch.Tensor) -> bytes:
-    """An (H, W) image with values in [0, 1] as an 8-bit grayscale PNG (zlib only)."""
-    h, w = image.shape
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    raw = b"".join(b"\x00" + pixels[r].tobytes() for r in range(h))  # filter 0 per row
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def _configured_shape(config: str) -> list[int] | None:
-    """The run's ``monitor.image_shape``, when the config a model carries names a usable one."""
-    try:
-        shape = (load_yaml(config) or {}).get("monitor", {}).get("image_shape")
-        return [int(v) for v in shape] if isinstance(shape, list) and len(shape) == 2 else None
-    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
-        return None  # an edited config: the shape is then inferred or given with --image-shape
-
-
-def start_rows(dbn: Any, n: int, seed: int, src: Path) -> torch.Tensor | None:
-    """``n`` held-out rows of the model's data (training rows if it kept none), preprocessed,
-    where the sampling chains begin; None when the data cannot be found (then noise)."""
-    from pipedbn.config import config_from_text, resolve_defaults
-    from pipedbn.data.loader import open_data
-
-    try:
-        cfg = resolve_defaults(config_from_text(dbn.config, str(src)))
-        data = open_data(cfg, unit_range=False)
-    except UserError as e:
-        _stderr(f"the model's data cannot be opened ({str(e).splitlines()[0]}): chains start "
-                "from noise")
-        return None
-    rows = data.held_rows if len(data.held_rows) else data.train_rows
-    rng = np.random.default_rng([seed, 0x5A3])
-    chosen = rng.choice(rows, n, replace=len(rows) < n)
-    return dbn.preprocess(data.raw(np.asarray(chosen)))
-
-
-def cmd_sample(args: Any) -> int:
-    from pipedbn.model.dbn import MODEL_FILE, from_run, load
-    from pipedbn.observe.probe import image_shape, tile
-
-    torch.set_num_threads(1)
-    if args.n < 1:
-        raise UserError(f"--n {args.n}: give a number of samples >= 1")
-    if args.steps is None:
-        args.steps = 1000 if args.from_noise else 20
-    if args.steps < 0:
-        raise UserError(f"--steps {args.steps}: give a number of Gibbs steps >= 0")
-    if args.columns is not None and args.columns < 1:
-        raise UserError(f"--columns {args.columns}: give a number of columns >= 1")
-    out = Path(args.output)
-    if out.is_dir():
-        raise UserError(f"-o {out}: is a directory; give a file name such as samples.png")
-    src = Path(args.run_dir)
-    dbn = from_run(src) if src.is_dir() and not (src / MODEL_FILE).is_file() else load(src)
-    features = dbn.sizes[0]
-    configured = args.image_shape or _configured_shape(dbn.config)
-    shape = image_shape(features, configured)
-    if shape is None:
-        given = (f"--image-shape {args.image_shape[0]} {args.image_shape[1]} does not match"
-                 if args.image_shape else "cannot tile")
-        raise UserError(f"{given} inputs of {features} features (not a square image); give "
-                        "--image-shape HEIGHT WIDTH with HEIGHT x WIDTH = "
-                        f"{features}")
-    columns = args.columns or math.ceil(math.sqrt(args.n))
-    start = None if args.from_noise else start_rows(dbn, args.n, args.seed, src)
-    x = dbn.sample(args.n, args.steps, args.seed, start)
-    grid = tile(x, shape, columns)
-    try:
-        atomic_write(out, png_bytes(grid))
-    except OSError as e:
-        raise UserError(f"-o {out}: cannot write ({e.strerror})") from None
-    print(out)
-    return 0

@@ -1,7 +1,9 @@
-"""Fine-tuning a DBN into a classifier, and pictures of its samples (``pipedbn/finetune.py``)."""
+"""Fine-tuning a DBN into a classifier (``pipedbn/finetune.py``), and pictures of its samples
+(``pipedbn/sample.py``)."""
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import cli
+from PIL import Image
 
 from pipedbn.data.loader import open_data
 from pipedbn.finetune import (
@@ -19,11 +22,10 @@ from pipedbn.finetune import (
     finetune,
     labelled_splits,
     load_classifier,
-    png_bytes,
-    start_rows,
 )
 from pipedbn.model.dbn import load
 from pipedbn.run.rundir import read_split
+from pipedbn.sample import png_bytes, start_rows
 
 # 8x8 digits, two layers of 64 trained long enough for useful features; 30% held out (539
 # samples) so that a difference of a few percent is many samples, not noise. ~2 s in one process.
@@ -125,15 +127,10 @@ def test_sample_writes_a_png_of_the_requested_grid(digits_run: Path, tmp_path: P
     data = out.read_bytes()
     assert _png_size(data) == (4 * 9 + 1, 3 * 9 + 1)  # 4 columns x 3 rows of 8x8 + borders
     assert not list(tmp_path.glob(".*.tmp"))
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        with Image.open(out) as im:
-            assert im.size == (37, 28) and im.mode == "L"
-            pixels = np.asarray(im)
-        assert pixels[0].min() == 255 and pixels[1:-1, 1:-1].min() < 255  # border, then tiles
+    with Image.open(out) as im:
+        assert im.size == (37, 28) and im.mode == "L"
+        pixels = np.asarray(im)
+    assert pixels[0].min() == 255 and pixels[1:-1, 1:-1].min() < 255  # border, then tiles
     proc = cli("sample", str(digits_run), "-o", str(tmp_path / "again.png"), "--n", "12",
                "--columns", "4", "--steps", "50", "--seed", "3", timeout=60)
     assert (tmp_path / "again.png").read_bytes() == data  # seeded
@@ -143,15 +140,13 @@ def test_png_bytes_round_trip() -> None:
     img = torch.linspace(0, 1, 6 * 5).reshape(6, 5)
     data = png_bytes(img)
     assert _png_size(data) == (5, 6)
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        return
-    import io
-
     with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG" and im.mode == "L"
         got = np.asarray(im)
     assert np.array_equal(got, (img * 255).round().to(torch.uint8).numpy())
+    # values outside [0, 1] are clipped, a value of 0.5 rounds to 128 (half to even: 127.5)
+    with Image.open(io.BytesIO(png_bytes(torch.tensor([[-0.5, 0.5, 1.5]])))) as im:
+        assert np.asarray(im).tolist() == [[0, 128, 255]]
 
 
 @pytest.mark.slow

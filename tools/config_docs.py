@@ -20,7 +20,7 @@ SECTIONS = [("Config", "top level"), ("RBMConfig", "rbm"), ("LayerConfig", "laye
 
 INTRO = """# Config reference
 
-Generated from `pipedbn/config/__init__.py` by `python -m tools.config_docs`; do not edit by hand.
+Generated from `pipedbn/config/` by `python -m tools.config_docs`; do not edit by hand.
 
 A config is a YAML file with the sections below. `rbm` holds the training settings of every
 layer; an entry of `layers` takes `hidden` (and optionally `visible`) and may override any `rbm`
@@ -54,7 +54,9 @@ def fields(tree: ast.Module, name: str) -> list[tuple[str, str, str, str]]:
 
 
 def render() -> str:
-    tree = ast.parse((ROOT / "pipedbn" / "config" / "__init__.py").read_text())
+    # one section per module of pipedbn/config/: their classes read as one module
+    tree = ast.Module(body=[node for path in sorted((ROOT / "pipedbn" / "config").glob("*.py"))
+                            for node in ast.parse(path.read_text()).body], type_ignores=[])
     parts = [INTRO]
     for cls, section in SECTIONS:
         parts.append(f"\n## `{section}` ({cls})\n\n| field | type | default | meaning |\n"

@@ -18,6 +18,9 @@ from pipedbn.sim import (
     plan_world,
 )
 
+NAME = "simulate"
+USAGE = "simulate CONFIG --step-ms A,B"
+SUMMARY = "predict a plan's samples/s without running it"
 DESCRIPTION = ("Predict what a config does on a plan before it runs: a discrete-event "
                "simulation of the streaming pipeline, its links and its replicas, from "
                "per-layer step times (measured, --step-ms, or modelled, --flops). Prints each "
@@ -25,7 +28,7 @@ DESCRIPTION = ("Predict what a config does on a plan before it runs: a discrete-
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    sp = subparsers.add_parser("simulate", help="predict a config's samples/s on a plan",
+    sp = subparsers.add_parser(NAME, help="predict a config's samples/s on a plan",
                                description=DESCRIPTION)
     sp.add_argument("config", help="YAML config file (see configs/)")
     sp.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")

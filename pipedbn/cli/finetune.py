@@ -1,0 +1,91 @@
+"""``pipedbn finetune RUN_DIR``: a finished run's DBN fine-tuned into a classifier with its
+data's labels (``finetune.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from pipedbn.errors import UserError
+from pipedbn.finetune import (
+    CLASSIFIER_FILE,
+    REPORT_FILE,
+    FinetuneSettings,
+    finetune,
+    save_classifier,
+)
+from pipedbn.run.rundir import atomic_write
+
+NAME = "finetune"
+USAGE = "finetune RUN_DIR"
+SUMMARY = "fine-tune the DBN into a classifier with the data's labels"
+
+log = logging.getLogger("pipedbn")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    ft = sub.add_parser(
+        NAME, help="fine-tune a finished run's DBN into a classifier with its data's labels",
+        description="Fine-tune a finished run's DBN into a classifier with its data's labels: "
+                    "trained on the run's training rows but a validation fraction (per-epoch "
+                    "figures), tested once on its held-out split.")
+    ft.add_argument("run_dir", help="run directory of a finished training run")
+    ft.add_argument("--epochs", type=int, default=30, help="epochs of fine-tuning (default 30)")
+    ft.add_argument("--head-epochs", type=int, default=10, metavar="N",
+                    help="epochs of the softmax layer alone on frozen features first (default 10)")
+    ft.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    ft.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
+    ft.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                    help="sgd (momentum 0.9, the default) or adam")
+    ft.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    ft.add_argument("--validation", type=float, default=0.1, metavar="F",
+                    help="fraction of the run's training rows kept for the per-epoch "
+                         "validation error (default 0.1); the test rows (the run's held-out "
+                         "split) are measured once, at the end")
+    ft.add_argument("-o", "--output", default=None,
+                    help="classifier file (default RUN_DIR/classifier.pt; its figures go to "
+                         "RUN_DIR/finetune.json, or beside -o FILE as FILE.json)")
+    ft.add_argument("-q", "--quiet", action="store_true", help="no per-epoch figures")
+    return ft
+
+
+def output_paths(run_dir: Path, output: str | None) -> tuple[Path, Path]:
+    """(classifier file, report file): ``RUN_DIR/classifier.pt`` and ``RUN_DIR/finetune.json``,
+    or ``-o FILE`` and FILE with the suffix ``.json``."""
+    if output is None:
+        return run_dir / CLASSIFIER_FILE, run_dir / REPORT_FILE
+    out = Path(output)
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a directory; give a file name such as classifier.pt")
+    if out.suffix == ".json":
+        raise UserError(f"-o {out}: the classifier file would collide with its .json report; "
+                        "give a name such as classifier.pt")
+    return out, out.with_suffix(".json")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    out, report = output_paths(run_dir, args.output)
+    s = FinetuneSettings(epochs=args.epochs, head_epochs=args.head_epochs, lr=args.lr,
+                         batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed,
+                         validation=args.validation)
+    result = finetune(run_dir, s, log=None if args.quiet else log.info)
+    r = result.report
+    try:
+        save_classifier(result, out)
+        atomic_write(report, (json.dumps(r, indent=2) + "\n").encode())
+    except OSError as e:
+        raise UserError(f"cannot write {out} or {report} ({e.strerror})") from None
+    print(f"test error: {r['test_error_before']:.4f} before fine-tuning (softmax layer on the "
+          f"frozen DBN), {r['test_error_after']:.4f} after ({r['test_samples']} held-out "
+          f"samples, measured once; {r['train_samples']} trained on, {r['validation_samples']} "
+          f"for validation; {r['seconds']:.1f} s)")
+    print(out)
+    return 0

@@ -1,0 +1,66 @@
+"""``pipedbn plan CONFIG --world-size N``: the plan the balancer makes for a config on N ranks."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from pipedbn.balancer import Solution, describe, evaluate, one_per_layer, solve
+from pipedbn.balancer.runtime import first_plan, problem_for, profile_layers
+from pipedbn.config import load_config, resolve_defaults
+from pipedbn.data.loader import open_data
+from pipedbn.errors import ConfigError, UserError
+from pipedbn.pipeline.device import local_device
+from stages import registry
+
+NAME = "plan"
+USAGE = "plan CONFIG --world-size N"
+SUMMARY = "show the balancer's plan for N ranks"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    pl = sub.add_parser(
+        NAME, help="print the plan the balancer makes for a config on N ranks",
+        description="Print the plan the balancer makes for a config on N ranks (which layers "
+                    "each rank trains, replicas, modelled or profiled step times).")
+    pl.add_argument("config", help="YAML config file (see configs/)")
+    pl.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
+    pl.add_argument("--world-size", type=int, required=True, metavar="N",
+                    help="number of ranks (processes) to plan for")
+    pl.add_argument("--profile", action="store_true",
+                    help="time a few real steps of every layer here instead of counting FLOPs")
+    return pl
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_defaults(load_config(args.config, args.overrides))
+    if args.world_size < 1:
+        raise UserError(f"--world-size {args.world_size}: give a number of ranks >= 1")
+    torch.set_num_threads(cfg.train.threads)
+    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+    n = args.world_size
+    if args.profile:
+        times = profile_layers(cfg, data.features, local_device(cfg.train.device))
+        problem = problem_for(cfg, data.features, n, costs=times)
+        how = "profiled here: " + ", ".join(f"layer {i} {t * 1e3:.2f} ms"
+                                            for i, t in enumerate(times))
+    else:
+        problem = problem_for(cfg, data.features, n)
+        how = f"modelled: FLOPs at balancer.flops = {cfg.balancer.flops:.3g} per second"
+    plan, _ = first_plan(cfg, data.features, n)
+    if cfg.balancer.plan == "auto":
+        try:
+            solution = solve(problem)
+        except ValueError as e:
+            raise ConfigError([f"balancer: {e}"]) from None
+    else:
+        times = evaluate(problem, plan)
+        solution = Solution(plan, times, max(times))
+    print(f"plan for {len(cfg.layers)} layers on {n} ranks (costs {how})")
+    print(describe(solution, cfg.train.batch_size))
+    if n >= len(cfg.layers) and cfg.balancer.plan == "auto":
+        base = max(evaluate(problem, one_per_layer(len(cfg.layers), n)))
+        print(f"one rank per layer: {base:.4g} s per micro-batch; this plan is "
+              f"{base / solution.bottleneck:.2f}x faster")
+    return 0
