@@ -31,11 +31,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pipedbn.config import config_from_text, load_config, resolve_defaults
+from pipedbn.data.loader import open_data
 from pipedbn.errors import UserError
 from pipedbn.eval.likelihood import log_partition
-from pipedbn.model.dbn import Model
+from pipedbn.model.dbn import MODEL_FILE, Model, load
 from pipedbn.model.rbm import free_energy
 from pipedbn.run.rundir import atomic_write
+from stages import registry
 
 log = logging.getLogger("pipedbn")
 
@@ -189,8 +192,6 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
     """Measure ``dbn`` on preprocessed held-out rows ``held``; ``train`` is a training sample
     (the free-energy gap's reference, the AIS base rate). ``probe_train`` (training inputs and
     labels) and ``held_labels`` enable the linear probe. Returns a JSON-ready dict."""
-    from stages import registry
-
     opts = opts or EvalOptions()
     notes: list[str] = []
     probing = probe_train is not None and held_labels is not None
@@ -322,10 +323,6 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
              output: str | Path | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a run directory or an export file on its data; write ``eval.json`` (in the run
     directory, next to an export file, or at ``output``). Returns the result and that path."""
-    from pipedbn.config import config_from_text, load_config, resolve_defaults
-    from pipedbn.data.loader import open_data
-    from pipedbn.model.dbn import MODEL_FILE, load
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such run directory or model file")
