@@ -10,14 +10,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from warm_cli import WarmCLI
 
 torch.set_num_threads(1)  # one thread per process in tests, as in the subprocesses below
 
-PROCESS_FIXTURES = {"tiny_run"}
+PROCESS_FIXTURES = {"tiny_run", "warm"}
 """Fixtures that start processes: a test that uses one belongs to the slow tier."""
 
 
@@ -65,6 +67,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def warm() -> Iterator[WarmCLI]:
+    """The real CLI forked from one warm interpreter (``warm_cli``): for the many short
+    command lines that must fail cleanly, where importing torch is most of the time."""
+    server = WarmCLI(ROOT, env1())
+    yield server
+    server.close()
 
 
 def free_port() -> int:

@@ -436,12 +436,12 @@ def run_case(warm: WarmCLI, case: Case, files: Path, tmp: Path) -> Outcome:
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update({k: fill(v) for k, v in case.env.items()})
     before = snapshot(tmp)
-    proc = warm.run(args, env, ROOT, tmp.parent, timeout=60)
+    proc = warm.run(args, env, ROOT, timeout=60)
     return Outcome(proc, before, snapshot(tmp))
 
 
 @pytest.fixture(scope="module")
-def outcomes(request: pytest.FixtureRequest, bad_files: Path,
+def outcomes(request: pytest.FixtureRequest, bad_files: Path, warm: WarmCLI,
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     """The selected cases, a few at a time (each process has one thread), each a process
     forked from one warm interpreter (``warm_cli``): importing torch was most of a case."""
@@ -450,14 +450,9 @@ def outcomes(request: pytest.FixtureRequest, bad_files: Path,
                 and getattr(item, "callspec", None) and "case" in item.callspec.params}
     cases = [c for c in CASES if c.id in selected and c.skip is None]
     root = tmp_path_factory.mktemp("cases")
-    warm = WarmCLI(ROOT, env1())
-    try:
-        with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as pool:
-            futures = {c.id: pool.submit(run_case, warm, c, bad_files, root / c.id)
-                       for c in cases}
-            return {k: f.result() for k, f in futures.items()}
-    finally:
-        warm.close()
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as pool:
+        futures = {c.id: pool.submit(run_case, warm, c, bad_files, root / c.id) for c in cases}
+        return {k: f.result() for k, f in futures.items()}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=pytest.mark.skipif(

@@ -11,6 +11,7 @@ import torch
 import yaml
 from conftest import cli
 from safetensors import safe_open
+from warm_cli import WarmCLI
 
 import pipedbn
 from pipedbn.run.rundir import layer_state_path
@@ -77,7 +78,8 @@ def test_default_run_directory_and_print_config(tmp_path: Path) -> None:
     assert printed["layers"][1]["hidden"] == 7 and printed["layers"][1]["momentum"] == 0.5
 
 
-def test_users_mistakes_exit_2_with_one_message(tmp_path: Path) -> None:
+def test_users_mistakes_exit_2_with_one_message(tmp_path: Path, warm: WarmCLI) -> None:
+    cli = warm.cli
     assert_user_error(cli("train", "configs/tiny.yaml", "rbm.lrr=0.1", "train.batch_size=x"),
                       "2 problems", "rbm.lrr: unknown key (did you mean 'lr'?)",
                       "train.batch_size: expected an integer")

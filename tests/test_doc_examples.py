@@ -10,7 +10,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli
+from conftest import ROOT
+from warm_cli import WarmCLI
 
 from pipedbn.balancer import Plan
 from pipedbn.config import load_config
@@ -67,7 +68,8 @@ def test_every_documented_plan_spec_parses(doc: str, spec: str) -> None:
 
 
 @pytest.mark.slow
-def test_help_is_plain_text_and_describes_every_subcommand() -> None:
+def test_help_is_plain_text_and_describes_every_subcommand(warm: WarmCLI) -> None:
+    cli = warm.cli
     proc = cli("--help")
     assert proc.returncode == 0 and "``" not in proc.stdout, proc.stdout  # no raw RST
     for command in ("train", "plan", "export", "eval", "finetune", "sample", "simulate"):

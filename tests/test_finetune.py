@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import cli
 from PIL import Image
+from warm_cli import WarmCLI
 
 from pipedbn.data.loader import open_data
 from pipedbn.finetune import (
@@ -151,7 +152,8 @@ def test_png_bytes_round_trip() -> None:
 
 @pytest.mark.slow
 def test_mistakes_exit_2_with_one_message(unlabelled_run: Path, digits_run: Path,
-                                          tmp_path: Path) -> None:
+                                          tmp_path: Path, warm: WarmCLI) -> None:
+    cli = warm.cli
     cases = [
         (("sample", str(unlabelled_run), "-o", str(tmp_path / "s.png"), "--steps", "1"),
          "--image-shape"),

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 from pathlib import Path
@@ -83,8 +84,8 @@ def serve() -> None:
 
 
 class WarmCLI:
-    """Client of one warm interpreter: ``run(args, env, cwd, out_dir)`` as ``subprocess.run``
-    would; the child's stdout and stderr pass through files in ``out_dir``."""
+    """Client of one warm interpreter: ``run(args, env, cwd)`` as ``subprocess.run`` would
+    (the child's stdout and stderr pass through files of a directory of its own)."""
 
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
@@ -95,6 +96,8 @@ class WarmCLI:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.n = 0
+        self.out_dir = Path(tempfile.mkdtemp(prefix="warm-cli-"))
+        self.env, self.root = env, root
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -104,12 +107,17 @@ class WarmCLI:
                 self.codes[reply["id"]] = reply["code"]
                 self.cond.notify_all()
 
-    def run(self, args: list[str], env: dict[str, str], cwd: Path, out_dir: Path,
-            timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, cwd: Path | None = None, timeout: float = 300
+            ) -> subprocess.CompletedProcess:
+        """``conftest.cli``'s twin: ``pipedbn ARGS`` in the server's environment."""
+        return self.run(list(args), self.env, cwd or self.root, timeout)
+
+    def run(self, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
+            ) -> subprocess.CompletedProcess:
         with self.cond:
             self.n += 1
             ident = str(self.n)
-        stdout, stderr = out_dir / f".stdout-{ident}", out_dir / f".stderr-{ident}"
+        stdout, stderr = self.out_dir / f"{ident}.out", self.out_dir / f"{ident}.err"
         umask = os.umask(0)
         os.umask(umask)
         request = {"id": ident, "args": args, "env": env, "cwd": str(cwd), "umask": umask,
@@ -128,6 +136,9 @@ class WarmCLI:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+        for path in self.out_dir.iterdir():
+            path.unlink()
+        self.out_dir.rmdir()
 
 
 def _drain(path: Path) -> str:
