@@ -10,9 +10,9 @@ import torch
 
 from pipedbn.config import load_config, resolve_defaults
 from pipedbn.errors import NonFiniteError
+from pipedbn.pipeline.layers import make_layer
 from pipedbn.pipeline.replicas import round_boundaries
 from pipedbn.pipeline.schedule import build_schedule
-from pipedbn.pipeline.trainer import make_layer
 from pipedbn.run.checkpoint import (
     CheckpointError,
     Saver,

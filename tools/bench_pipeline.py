@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 from pipedbn.data.loader import open_data  # noqa: E402
-from pipedbn.pipeline.trainer import make_layers, make_schedule  # noqa: E402
+from pipedbn.pipeline.layers import make_layers, make_schedule  # noqa: E402
 from tools import benchrun  # noqa: E402
 from tools.benchdocs import publish  # noqa: E402
 from tools.simvalidate import layer_times  # noqa: E402

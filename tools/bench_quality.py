@@ -68,7 +68,7 @@ from pipedbn.eval.evaluation import (  # noqa: E402
     linear_probe,
 )
 from pipedbn.model.dbn import Model, from_run  # noqa: E402
-from pipedbn.pipeline.trainer import make_schedule  # noqa: E402
+from pipedbn.pipeline.layers import make_schedule  # noqa: E402
 from tools import benchrun  # noqa: E402
 from tools.benchdocs import publish, save_figure  # noqa: E402
 

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from pipedbn.config import Config, load_config, resolve_defaults  # noqa: E402
 from pipedbn.data.loader import open_data  # noqa: E402
 from pipedbn.model.rbm import RBM  # noqa: E402
-from pipedbn.pipeline.trainer import make_layer, make_schedule  # noqa: E402
+from pipedbn.pipeline.layers import make_layer, make_schedule  # noqa: E402
 
 Step = Callable[[torch.Tensor], object]
 N_HIDDEN = 500

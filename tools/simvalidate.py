@@ -35,7 +35,7 @@ from pipedbn.balancer import solve  # noqa: E402
 from pipedbn.balancer.runtime import problem_for  # noqa: E402
 from pipedbn.config import Config  # noqa: E402
 from pipedbn.data.loader import open_data  # noqa: E402
-from pipedbn.pipeline.trainer import make_layers, make_schedule  # noqa: E402
+from pipedbn.pipeline.layers import make_layers, make_schedule  # noqa: E402
 from pipedbn.sim import Link, Machine, StepTimes, data_shape, from_config, load  # noqa: E402
 from tools.benchdocs import write_section  # noqa: E402
 from tools.benchrun import ROOT, train  # noqa: E402

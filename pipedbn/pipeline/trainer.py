@@ -30,14 +30,12 @@ from pipedbn.observe.progress import Progress
 from pipedbn.pipeline.context import RankContext
 from pipedbn.pipeline.device import local_device
 from pipedbn.pipeline.finish import Closing, Result, close_run
-from pipedbn.pipeline.layers import dtype_of, make_layer, make_layers, make_schedule
+from pipedbn.pipeline.layers import dtype_of, make_schedule
 from pipedbn.pipeline.rank import RankRun
 from pipedbn.pipeline.runner import StageStats
 from pipedbn.pipeline.setup import Setup
 from pipedbn.pipeline.worker import open_rank0, train
 from pipedbn.run.checkpoint import Checkpoint
-
-__all__ = ["dtype_of", "make_layer", "make_layers", "make_schedule", "train_in_process"]
 
 
 def train_in_process(cfg: Config, data: Data, metrics: Metrics, run_dir: Path | None = None,

@@ -12,7 +12,7 @@ from pipedbn.balancer import Plan, cd_flops, forward_flops, param_count, solve
 from pipedbn.balancer.runtime import problem_for
 from pipedbn.config import Config, load_config, resolve_defaults
 from pipedbn.data.loader import open_data
-from pipedbn.pipeline.trainer import make_schedule
+from pipedbn.pipeline.layers import make_schedule
 from pipedbn.run.local import default_nproc
 from pipedbn.sim.inputs import LayerCost, Link, Options, SyncPolicy, stages_of
 from pipedbn.sim.result import SimResult
