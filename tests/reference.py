@@ -8,6 +8,7 @@ replicas; the bit-equality tests compare against this, not against the productio
         x = micro-batch (epoch, j) of m         # permutation of (seed, epoch)
         for i in 0 .. top:
             x = layer_i.train_step(x)  if layer i trains on m   # one CD-k/PCD-k update
+                                                        # (a label layer: with m's labels)
                 layer_i.forward(x)     otherwise                # frozen
 """
 
@@ -18,7 +19,7 @@ import torch
 from pipedbn.config import Config
 from pipedbn.data.loader import Data
 from pipedbn.model.rbm import RBM
-from pipedbn.pipeline.layers import dtype_of, make_layers, make_schedule
+from pipedbn.pipeline.layers import dtype_of, make_layers, make_schedule, train_on
 
 
 def train_reference(cfg: Config, data: Data) -> list[RBM]:
@@ -30,11 +31,13 @@ def train_reference(cfg: Config, data: Data) -> list[RBM]:
             continue
         epoch, j = schedule.data_position(m)
         x = torch.from_numpy(data.micro_batch(epoch, j)).to(dtype_of(cfg))
+        y = data.micro_batch_labels(epoch, j)
+        labels = torch.from_numpy(y) if y is not None else None
         for i in range(top + 1):
             layer = layers[i]
             if schedule.trains(i, m):
                 layer.step = m - schedule.starts[i]
-                x = layer.train_step(x, m, None)
+                x = train_on(layer, x, labels, m, None)
             else:
                 x = layer.forward(x, m)
     return layers

@@ -37,7 +37,7 @@ from pipedbn.config import Config
 from pipedbn.errors import ConfigError
 from pipedbn.observe.monitor import Metrics
 from pipedbn.pipeline.device import wants_cuda
-from pipedbn.pipeline.layers import dtype_of, make_layer, make_schedule
+from pipedbn.pipeline.layers import dtype_of, make_layer, make_schedule, train_on
 
 log = logging.getLogger("pipedbn")
 
@@ -127,10 +127,11 @@ def profile_layers(cfg: Config, features: int, device: torch.device, steps: int 
         mean = torch.zeros(features).numpy() if i == 0 else None
         layer = make_layer(cfg, i, features, schedule, device, mean)
         x = torch.rand(cfg.train.batch_size, layer.n_visible, dtype=dtype_of(cfg), device=device)
+        labels = torch.zeros(len(x), dtype=torch.int64, device=device)  # (a label layer's)
         best = float("inf")
         for s in range(steps + 1):
             t0 = time.perf_counter()
-            layer.train_step(x)
+            train_on(layer, x, labels)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if s:

@@ -51,6 +51,11 @@ class Config:
     """Where the run directory goes."""
 
     @property
+    def labels(self) -> int | None:
+        """The top layer's label units (K), if it has them."""
+        return self.layers[-1].labels if self.layers else None
+
+    @property
     def sizes(self) -> list[int]:
         """Hidden sizes bottom to top; the visible size of layer 0 comes from the data."""
         return [layer.hidden for layer in self.layers]
@@ -61,6 +66,9 @@ class Config:
         p: list[str] = []
         for i, layer in enumerate(self.layers):
             p += layer.problems(i, self.layers[i - 1] if i > 0 else None)
+            if layer.labels is not None and i < len(self.layers) - 1:
+                p.append(f"layers.{i}.labels: label units belong to the top layer (layers."
+                         f"{len(self.layers) - 1}); move them there")
         p += self.data.problems()
         p += self.train.problems()
         if self.seed < 0:

@@ -64,6 +64,10 @@ class LayerConfig(RBMConfig):
     """Hidden units of this layer (its visible size is the previous layer's hidden size)."""
     visible: int | None = None
     """Optional: visible units, checked against the data's dimension or the layer below."""
+    labels: int | None = None
+    """Top layer only: K softmax label units joined to its visible units (the ``label`` kind,
+    Hinton, Osindero & Teh 2006); the data's labels, class indices in [0, K), travel with each
+    micro-batch, and ``pipedbn eval`` reports the test error of classifying by free energy."""
 
     def problems(self, i: int, below: LayerConfig | None) -> list[str]:
         """What is wrong with layer ``i`` (``below``: layer ``i - 1``, None for the first)."""
@@ -96,15 +100,32 @@ class LayerConfig(RBMConfig):
             p.append(f"{w}.sparsity_decay: must be in [0, 1), got {self.sparsity_decay}")
         p += positive(f"{w}.init_std", self.init_std)
         p += positive(f"{w}.pcd_chains", self.pcd_chains)
+        p += self.label_problems(w)
         if below is not None and self.visible is not None and self.visible != below.hidden:
             p.append(f"{w}.visible: {self.visible} does not chain with layers.{i - 1}.hidden = "
                      f"{below.hidden} (a layer's visible units are the hidden units "
                      "of the layer below)")
         return p
 
+    def label_problems(self, w: str) -> list[str]:
+        """``labels`` and ``kind: label`` go together, on binary features."""
+        if self.labels is None:
+            return [f"{w}.kind: a 'label' layer needs its number of classes: set {w}.labels "
+                    "(e.g. 10)"] if self.kind == "label" else []
+        p = []
+        if not 2 <= self.labels <= 2**16:
+            p.append(f"{w}.labels: the number of classes, from 2 to 65536, got {self.labels}")
+        if self.kind not in ("bernoulli", "label"):
+            p.append(f"{w}.labels: label units join binary features; {w}.kind is "
+                     f"{self.kind!r} (leave it out, or use 'label')")
+        return p
+
     def resolve_defaults(self, batch_size: int) -> None:
         """Fill the defaults that depend on other fields: the kind's lr, the method's momentum,
-        one persistent chain per sample of a micro-batch."""
+        one persistent chain per sample of a micro-batch; ``labels`` makes the layer a
+        ``label`` one."""
+        if self.labels is not None:
+            self.kind = "label"
         if self.lr is None:
             self.lr = registry.get(self.kind).default_lr
         if self.momentum is None:

@@ -15,6 +15,7 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from pipedbn.config import Config
 from pipedbn.data.binarize import stochastic_binarize
 from pipedbn.data.datasets import Source, open_source
 from pipedbn.data.idx_sources import OFFICIAL, open_official
+from pipedbn.data.labels import class_indices
 from pipedbn.errors import DataError
 
 _CHUNK = 8192
@@ -57,6 +59,9 @@ class Data:
     eval_samples: int = 1000
     """At most this many held-out samples in the start and end evaluations
     (``monitor.final_samples``; ``eval_rows``)."""
+    classes: np.ndarray | None = None
+    """The class index of every sample (``data/labels.py``) when the top layer has label
+    units; its micro-batches then carry their labels."""
     _perm_epoch: int = -1
     _perm: np.ndarray | None = None
 
@@ -157,6 +162,10 @@ class Data:
     def micro_batch(self, epoch: int, j: int) -> np.ndarray:
         return self.rows(self.batch_rows(epoch, j))
 
+    def micro_batch_labels(self, epoch: int, j: int) -> np.ndarray | None:
+        """The class indices of micro-batch (epoch, j); None without label units."""
+        return None if self.classes is None else self.classes[self.batch_rows(epoch, j)]
+
     def preprocessing(self) -> dict[str, torch.Tensor]:
         """How raw values become layer 0's input, as tensors (saved in the run directory)."""
         out = {"scale": torch.tensor(self.scale, dtype=torch.float64)}
@@ -256,6 +265,8 @@ def open_data(cfg: Config, unit_range: bool, values: bool = True) -> Data:
                         f"of {cfg.train.batch_size} with data.drop_last=true; lower "
                         "train.batch_size or set data.drop_last=false")
     data.unit_range = unit_range and not d.standardize
+    if cfg.labels is not None:
+        data.classes = class_indices(src, cfg.labels, f"layers.{len(cfg.layers) - 1}.labels")
     if values:
         measure(data, cfg, unit_range)
     return data
@@ -328,13 +339,15 @@ class Prefetcher:
         try:
             for m, epoch, j in positions:
                 x = torch.from_numpy(data.micro_batch(epoch, j)).to(dtype)
-                if not self._put((m, x)):
+                y = data.micro_batch_labels(epoch, j)
+                if not self._put((m, x) if y is None else (m, x, torch.from_numpy(y))):
                     return
             self._put(self._END)
         except BaseException as e:  # handed to the consumer, which raises it
             self._put(e)
 
-    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        """``(m, x)``, or ``(m, x, labels)`` when the data has ``classes``."""
         while True:
             try:
                 item = self._q.get(timeout=self._timeout)

@@ -4,6 +4,11 @@ The export is one safetensors file (loads without executing code):
 
 - ``layers.{i}.weight`` (n_visible, n_hidden), ``layers.{i}.visible_bias``,
   ``layers.{i}.hidden_bias`` for every layer i, bottom first;
+- a ``label`` top layer (``stages/label.py``) adds ``layers.{i}.label_weight`` (K, n_hidden) and
+  ``layers.{i}.label_bias`` (K); after up-down fine-tuning (``pipedbn/updown.py``) a layer
+  below the top may hold ``layers.{i}.generative_weight`` (n_visible, n_hidden), its top-down
+  weights, untied from the bottom-up ``weight`` (``hidden_bias`` is then the recognition
+  bias, ``visible_bias`` the generative one);
 - ``preprocess.mean`` / ``preprocess.std`` when the data was standardised;
 - metadata (strings): ``format``, ``kinds`` (JSON list), ``scale``, ``binarize``,
   ``stochastic_binarize`` (a seed, or empty) and ``config`` (the resolved YAML config of the
@@ -34,9 +39,12 @@ from pipedbn.errors import ModelError, UserError
 from pipedbn.model.rbm import PARAMETERS, RBM, free_energy
 from pipedbn.run.rundir import atomic_write, layer_state_path
 from stages import registry
+from stages.label import LABEL_PARAMETERS, label_free_energies
 
 FORMAT = "pipedbn-dbn/1"
 MODEL_FILE = "model.safetensors"
+GENERATIVE = "generative_weight"
+"""A layer's top-down weights once up-down fine-tuning has untied them (absent: ``weight``)."""
 
 
 def _kind(name: str) -> type[RBM]:
@@ -55,6 +63,26 @@ class Model:
         self.scale, self.binarize, self.mean, self.std = scale, binarize, mean, std
         self.config = config
         self.stochastic_seed = stochastic_seed
+
+    @property
+    def labels(self) -> int | None:
+        """The label units of the top layer (K), if it has them."""
+        top = self.params[-1].get("label_weight")
+        return None if top is None else int(top.shape[0])
+
+    @torch.no_grad()
+    def classify(self, x: Any) -> torch.Tensor:
+        """The class index of least free energy in the top RBM for each row of preprocessed
+        input ``x`` (the features of the layers below by their bottom-up probabilities)."""
+        if self.labels is None:
+            raise UserError("this model has no label units (give the top layer labels: K in "
+                            "the training config) so it cannot classify")
+        v = self._as_input(x)
+        if len(self.params) > 1:
+            v = self.transform(v, len(self.params) - 2)
+        top = self.params[-1]
+        return label_free_energies(v, top["weight"], top["hidden_bias"], top["label_weight"],
+                                   top["label_bias"]).argmin(1)
 
     @property
     def sizes(self) -> list[int]:
@@ -94,7 +122,8 @@ class Model:
         """Mean-field pass from the hidden units of layer ``below - 1`` to the data."""
         for i in range(below - 1, -1, -1):
             p = self.params[i]
-            h = _kind(self.kinds[i]).visible_link(torch.addmm(p["visible_bias"], h, p["weight"].T))
+            w = p.get(GENERATIVE, p["weight"])
+            h = _kind(self.kinds[i]).visible_link(torch.addmm(p["visible_bias"], h, w.T))
         return h
 
     @torch.no_grad()
@@ -151,7 +180,7 @@ class Model:
         """Write the export file (atomically)."""
         tensors: dict[str, torch.Tensor] = {}
         for i, p in enumerate(self.params):
-            for name in PARAMETERS:
+            for name in (*PARAMETERS, *(k for k in p if k not in PARAMETERS)):
                 tensors[f"layers.{i}.{name}"] = p[name].detach().cpu().contiguous()
         if self.mean is not None and self.std is not None:
             tensors["preprocess.mean"] = self.mean.cpu().contiguous()
@@ -226,28 +255,49 @@ def _seed(path: Path, field: str, value: Any, fix: str) -> int | None:
         raise _bad(path, field, f"{value!r} is not a whole number (a seed)", fix) from None
 
 
-def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: str
-            ) -> list[dict[str, torch.Tensor]]:
+def _tensor(path: Path, field: str, t: Any, dims: int, fix: str) -> torch.Tensor:
+    """A finite floating-point tensor of ``dims`` dimensions."""
+    if not isinstance(t, torch.Tensor):
+        raise _bad(path, field, "missing" if t is None else f"not a tensor ({type(t).__name__})",
+                   fix)
+    if not t.is_floating_point() or t.dim() != dims:
+        raise _bad(path, field, f"a {t.dtype} tensor of shape {tuple(t.shape)}, expected a "
+                   f"{dims}-D floating-point one", fix)
+    if not torch.isfinite(t).all():
+        raise _bad(path, field, "holds NaN or Inf", fix)
+    return t
+
+
+def _extras(kind: str, top: bool) -> tuple[list[str], list[str]]:
+    """(required, optional) tensors of a layer besides its PARAMETERS."""
+    return (list(LABEL_PARAMETERS) if kind == "label" else [],
+            [] if top else [GENERATIVE])
+
+
+def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: str,
+            kinds: list[str]) -> list[dict[str, torch.Tensor]]:
     """Each layer's weight (n_visible, n_hidden) and biases: floating, finite, of one dtype,
-    and chaining (layer i's hidden units are layer i+1's visible ones). ``where[i]``: the file
+    and chaining (layer i's hidden units are layer i+1's visible ones); a label layer's label
+    units, a fine-tuned layer's generative weights (``_extras``). ``where[i]``: the file
     that holds layer i and the prefix of its fields there, for the messages."""
     params: list[dict[str, torch.Tensor]] = []
     for i, raw in enumerate(layers):
         path, prefix = where[i]
-        p = {}
-        for name in PARAMETERS:
-            t = raw.get(name)
-            if not isinstance(t, torch.Tensor):
-                raise _bad(path, prefix + name, "missing" if t is None else
-                           f"not a tensor ({type(t).__name__})", fix)
-            if not t.is_floating_point() or t.dim() != (2 if name == "weight" else 1):
-                raise _bad(path, prefix + name, f"a {t.dtype} tensor of shape "
-                           f"{tuple(t.shape)}, expected a {'2' if name == 'weight' else '1'}-D "
-                           "floating-point one", fix)
-            if not torch.isfinite(t).all():
-                raise _bad(path, prefix + name, "holds NaN or Inf", fix)
-            p[name] = t
+        p = {name: _tensor(path, prefix + name, raw.get(name), 2 if name == "weight" else 1, fix)
+             for name in PARAMETERS}
         w = p["weight"]
+        required, optional = _extras(kinds[i], i == len(layers) - 1)
+        for name in [*required, *(k for k in optional if raw.get(k) is not None)]:
+            t = _tensor(path, prefix + name, raw.get(name), 1 if name == "label_bias" else 2, fix)
+            want = {"label_weight": (len(t), w.shape[1]), "label_bias": (len(t),),
+                    GENERATIVE: tuple(w.shape)}[name]
+            if tuple(t.shape) != want or t.dtype != w.dtype:
+                raise _bad(path, prefix + name, f"{t.dtype} {tuple(t.shape)}, but "
+                           f"{prefix}weight is {w.dtype} {tuple(w.shape)}", fix)
+            p[name] = t
+        if "label_bias" in p and len(p["label_bias"]) != len(p["label_weight"]):
+            raise _bad(path, prefix + "label_bias", f"{len(p['label_bias'])} labels, "
+                       f"{prefix}label_weight {len(p['label_weight'])}", fix)
         for name, size in (("visible_bias", w.shape[0]), ("hidden_bias", w.shape[1])):
             if p[name].shape[0] != size or p[name].dtype != w.dtype:
                 raise _bad(path, prefix + name, f"{p[name].dtype} of {p[name].shape[0]} units, "
@@ -306,15 +356,16 @@ def load(path: str | Path) -> Model:
     except ValueError:
         raise _bad(path, "metadata kinds", f"{meta['kinds'][:80]!r} is not JSON",
                    EXPORT_FIX) from None
-    expected = {f"layers.{i}.{name}" for i in range(len(kinds)) for name in PARAMETERS}
+    expected = {f"layers.{i}.{name}" for i, kind in enumerate(kinds)
+                for name in (*PARAMETERS, *sum(_extras(kind, i == len(kinds) - 1), []))}
     expected |= {"preprocess.mean", "preprocess.std"}
     extra = sorted(set(tensors) - expected)
     if extra:
         raise _bad(path, extra[0], f"not part of a {len(kinds)}-layer model (metadata kinds "
                    f"names {len(kinds)} layers)", EXPORT_FIX)
-    params = _layers([{name: tensors.get(f"layers.{i}.{name}") for name in PARAMETERS}
-                      for i in range(len(kinds))],
-                     [(path, f"layers.{i}.") for i in range(len(kinds))], EXPORT_FIX)
+    params = _layers([{k[len(f"layers.{i}."):]: t for k, t in tensors.items()
+                       if k.startswith(f"layers.{i}.")} for i in range(len(kinds))],
+                     [(path, f"layers.{i}.") for i in range(len(kinds))], EXPORT_FIX, kinds)
     binarize = meta.get("binarize", "")
     mean, std = _standardisation(path, tensors.get("preprocess.mean"),
                                  tensors.get("preprocess.std"), params[0]["weight"].shape[0],
@@ -382,7 +433,7 @@ def from_run(run_dir: str | Path, tag: str = "final") -> Model:
                             "missing): the run did not finish")
         states.append(_tensor_dict(path, "a layer state", fix))
         where.append((path, ""))
-    params = _layers(states, where, fix)
+    params = _layers(states, where, fix, kinds)
     pre = _preprocessing(run_dir, params[0]["weight"].shape[0])
     return Model(kinds, params, scale=pre["scale"], binarize=pre["binarize"], mean=pre["mean"],
                  std=pre["std"], config=config, stochastic_seed=pre["stochastic_seed"])

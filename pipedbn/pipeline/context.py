@@ -5,7 +5,7 @@
 - ``Role``: what the rank does in one *segment* of the stream (the stage and replica of a plan,
   from micro-batch ``begin`` to the end of the stream or to the next re-plan);
 - ``MicroBatch``: one micro-batch on its way up (its index, its rows, the held-out probe that
-  travels with it);
+  travels with it, its labels for a label top layer);
 - ``Ending``: how a segment's stream ended: the end of the stream, or a re-plan at ``at``.
 """
 
@@ -68,6 +68,8 @@ class MicroBatch:
     x: torch.Tensor
     probe: torch.Tensor | None = None
     """The held-out samples measured with ``m`` (``probe.py``), if it carries them."""
+    labels: torch.Tensor | None = None
+    """The class index of each row (int64), when the top layer has label units."""
 
     @property
     def rows(self) -> int:

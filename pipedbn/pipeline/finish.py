@@ -37,6 +37,7 @@ from pipedbn.pipeline.schedule import Schedule
 from pipedbn.pipeline.step import histograms
 from pipedbn.run.checkpoint import finalize
 from pipedbn.run.rundir import atomic_write, layer_state_path
+from stages.label import LabelRBM
 
 log = logging.getLogger("pipedbn")
 
@@ -62,6 +63,8 @@ class Opening:
     ref: torch.Tensor
     t0: float = 0.0
     """``perf_counter`` when the stream began."""
+    labels: torch.Tensor | None = None
+    """The class indices of ``held`` when the top layer has label units."""
 
 
 def open_run(cfg: Config, data: Data, schedule: Schedule, device: torch.device,
@@ -70,9 +73,10 @@ def open_run(cfg: Config, data: Data, schedule: Schedule, device: torch.device,
     first attempt already."""
     layers = make_layers(cfg, data, schedule, device)
     held, ref = monitor_data(data, device, dtype_of(cfg))
-    start = (record_eval(layers, held, ref, metrics, 0, tensorboard=False)
-             if start_at == 0 else evaluate(layers, held, ref))
-    return Opening(layers, start, held, ref)
+    labels = monitor_labels(data, device)
+    start = (record_eval(layers, held, ref, metrics, 0, tensorboard=False, labels=labels)
+             if start_at == 0 else evaluate(layers, held, ref, labels))
+    return Opening(layers, start, held, ref, labels=labels)
 
 
 @dataclass
@@ -105,7 +109,7 @@ def close_run(cfg: Config, data: Data, opening: Opening, closing: Closing, metri
     for i, row in enumerate(opening.start):  # TensorBoard's share, kept back until now
         for tag, value in row.items():
             metrics.tb_scalar(0, i, f"eval/{tag}", value)
-    end = record_eval(layers, opening.held, opening.ref, metrics, length)
+    end = record_eval(layers, opening.held, opening.ref, metrics, length, labels=opening.labels)
     result = Result(layers, opening.start, end, seconds, samples)
     metrics.scalar(length, -1, "throughput/end_to_end_samples_per_s", samples / seconds)
     try:
@@ -123,15 +127,18 @@ def close_run(cfg: Config, data: Data, opening: Opening, closing: Closing, metri
     return result
 
 
-def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None = None
-             ) -> list[dict[str, float]]:
+def evaluate(layers: list[RBM], x: torch.Tensor, reference: torch.Tensor | None = None,
+             labels: torch.Tensor | None = None) -> list[dict[str, float]]:
     """Per layer, on ``x`` propagated up with probabilities: reconstruction error, the
     pseudo-log-likelihood (binary units) and the free-energy gap mean F(x) - mean F(reference)
-    when a reference (training) sample is given."""
+    when a reference (training) sample is given; with ``labels`` (class indices of ``x``) a
+    label layer's ``test_error``, classifying each row by free energy."""
     out: list[dict[str, float]] = []
     with torch.no_grad():
         for layer in layers:
             row = {"recon_error": layer.reconstruction_error(x)}
+            if isinstance(layer, LabelRBM) and labels is not None and len(x):
+                row["test_error"] = float((layer.classify(x) != labels).float().mean())
             generator = probe_generator(0, layer.index, -1, x.device)
             pll = probe_layer(layer, x, None, generator)[0].get("pseudo_log_likelihood")
             if pll is not None:
@@ -178,9 +185,11 @@ def layer_warnings(cfg: Config, end: list[dict[str, float]], samples: int) -> li
 
 
 def record_eval(layers: list[RBM], held: torch.Tensor, ref: torch.Tensor, metrics: Metrics,
-                step: int, tensorboard: bool = True) -> list[dict[str, float]]:
-    """``evaluate`` and write its rows to ``metrics`` as ``eval/*`` at ``step``."""
-    rows = evaluate(layers, held, ref)
+                step: int, tensorboard: bool = True, labels: torch.Tensor | None = None
+                ) -> list[dict[str, float]]:
+    """``evaluate`` and write its rows to ``metrics`` as ``eval/*`` at ``step`` (a label
+    layer's test error as ``eval/test_error``)."""
+    rows = evaluate(layers, held, ref, labels)
     for i, row in enumerate(rows):
         metrics.scalars(step, i, row, "eval", tensorboard)
     return rows
@@ -229,6 +238,13 @@ def monitor_data(data: Data, device: torch.device, dtype: torch.dtype
     return held.to(device=device, dtype=dtype), ref.to(device=device, dtype=dtype)
 
 
+def monitor_labels(data: Data, device: torch.device) -> torch.Tensor | None:
+    """The class indices of ``monitor_data``'s held-out samples (None without label units)."""
+    if data.classes is None:
+        return None
+    return torch.from_numpy(data.classes[data.eval_rows(data.eval_samples)[0]]).to(device)
+
+
 def summary(cfg: Config, data: Data, result: Result) -> str:
     sizes = [data.features] + cfg.sizes
     lines = [f"{'layer':>5} {'kind':>9} {'size':>11} {'updates':>8} "
@@ -241,6 +257,12 @@ def summary(cfg: Config, data: Data, result: Result) -> str:
         )
     lines += [f"warning: {w}" for w in layer_warnings(
         cfg, result.end, len(data.eval_rows(data.eval_samples)[0]))]
+    if "test_error" in result.end[-1]:
+        lines.append(f"test error of the label units (least free energy): "
+                     f"{result.start[-1].get('test_error', float('nan')):.2%} at the start, "
+                     f"{result.end[-1]['test_error']:.2%} at the end, on "
+                     f"{len(data.eval_rows(data.eval_samples)[0])} "
+                     f"{'held-out' if len(data.held_rows) else 'training'} samples")
     rate = result.samples / result.seconds if result.seconds else float("nan")
     lines.append(f"{result.samples} samples through the pipeline in {result.seconds:.1f} s "
                  f"({rate:.0f} samples/s); reconstruction error on "

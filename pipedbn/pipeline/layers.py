@@ -11,6 +11,7 @@ from pipedbn.data.loader import Data
 from pipedbn.model.rbm import RBM, RBMSettings
 from pipedbn.pipeline.schedule import Schedule, build_schedule
 from stages import registry
+from stages.label import LabelRBM
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -31,12 +32,24 @@ def make_layer(cfg: Config, i: int, features: int, schedule: Schedule, device: t
     assert (i == 0) == (visible_mean is not None)
     sizes = [features] + cfg.sizes
     lc = cfg.layers[i]
+    extra = {"labels": lc.labels} if lc.labels else {}
     return registry.get(lc.kind)(
         sizes[i], sizes[i + 1], RBMSettings.of(lc), seed=cfg.seed, index=i,
         steps_per_epoch=schedule.batches_per_epoch, total_steps=schedule.steps(i),
         device=device, dtype=dtype_of(cfg),
         visible_mean=torch.from_numpy(visible_mean) if visible_mean is not None else None,
+        **extra,
     )
+
+
+def train_on(layer: RBM, x: torch.Tensor, labels: torch.Tensor | None, m: int = -1,
+             stats: dict[str, float] | None = None, replicas: int = 1) -> torch.Tensor:
+    """One update of ``layer`` on micro-batch ``m``: a label layer (``stages/label.py``) trains
+    on the features with their labels, every other kind on the features alone."""
+    if isinstance(layer, LabelRBM):
+        assert labels is not None, f"layer {layer.index}: a label layer needs the labels"
+        return layer.train_labelled(x, labels, m, stats, replicas)
+    return layer.train_step(x, m, stats, replicas)
 
 
 def make_layers(cfg: Config, data: Data, schedule: Schedule, device: torch.device) -> list[RBM]:

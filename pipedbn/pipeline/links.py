@@ -11,6 +11,11 @@ yet taken can always move, and the routing cannot deadlock.
 A link ends with END (the stream is over) or PLAN (the run re-plans at micro-batch ``m``: every
 micro-batch before it has been sent, none after it will be); a replica's input ends when every
 one of its links has ended the same way.
+
+With a label top layer every DATA message carries the micro-batch's labels as one more column
+after its features (class indices, exact in any float dtype up to 2^24, well above the 65,536
+classes ``layers.N.labels`` allows); ``Inbox`` splits them off again. Without labels the
+messages are as before.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ class Inbox:
     """A replica's input from the replicas of the stage below, in stream order."""
 
     def __init__(self, role: Role, ctx: RankContext, shape: tuple[int, int], timeout: float,
-                 on_beat: Callable[[], None] | None = None) -> None:
+                 on_beat: Callable[[], None] | None = None, labelled: bool = False) -> None:
         """``shape``: (rows, features) of a full micro-batch; ``timeout`` bounds every wait
-        but the first (``ctx.setup_timeout``); ``on_beat``: called on each heartbeat."""
+        but the first (``ctx.setup_timeout``); ``on_beat``: called on each heartbeat;
+        ``labelled``: the micro-batches carry labels (the module doc)."""
+        self.labelled = labelled
+        shape = (shape[0], shape[1] + labelled)
         below = role.plan.stages[role.stage - 1]
         self.upstream = below.replicas
         self.receivers: dict[int, Receiver] = {}
@@ -60,13 +68,15 @@ class Inbox:
             if got != m:
                 raise RuntimeError(f"received the probe of micro-batch {got}, expected {m}")
             assert x is not None
-            pieces.append(x.clone())  # the receive buffer is reused
+            pieces.append((x[:, :-1] if self.labelled else x).clone())  # the buffer is reused
             kind, got, x = receiver.get()
         probe = torch.cat(pieces) if pieces else None
         if kind == DATA:
             if got != m:  # the neighbour runs a different schedule: configs differ
                 raise RuntimeError(f"received micro-batch {got}, expected {m}")
             assert x is not None
+            if self.labelled:  # (a copy: the features alone, contiguous as unlabelled ones)
+                return MicroBatch(m, x[:, :-1].contiguous(), probe, x[:, -1].long())
             return MicroBatch(m, x, probe)
         self._ended(kind, got, first=m % self.upstream)
         return None
@@ -95,10 +105,12 @@ class Outbox:
     """A replica's output to the replicas of the stage above: ``m`` goes to replica ``m % r``."""
 
     def __init__(self, role: Role, ctx: RankContext, shape: tuple[int, int], window: int,
-                 timeout: float) -> None:
+                 timeout: float, labelled: bool = False) -> None:
         """``shape``: (rows, features) of a full micro-batch; at most ``window`` messages in
         flight per link, each wait bounded by ``timeout``; a heartbeat after a quarter of
-        ``ctx.timeout`` of quiet."""
+        ``ctx.timeout`` of quiet; ``labelled``: the micro-batches carry labels."""
+        self.labelled = labelled
+        shape = (shape[0], shape[1] + labelled)
         above = role.plan.stages[role.stage + 1]
         self.downstream = above.replicas
         self.senders: dict[int, Sender] = {}
@@ -112,11 +124,17 @@ class Outbox:
                     s.max_beats = 2
                 self.senders[j] = s
 
-    def send(self, m: int, x: torch.Tensor, probe: torch.Tensor | None = None) -> None:
+    def send(self, m: int, x: torch.Tensor, probe: torch.Tensor | None = None,
+             labels: torch.Tensor | None = None) -> None:
         sender = self.senders[m % self.downstream]
         if probe is not None:
+            if self.labelled:  # (a probe has no labels: its own column is 0)
+                probe = torch.cat([probe, probe.new_zeros(len(probe), 1)], 1)
             for piece in probe.split(sender.max_rows):
                 sender.send(m, piece, PROBE)
+        if self.labelled:
+            assert labels is not None, f"micro-batch {m} has lost its labels"
+            x = torch.cat([x, labels.to(x.dtype).unsqueeze(1)], 1)
         sender.send(m, x)
 
     def beat_if_quiet(self) -> None:

@@ -159,14 +159,15 @@ def run_stage(stage: Stage, source: Source, outbox: Outbox | None, hooks: Sequen
         else:
             interval.recv += t_got - t_wait
             stats.recv_wait_s += t_got - t_wait
-        batch = MicroBatch(m, taken.x.to(stage.device, non_blocking=True), taken.probe)
+        labels = taken.labels.to(stage.device) if taken.labels is not None else None
+        batch = MicroBatch(m, taken.x.to(stage.device, non_blocking=True), taken.probe, labels)
         rows = batch.rows
         batch, work = compute(batch, t_got)
         interval.compute += work.done - t_got
         stats.compute_s += work.done - t_got
         if outbox is not None:
             if schedule.top(m) > last:
-                outbox.send(m, batch.x, batch.probe)
+                outbox.send(m, batch.x, batch.probe, batch.labels)
                 interval.depth = max(interval.depth, outbox.in_flight)
             else:
                 outbox.beat_if_quiet()

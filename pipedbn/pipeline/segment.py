@@ -49,7 +49,8 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM]) -> Ending:
     send_timeout, recv_timeout = graded_timeouts(ctx.timeout, role.stage, len(plan.stages))
     first, last = stage.layers[0], stage.layers[-1]
     rows = cfg.train.batch_size
-    outbox = (Outbox(role, ctx, (rows, sizes[last + 1]), pl.window, send_timeout)
+    labelled = cfg.labels is not None  # each micro-batch carries its labels up (links.py)
+    outbox = (Outbox(role, ctx, (rows, sizes[last + 1]), pl.window, send_timeout, labelled)
               if role.stage + 1 < len(plan.stages) else None)
     saver = (Saver(run.setup.run_dir, cfg, schedule, role.begin, finalizer=ctx.rank == 0)
              if role.replica == 0 else None)
@@ -81,7 +82,8 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM]) -> Ending:
             hooks.append(ReplanChecks(_decider(run, role), role, b.check_every, last_check))
     else:
         source = Inbox(role, ctx, (rows, sizes[first]), recv_timeout,
-                       on_beat=outbox.beat_if_quiet if outbox is not None else None)
+                       on_beat=outbox.beat_if_quiet if outbox is not None else None,
+                       labelled=labelled)
     hooks.append(ShowProgress(run.progress, role, single=run.kv is None))
     if replan:
         hooks.append(Reports(Reporter(run.kv, ctx.rank, role.segment), b.check_every))

@@ -4,6 +4,7 @@ with the held-out probe attached to those that carry one (``probe.py``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -17,15 +18,15 @@ class DataSource:
     def __init__(self, reader: Prefetcher, probe: torch.Tensor | None,
                  is_probe: Callable[[int], bool], stage: int) -> None:
         self.reader, self.probe, self.is_probe, self.stage = reader, probe, is_probe, stage
-        self._reads: Iterator[tuple[int, torch.Tensor]] = iter(reader)
+        self._reads: Iterator[tuple[Any, ...]] = iter(reader)
         self.ending = STREAM_END
 
     def take(self, m: int) -> MicroBatch:
-        got, x = next(self._reads)
+        got, x, *labels = next(self._reads)
         if got != m:
             raise RuntimeError(f"stage {self.stage}: read micro-batch {got}, expected {m}")
         probe = self.probe if self.probe is not None and self.is_probe(m) else None
-        return MicroBatch(m, x, probe)
+        return MicroBatch(m, x, probe, labels[0] if labels else None)
 
     def finish(self) -> Ending:
         return STREAM_END

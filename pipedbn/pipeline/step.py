@@ -2,6 +2,7 @@
 
     for each layer of the stage, up to the highest layer that trains on m (``Schedule.top``):
         x = layer.train_step(x)  if the layer trains on m   # one CD-k/PCD-k update
+                                                            # (a label layer: with m's labels)
             layer.forward(x)     otherwise                  # frozen
         every check_every updates: every parameter of the layer is finite
 
@@ -19,6 +20,7 @@ from pipedbn.model.rbm import RBM
 from pipedbn.observe.monitor import Metrics
 from pipedbn.observe.probe import image_shape, layer0_images, probe_generator, probe_layer
 from pipedbn.pipeline.context import MicroBatch
+from pipedbn.pipeline.layers import train_on
 from pipedbn.pipeline.schedule import Schedule
 
 
@@ -67,11 +69,11 @@ def layer_step(layer: RBM, batch: MicroBatch, schedule: Schedule, watch: Watch,
                     for tag, img in layer0_images(layer, held_in, shape, generator).items():
                         metrics.image(m, 0, tag, img)
     if not trains:
-        return MicroBatch(m, layer.forward(x, m), probe)
+        return MicroBatch(m, layer.forward(x, m), probe, batch.labels)
     layer.step = m - schedule.starts[i]  # the same count on a replica that saw only some
     record = watch.enabled and metrics.due(("scalars", i), layer.step, watch.scalars_every)
     stats: dict[str, float] | None = {} if record else None
-    y = layer.train_step(x, m, stats, replicas)
+    y = train_on(layer, x, batch.labels, m, stats, replicas)
     if stats:
         with metrics.timed():
             stats["weight_norm"] = float(layer.weight.norm())
@@ -82,7 +84,7 @@ def layer_step(layer: RBM, batch: MicroBatch, schedule: Schedule, watch: Watch,
             histograms(metrics, m, layer)
     if layer.step % watch.check_every == 0 or layer.step == schedule.steps(i):
         layer.check_parameters(m)
-    return MicroBatch(m, y, probe)
+    return MicroBatch(m, y, probe, batch.labels)
 
 
 def histograms(metrics: Metrics, step: int, layer: RBM) -> None:
