@@ -1,6 +1,8 @@
 """What a trained DBN learned: ``pipedbn eval RUN_DIR`` (or an exported ``.safetensors`` file).
 
-Per layer, on the held-out split propagated up with probabilities: the reconstruction error,
+With a ``label`` top layer, also the test error of classifying each held-out row by the label
+of least free energy (``Model.classify``). Per layer, on the held-out split propagated up with
+probabilities: the reconstruction error,
 the free-energy gap (held-out vs a training sample of equal size), the pseudo-log-likelihood
 (binary visible units), the log-likelihood of the layer's input under the layer's RBM (exact by
 enumeration when the smaller side has at most ``exact_max`` units; for layer 0 otherwise
@@ -224,7 +226,11 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
             pll = pseudo_log_likelihood(kind, x, w, vb, hb, opts.seed)
             row["pseudo_log_likelihood"] = float(pll.mean())
         # bernoulli: enumerate the smaller side; gaussian: the hidden side only
-        if (min(w.shape) if kind_name == "bernoulli" else w.shape[1]) <= opts.exact_max:
+        if kind_name == "label":
+            notes.append(f"layer {i} (label units): log-likelihood not available (exact and "
+                         "AIS estimates are implemented for bernoulli and gaussian layers); "
+                         "its test error is the classification figure")
+        elif (min(w.shape) if kind_name == "bernoulli" else w.shape[1]) <= opts.exact_max:
             log_z = float(log_partition(w, vb, hb, kind_name))
             row["log_z"], row["log_likelihood_method"] = log_z, "exact"
             row["log_likelihood"] = float(-f_held.double().mean()) - log_z
@@ -251,6 +257,12 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
                                                  ph.float().numpy(), held_labels, opts.seed)
         out["layers"].append(row)
         x, ref = ph, torch.addmm(hb, ref, w).sigmoid()
+    if dbn.labels is not None:
+        if held_labels is None:
+            notes.append("test error not measured: no labels or no held-out split")
+        else:
+            wrong = dbn.classify(held) != torch.as_tensor(np.asarray(held_labels))
+            out["test_error"] = float(wrong.double().mean())
     return out
 
 
@@ -292,6 +304,9 @@ def table(result: dict[str, Any]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
     lines.append("-" * len(lines[0]))
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    if "test_error" in result:
+        lines.append(f"test error (label units, least free energy): {result['test_error']:.2%} "
+                     f"on {result['held_out_rows']} held-out rows")
     lines += [f"note: {n}" for n in result["notes"]]
     return "\n".join(lines)
 
