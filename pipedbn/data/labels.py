@@ -25,7 +25,7 @@ def class_indices(src: Source, classes: int, field: str) -> np.ndarray:
         np.flatnonzero(np.mod(y, 1) != 0)
     if len(bad) or not whole:
         i = int(bad[0])
-        raise DataError(f"data: label {y[i]!r} of sample {i} ({src.description}) is not a "
+        raise DataError(f"data: label {y[i].item()!r} of sample {i} ({src.description}) is not a "
                         f"class index in [0, {classes}) for {where}: make the labels whole "
                         f"numbers 0..{classes - 1}, or set the top layer's labels to the "
                         "number of classes")
