@@ -214,7 +214,7 @@ def test_label_pipeline_equals_the_reference_and_resumes_exactly(tmp_path: Path)
 @pytest.mark.slow
 def test_cli_updown_then_eval_reports_the_test_error(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = cli("train", TINY, f"run.dir={run}", *LABELS, "rbm.epochs=6", "--nproc", "1", "-q")
+    proc = cli("train", TINY, f"run.dir={run}", *LABELS, "rbm.epochs=10", "--nproc", "1", "-q")
     assert proc.returncode == 0, proc.stderr
     proc = cli("finetune", str(run), "--method", "up-down", "--epochs", "2", "-q")
     assert proc.returncode == 0, proc.stderr
