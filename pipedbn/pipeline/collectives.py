@@ -15,9 +15,13 @@ one per replica. Every step has one source of each value (the ring's reduce-scat
 chunk one owner, the leader's broadcast one value per node), so every replica ends with the same
 bits, and the result depends only on the group and the bucket: a run is deterministic.
 
-The groups use the stage's backend (gloo on CPU, NCCL on CUDA) and wait at most ``timeout``
-(``pipeline.timeout``): a collective that a lost or hung replica never finishes raises, and
-``lost_replica`` works out which replica it was.
+The groups use the run's backend (gloo on CPU, NCCL on CUDA). A round waits at most three
+quarters of ``pipeline.timeout``: a collective that a lost or hung replica never finishes raises,
+and ``lost_replica`` works out which replica it was within a fifth of it (5 s at most), so every
+replica stops within ``pipeline.timeout``, naming it. For bitwise-reproducible runs on NCCL set
+``NCCL_ALGO=Ring``, ``NCCL_PROTO=Simple`` and ``NCCL_NVLS_ENABLE=0`` (NCCL otherwise picks its
+algorithm by size and topology, and tree or NVLink-SHARP reductions add in another order); this
+path is untested here (no GPU).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -102,31 +108,29 @@ def destroy_groups(groups: dict[int, StageGroups]) -> None:
 
 
 def sum_round(bucket: torch.Tensor, groups: StageGroups, timeout: float, what: str) -> int:
-    """Replace ``bucket`` by its sum over the stage's replicas (in place; blocks); returns how
-    many collectives this rank handed the bucket to. A failure raises ``LinkError`` naming the
-    group, to be narrowed down by ``lost_replica``."""
-    try:
-        if not groups.hierarchical:
-            _wait(dist.all_reduce(bucket, group=groups.flat, async_op=True), timeout, what, -1)
-            return 1
-        calls = 0
-        if groups.node is not None:
-            _wait(dist.reduce(bucket, groups.leader, group=groups.node, async_op=True),
-                  timeout, what, -1)
-            calls += 1
-        if groups.leaders is not None:
-            _wait(dist.all_reduce(bucket, group=groups.leaders, async_op=True), timeout,
-                  what, -1)
-            calls += 1
-        if groups.node is not None:
-            _wait(dist.broadcast(bucket, groups.leader, group=groups.node, async_op=True),
-                  timeout, what, -1)
-            calls += 1
-        return calls
-    except LinkError:
-        raise
-    except Exception as e:  # a peer already gone when the collective is posted
-        raise LinkError(f"{what}: {_reason(e)}", -1) from None
+    """Replace ``bucket`` by its sum over the stage's replicas (in place; blocks at most
+    ``timeout`` seconds in all); returns how many collectives this rank handed the bucket to.
+    A failure raises ``LinkError`` naming no peer yet (``lost_replica`` finds it)."""
+    deadline = time.monotonic() + timeout
+    g = groups
+    steps: list[tuple[Callable[..., Any], dict[str, Any]]]
+    if not g.hierarchical:
+        steps = [(dist.all_reduce, {"group": g.flat})]
+    else:
+        steps = []
+        if g.node is not None:
+            steps.append((dist.reduce, {"dst": g.leader, "group": g.node}))
+        if g.leaders is not None:
+            steps.append((dist.all_reduce, {"group": g.leaders}))
+        if g.node is not None:
+            steps.append((dist.broadcast, {"src": g.leader, "group": g.node}))
+    for op, kwargs in steps:
+        try:
+            work = op(bucket, async_op=True, **kwargs)
+        except Exception as e:  # a peer already gone when the collective is posted
+            raise LinkError(f"{what}: {_reason(e)}", -1) from None
+        _wait(work, max(0.001, deadline - time.monotonic()), what, -1)
+    return len(steps)
 
 
 def broadcast_first(bucket: torch.Tensor, groups: StageGroups, timeout: float, what: str

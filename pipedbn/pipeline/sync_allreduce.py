@@ -34,6 +34,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
+import torch.distributed as dist
 
 from pipedbn.config import BalancerConfig
 from pipedbn.model.rbm import RBM
@@ -43,18 +44,22 @@ from pipedbn.pipeline.replicas import Rounds
 from pipedbn.pipeline.transport import LinkError
 
 _Round = tuple[torch.Tensor, "Future[None] | None"]
+ROUND_SHARE, GRACE_SHARE = 0.75, 0.2
+"""Of ``pipeline.timeout``: the most a round waits, and the post-mortem after a failed one."""
 
 
 class AllReduceSync(Rounds):
     def __init__(self, layers: list[RBM], groups: StageGroups, replica: int,
                  cfg: BalancerConfig, boundaries: list[int], timeout: float, name: str,
                  metrics: Metrics, cuts: set[int] | None = None, seed: int = 0,
-                 tb_every: int = 1, kv: object = None, key: str = "") -> None:
+                 tb_every: int = 1, kv: dist.Store | None = None, key: str = "") -> None:
         """``kv`` and ``key``: the store, and a key of this group's own, for naming a lost
         replica after a failed round (``collectives.lost_replica``)."""
         super().__init__(layers, replica, boundaries, name, metrics, cuts, seed, tb_every,
                          cfg.check_replicas)
-        self.groups, self.timeout, self.kv, self.key = groups, timeout, kv, key
+        self.groups, self.kv, self.key = groups, kv, key
+        self.timeout = ROUND_SHARE * timeout  # the post-mortem fits in the rest
+        self.grace = min(5.0, GRACE_SHARE * timeout)
         self.delayed = cfg.sync == "bsp_delayed"
         self.synced = self.bucket.flat()  # G
         self.base = self.synced.clone()  # B: what W is accounted up to
@@ -167,8 +172,7 @@ class AllReduceSync(Rounds):
     def _named(self, e: LinkError) -> LinkError:
         """The failure, naming the replica that never answered."""
         ranks = self.groups.ranks
-        grace = min(5.0, self.timeout / 4)
-        lost = lost_replica(self.kv, self.key, self.replica, ranks, grace)  # type: ignore[arg-type]
+        lost = lost_replica(self.kv, self.key, self.replica, ranks, self.grace)
         if lost is None:
             lost = 1 if self.replica == 0 else 0
             return LinkError(f"{e} (replica {lost}, rank {ranks[lost]})", ranks[lost],
