@@ -69,6 +69,37 @@ class StageGroups:
         return self.leader >= 0
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The groups of one replicated stage, in the order every rank makes them."""
+
+    stage: int
+    ranks: tuple[int, ...]
+    nodes: tuple[tuple[int, ...], ...] = ()
+    """Per node with two or more of its replicas, those ranks (when the stage spans nodes)."""
+    leaders: tuple[int, ...] = ()
+    """Each node's first replica (when the stage spans nodes)."""
+
+
+def layouts(plan: Plan, nodes: list[str]) -> list[Layout]:
+    """Every replicated stage's groups (``nodes``: the node of every rank): a pure function of
+    the plan and the nodes, so every rank makes the same groups in the same order."""
+    out = []
+    for s, stage in enumerate(plan.stages):
+        if stage.replicas < 2:
+            continue
+        by_node: dict[str, list[int]] = {}
+        for r in stage.ranks:
+            by_node.setdefault(nodes[r], []).append(r)
+        if len(by_node) == 1:
+            out.append(Layout(s, stage.ranks))
+            continue
+        members = sorted(tuple(m) for m in by_node.values())
+        out.append(Layout(s, stage.ranks, tuple(m for m in members if len(m) > 1),
+                          tuple(m[0] for m in members)))
+    return out
+
+
 def make_groups(plan: Plan, nodes: list[str], timeout: float, backend: str | None = None
                 ) -> dict[int, StageGroups]:
     """Every replicated stage's groups (collective over the world: every rank calls it with
@@ -76,27 +107,20 @@ def make_groups(plan: Plan, nodes: list[str], timeout: float, backend: str | Non
     me = dist.get_rank()
     wait = timedelta(seconds=timeout)
     mine: dict[int, StageGroups] = {}
-    for s, stage in enumerate(plan.stages):
-        if stage.replicas < 2:
-            continue
-        flat = dist.new_group(list(stage.ranks), timeout=wait, backend=backend)
-        by_node: dict[str, list[int]] = {}
-        for r in stage.ranks:
-            by_node.setdefault(nodes[r], []).append(r)
-        groups = StageGroups(stage.ranks, flat) if me in stage.ranks else None
-        if len(by_node) > 1:
-            for members in sorted(by_node.values()):
-                if len(members) > 1:
-                    g = dist.new_group(members, timeout=wait, backend=backend)
-                    if groups is not None and me in members:
-                        groups.node = g
-            heads = sorted(m[0] for m in by_node.values())
-            lead = dist.new_group(heads, timeout=wait, backend=backend)
-            if groups is not None:
-                groups.leader = by_node[nodes[me]][0]
-                groups.leaders = lead if me in heads else None
-        if groups is not None:
-            mine[s] = groups
+    for lay in layouts(plan, nodes):
+        flat = dist.new_group(list(lay.ranks), timeout=wait, backend=backend)
+        groups = StageGroups(lay.ranks, flat)
+        for members in lay.nodes:
+            g = dist.new_group(list(members), timeout=wait, backend=backend)
+            if me in members:
+                groups.node = g
+        if lay.leaders:
+            lead = dist.new_group(list(lay.leaders), timeout=wait, backend=backend)
+            if me in lay.ranks:
+                groups.leader = next(r for r in lay.leaders if nodes[r] == nodes[me])
+                groups.leaders = lead if me in lay.leaders else None
+        if me in lay.ranks:
+            mine[lay.stage] = groups
     return mine
 
 
