@@ -90,7 +90,8 @@ def test_a_straggler_makes_the_balancer_replan_and_the_model_stays_sound(tmp_pat
     run, ref = tmp_path / "run", tmp_path / "ref"
     common = ["rbm.epochs=6", "balancer.check_every=20", "balancer.max_replicas=2"]
     train(run, *common, "--nproc", "4", "balancer.plan=0|1|2", "balancer.replan=true",
-          "straggler.layer=2", "straggler.sleep_s=0.02", "straggler.after=60")
+          "straggler.layer=2", "straggler.sleep_s=0.02", "straggler.after=60",
+          "balancer.check_replicas=true")
     train(ref, *common, "balancer.plan=0|1|2")
     recs = records(run)
     replans = [r["data"] for r in recs if r["tag"] == "balancer/replan"]
@@ -104,6 +105,12 @@ def test_a_straggler_makes_the_balancer_replan_and_the_model_stays_sound(tmp_pat
     stages = json.loads((run / "stages.json").read_text())
     owners = {s["rank"]: s["layers"] for s in stages}
     assert sum(2 in layers for layers in owners.values()) >= 2  # layer 2 is replicated now
+    # the new plan's groups keep its replicas bit-identical after every tick
+    crcs: dict[int, set[float]] = {}
+    for r in recs:
+        if r["tag"] == "replica/crc32" and r["layer"] == 2:
+            crcs.setdefault(r["step"], set()).add(r["value"])
+    assert crcs and all(len(v) == 1 for v in crcs.values()), crcs
     for s in states(run):
         assert all(torch.isfinite(t).all() for t in s.values() if t.is_floating_point())
     got, want = final_recon(run), final_recon(ref)

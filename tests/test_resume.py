@@ -95,6 +95,24 @@ def test_distributed_resume_is_exact(tmp_path: Path, overrides: list[str], nproc
         assert_same(tmp_path / "full", tmp_path / "reference")
 
 
+def test_replicas_resumed_on_another_world_size_agree_and_repeat(tmp_path: Path) -> None:
+    # 2 replicas of layer 1 on 4 ranks, resumed as 3 replicas on 5: new groups, a new sum
+    # order; every tick after the checkpoint bit-identical on the 3, and the resume repeatable
+    first = ["balancer.check_replicas=true"]
+    train(tmp_path / "full", *first, "balancer.plan=0|1x2|2", nproc=4)
+    for name in ("a", "b"):
+        cut_back(tmp_path / "full", tmp_path / name, 40)
+        proc = resume(tmp_path / name, *first, "balancer.plan=0|1x3|2", nproc=5)
+        assert proc.returncode == 0, proc.stderr
+    assert_same(tmp_path / "a", tmp_path / "b")
+    crcs: dict[int, set[float]] = {}
+    for line in (tmp_path / "a" / "metrics.jsonl").open():
+        r = json.loads(line)
+        if r["tag"] == "replica/crc32" and r["step"] > 40:
+            crcs.setdefault(r["step"], set()).add(r["value"])
+    assert crcs and all(len(v) == 1 for v in crcs.values()), crcs
+
+
 def test_sigkill_under_torchrun_restarts_and_ends_equal(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     overrides = ["balancer.max_replicas=1", "checkpoint.every=10", "rbm.epochs=6"]

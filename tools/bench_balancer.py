@@ -102,6 +102,34 @@ def replan_run(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+SYNCS = {"all-reduce (bsp)": ["balancer.sync=bsp"],
+         "all-reduce, delayed (bsp_delayed)": ["balancer.sync=bsp_delayed"],
+         "point to point (ssp, staleness 0)": ["balancer.sync=ssp", "balancer.staleness=0"]}
+"""The replica syncs compared side by side; ``ssp`` with staleness 0 is BSP on point-to-point
+messages, the all-to-all ``bsp`` was before it became one all-reduce."""
+
+
+def sync_compare(tmp: Path, ranks: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every layer on all ``n`` ranks (``0-3xn``: pure data parallelism, so each tick syncs
+    the whole model), each sync of ``SYNCS``: samples/s, and per replica per tick the
+    messages and bytes the engine handed to its sends or collectives (``stages.json``)."""
+    rows: list[dict[str, Any]] = []
+    for n in ranks:
+        for label, extra in SYNCS.items():
+            r = train(tmp / f"sync-{n}-{len(rows)}", n, args, f"balancer.plan=0-3x{n}", *extra)
+            r.pop("metrics")
+            reps = [s for s in r.pop("stages") if s["sync_ticks"]]
+            ticks = statistics.mean(s["sync_ticks"] for s in reps)
+            rows.append({"ranks": n, "sync": label, "command": r["command"],
+                         "samples_per_s": r["samples_per_s"], "ticks": ticks,
+                         "messages_per_tick": statistics.mean(
+                             s["sync_messages"] / s["sync_ticks"] for s in reps),
+                         "bytes_per_tick": statistics.mean(
+                             s["sync_bytes"] / s["sync_ticks"] for s in reps)})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def run(ranks: list[int], epochs: float = 12, sleep: float = 0.02, onset: int = 100
         ) -> dict[str, Any]:
     """Every measurement of this tool, in one go; the results as a dict."""
@@ -139,6 +167,7 @@ def run(ranks: list[int], epochs: float = 12, sleep: float = 0.02, onset: int = 
             variants.append({"ranks": n, "spec": spec, "sync": label,
                              "ideal_samples_per_s": batch * n / sum(costs), **r})
         results["sync_variants"] = variants
+        results["sync"] = sync_compare(tmp, [2, 3, 5], args)
         results["replan"] = replan_run(tmp, max(ranks), args)
     return results
 
@@ -150,10 +179,34 @@ def main() -> None:
     ap.add_argument("--sleep", type=float, default=0.02)
     ap.add_argument("--onset", type=int, default=100)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--sync-ranks", type=int, nargs="+", default=[2, 3, 5],
+                    help="world sizes of the side-by-side sync comparison")
+    ap.add_argument("--only-sync", action="store_true",
+                    help="run only the sync comparison (results to bench_sync.json)")
     args = ap.parse_args()
+    if args.only_sync:
+        with tempfile.TemporaryDirectory() as d:
+            rows = sync_compare(Path(d), args.sync_ranks, args)
+        result = {"date": str(date.today()), "args": vars(args), "sync": rows,
+                  "machine": f"{os.cpu_count()} cores, torch {torch.__version__}"}
+        publish(result, ROOT / "tools" / "out" / "bench_sync.json", sync_report(result), None)
+        return
     results = run(args.ranks, args.epochs, args.sleep, args.onset)
     publish(results, ROOT / "tools" / "out" / "bench_balancer.json", report(results),
             "bench_balancer" if args.write_docs else None)
+
+
+def sync_report(r: dict[str, Any]) -> str:
+    a = argparse.Namespace(**r["args"])
+    lines = [f"Measured {r['date']} on {r['machine']}, one thread per process: "
+             f"`python -m tools.bench_balancer --only-sync --sync-ranks "
+             f"{' '.join(map(str, a.sync_ranks))} --epochs {a.epochs:g} --sleep {a.sleep:g}`.",
+             "", "| ranks | sync | samples/s | messages per replica per tick "
+             "| bytes per replica per tick |", "|---|---|---|---|---|"]
+    for row in r["sync"]:
+        lines.append(f"| {row['ranks']} | {row['sync']} | {row['samples_per_s']:,.0f} | "
+                     f"{row['messages_per_tick']:.2f} | {row['bytes_per_tick']:,.0f} |")
+    return "\n".join(lines)
 
 
 def report(r: dict[str, Any]) -> str:
@@ -192,6 +245,10 @@ def report(r: dict[str, Any]) -> str:
             lines.append(f"| {v['ranks']} | `{v['spec']}` | {v['sync']} | "
                          f"{v['samples_per_s']:,.0f} | {v['ideal_samples_per_s']:,.0f} | "
                          f"{v['samples_per_s'] / v['ideal_samples_per_s']:.2f} |")
+    if r.get("sync"):
+        lines += ["", "Replica syncs side by side (every layer on every rank):", "",
+                  *sync_report({**r, "args": {**r["args"], "sync_ranks": [2, 3, 5]}}
+                               ).splitlines()[2:]]
     rp = r["replan"]
     lines.append("")
     if rp.get("replanned"):

@@ -30,9 +30,12 @@ class BalancerConfig:
     stale weights (a replica misses its peers' latest updates), which lowers the largest
     learning rate a layer tolerates (docs/balancer.md), so they are an explicit choice. An
     explicit ``plan`` is taken as written."""
-    sync: Literal["bsp", "ssp", "adaptive"] = "bsp"
-    """How replicas of a layer combine their updates: ``bsp`` (all wait, then apply every
-    replica's update in replica order: deterministic), ``ssp`` (apply updates as they come; a
+    sync: Literal["bsp", "bsp_delayed", "ssp", "adaptive"] = "bsp"
+    """How replicas of a layer combine their updates: ``bsp`` (one sum all-reduce of every
+    replica's update per sync on the stage's own process group: replicas bit-identical after
+    each sync, deterministic), ``bsp_delayed`` (the same all-reduce started in the background
+    and applied at the next sync: peers' updates one sync late, the transfer hidden behind the
+    next micro-batches, deterministic), ``ssp`` (apply updates as they come; a
     replica waits only when it is more than ``staleness`` syncs ahead of another), ``adaptive``
     (SSP whose staleness follows the replicas' measured speeds, with a full barrier once the
     slowest replica has done ``barrier_every`` micro-batches)."""
@@ -65,6 +68,10 @@ class BalancerConfig:
     memory_mb: float | None = None
     """Memory one rank may use for its layers, in MiB (default: no limit); the planner groups
     and places layers within it."""
+    check_replicas: bool = False
+    """Record a CRC-32 of each replica's parameters after every sync (``replica/crc32`` in
+    ``metrics.jsonl``), to check that BSP replicas stay bit-identical; one pass over the
+    parameters per sync."""
 
     def problems(self, layers: int) -> list[str]:
         """``layers``: how many layers an explicit plan must cover."""

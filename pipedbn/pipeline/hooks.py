@@ -23,7 +23,7 @@ from pipedbn.balancer.runtime import Reporter
 from pipedbn.model.rbm import RBM
 from pipedbn.observe.progress import Progress
 from pipedbn.pipeline.context import MicroBatch, Role
-from pipedbn.pipeline.replicas import ReplicaSync
+from pipedbn.pipeline.replicas import Rounds
 from pipedbn.pipeline.step import Work
 from pipedbn.run.checkpoint import Saver
 
@@ -61,7 +61,7 @@ class ReplicaTicks(Hook):
     """A replicated stage's sync rounds (``replicas.py``); the first replica saves the stage's
     part of a checkpoint once the replicas have exchanged every update before it."""
 
-    def __init__(self, sync: ReplicaSync, layers: list[RBM], saver: Saver | None) -> None:
+    def __init__(self, sync: Rounds, layers: list[RBM], saver: Saver | None) -> None:
         self.sync, self.layers, self.saver = sync, layers, saver
 
     def next_point(self) -> float:

@@ -77,6 +77,12 @@ class StageStats:
     segments: list[int] = field(default_factory=list)
     max_in_flight: int = 0
     """Most micro-batches this stage had sent that its successor had not yet taken."""
+    sync_ticks: int = 0
+    """Replica sync ticks (rounds) this rank took part in."""
+    sync_messages: int = 0
+    """Messages this rank handed out for them: point-to-point sends, or collectives."""
+    sync_bytes: int = 0
+    """Bytes of the tensors it handed to those sends or collectives."""
 
     @property
     def busy_frac(self) -> float:

@@ -9,6 +9,7 @@ from pipedbn.balancer.runtime import Coordinator, Reporter, get, put
 from pipedbn.data.loader import Prefetcher
 from pipedbn.data.prepare import run_data
 from pipedbn.model.rbm import RBM
+from pipedbn.pipeline.collectives import StageGroups
 from pipedbn.pipeline.context import Ending, Role
 from pipedbn.pipeline.hooks import (
     Checkpoints,
@@ -20,10 +21,12 @@ from pipedbn.pipeline.hooks import (
 )
 from pipedbn.pipeline.links import Inbox, Outbox
 from pipedbn.pipeline.rank import RankRun
-from pipedbn.pipeline.replicas import ReplicaSync, round_boundaries
+from pipedbn.pipeline.replicas import Rounds, round_boundaries
 from pipedbn.pipeline.runner import Source, Stage, run_stage
 from pipedbn.pipeline.source import DataSource, held_probe
 from pipedbn.pipeline.step import Compute, Straggler, Watch
+from pipedbn.pipeline.sync_allreduce import AllReduceSync
+from pipedbn.pipeline.sync_p2p import PeerSync
 from pipedbn.run.checkpoint import Saver, boundaries
 
 
@@ -38,9 +41,10 @@ def graded_timeouts(timeout: float, rank: int, world: int) -> tuple[float, float
     return timeout * (1 + send_hops / 4), timeout * (1 + recv_hops / 4)
 
 
-def run_segment(run: RankRun, role: Role, held: dict[int, RBM]) -> Ending:
+def run_segment(run: RankRun, role: Role, held: dict[int, RBM],
+                groups: dict[int, StageGroups] | None = None) -> Ending:
     """This rank's stage of ``role.plan`` from ``role.begin`` until the stream ends or the run
-    re-plans."""
+    re-plans; ``groups``: the replicated stages' process groups (``collectives.make_groups``)."""
     cfg, ctx, schedule = run.cfg, run.ctx, run.schedule
     plan, stage = role.plan, role.plan.stages[role.stage]
     layers = [held[i] for i in stage.layers]
@@ -61,8 +65,15 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM]) -> Ending:
                    if any(schedule.trains(i, m) for i in stage.layers)]
         cuts = [c for c in boundaries(cfg.checkpoint.every, schedule.length) if c > role.begin]
         ticks, cut_set = round_boundaries(trained, b.sync_every * stage.replicas, cuts)
-        sync = ReplicaSync(layers, stage.ranks, role.replica, b, ticks, ctx.timeout, role.name,
-                           run.metrics, cut_set, cfg.seed, tb_every=cfg.monitor.scalars_every)
+        sync: Rounds
+        if groups is not None and role.stage in groups:
+            sync = AllReduceSync(layers, groups[role.stage], role.replica, b, ticks,
+                                 ctx.timeout, role.name, run.metrics, cut_set, cfg.seed,
+                                 cfg.monitor.scalars_every, run.kv,
+                                 f"sync-lost/{role.segment}/{role.stage}")
+        else:
+            sync = PeerSync(layers, stage.ranks, role.replica, b, ticks, ctx.timeout, role.name,
+                            run.metrics, cut_set, cfg.seed, tb_every=cfg.monitor.scalars_every)
         hooks.append(ReplicaTicks(sync, layers, saver))
     watch = Watch.of(cfg)
     source: Source
@@ -95,8 +106,13 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM]) -> Ending:
     record_every = cfg.monitor.scalars_every if cfg.monitor.enabled else None
     run.stats.segments.append(role.segment)
     try:
-        return run_stage(Stage(role, compute, ctx.device, run.stats, record_every), source,
-                         outbox, hooks)
+        end = run_stage(Stage(role, compute, ctx.device, run.stats, record_every), source,
+                        outbox, hooks)
+        if stage.replicas > 1:
+            run.stats.sync_ticks += sync.clock
+            run.stats.sync_messages += sync.messages
+            run.stats.sync_bytes += sync.bytes
+        return end
     finally:
         run.stats.checkpoint_s += saver.seconds if saver is not None else 0.0
         if isinstance(source, DataSource):

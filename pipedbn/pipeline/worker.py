@@ -2,7 +2,8 @@
 evaluation, the config and the plan in the records), then every rank runs its stage of each
 plan's segment (``segment.py``) until the stream ends; after a re-plan the layers' state moves
 between ranks (``moves.py``); a rank the plan leaves idle waits for the segment's end. Each
-layer's final owner saves its final state."""
+layer's final owner saves its final state. With ``bsp`` or ``bsp_delayed`` every rank makes each
+plan's replica process groups at the start of its segment (``collectives.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pipedbn.balancer import Plan
 from pipedbn.balancer.runtime import get, get_forever, put
 from pipedbn.config import dump_yaml
 from pipedbn.model.rbm import RBM
+from pipedbn.pipeline.collectives import StageGroups, destroy_groups, make_groups, node_ids
 from pipedbn.pipeline.context import Ending, Role
 from pipedbn.pipeline.finish import Opening, open_run
 from pipedbn.pipeline.moves import initial_layers, move_layers
@@ -22,6 +24,9 @@ from pipedbn.pipeline.segment import run_segment
 from pipedbn.run.checkpoint import Saver
 
 log = logging.getLogger("pipedbn")
+
+COLLECTIVE = ("bsp", "bsp_delayed")
+"""The sync policies that run on the replicated stages' own process groups."""
 
 
 def open_rank0(run: RankRun) -> Opening:
@@ -61,8 +66,13 @@ def train(run: RankRun) -> dict[int, RBM]:
     assert plan is not None
     held = initial_layers(run, plan)
     segment, begin = 0, run.setup.start_at
+    collective = run.kv is not None and run.cfg.balancer.sync in COLLECTIVE
+    nodes = node_ids() if collective else []
     while True:
-        after = _segment(run, plan, segment, begin, held)
+        groups = make_groups(plan, nodes, run.ctx.timeout) if collective else None
+        after = _segment(run, plan, segment, begin, held, groups)
+        if groups is not None:
+            destroy_groups(groups)
         if after.plan is None:
             break
         run.metrics.flush()  # a layer's next records may come from another rank
@@ -83,8 +93,8 @@ def train(run: RankRun) -> dict[int, RBM]:
     return held
 
 
-def _segment(run: RankRun, plan: Plan, segment: int, begin: int, held: dict[int, RBM]
-             ) -> _Next:
+def _segment(run: RankRun, plan: Plan, segment: int, begin: int, held: dict[int, RBM],
+             groups: dict[int, StageGroups] | None) -> _Next:
     """This rank's part of ``segment`` (``plan`` from micro-batch ``begin``), and what follows
     it."""
     key, kv = f"segment/{segment}", run.kv
@@ -94,7 +104,7 @@ def _segment(run: RankRun, plan: Plan, segment: int, begin: int, held: dict[int,
         return _Next.read(get_forever(kv, key))
     role = Role(plan, role_of[0], role_of[1], segment, begin)
     run.metrics.use(list(role.layers), role.replica)
-    end: Ending = run_segment(run, role, held)
+    end: Ending = run_segment(run, role, held, groups)
     stop = end.stop_at(run.schedule.length)
     for i, layer in held.items():  # a replica saw only some of the updates
         layer.step = max(0, min(stop, run.schedule.ends[i]) - run.schedule.starts[i])
