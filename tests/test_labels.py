@@ -212,7 +212,7 @@ def test_label_pipeline_equals_the_reference_and_resumes_exactly(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_cli_updown_then_eval_reports_the_test_error(tmp_path: Path) -> None:
+def test_cli_updown_then_eval_reports_the_test_error(tmp_path: Path, tiny_run: Path) -> None:
     run = tmp_path / "run"
     proc = cli("train", TINY, f"run.dir={run}", *LABELS, "rbm.epochs=10", "--nproc", "1", "-q")
     assert proc.returncode == 0, proc.stderr
@@ -234,9 +234,6 @@ def test_cli_updown_then_eval_reports_the_test_error(tmp_path: Path) -> None:
     assert result["test_error"] == pytest.approx(report["test_error_after"])
     assert "test error (label units" in proc.stdout
     # a DBN without label units: one clear error, exit 2
-    plain = tmp_path / "plain"
-    assert cli("train", TINY, f"run.dir={plain}", "rbm.epochs=1", "--nproc", "1",
-               "-q").returncode == 0
-    proc = cli("finetune", str(plain), "--method", "up-down")
+    proc = cli("finetune", str(tiny_run), "--method", "up-down")
     assert proc.returncode == 2 and "label units" in proc.stderr
     assert "Traceback" not in proc.stderr
