@@ -246,15 +246,9 @@ class RBM(torch.nn.Module, abc.ABC):
         return self.hidden_link(torch.addmm(self.hidden_bias, v, self.weight))
 
     def sample_hidden(self, p: torch.Tensor) -> torch.Tensor:
-        """A sample of binary hidden units given their probabilities (``hidden_sample`` for
+        """A sample of binary hidden units given their probabilities (``draw_hidden`` for
         any kind)."""
         return bernoulli(p, self.generator)
-
-    def hidden_sample(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E[h | v], a sample of h | v), drawn from the layer's generator."""
-        pre = torch.addmm(self.hidden_bias, v, self.weight)
-        mean = self.hidden_link(pre)
-        return mean, self.draw_hidden(pre, mean, self.generator)
 
     def visible_mean(self, h: torch.Tensor) -> torch.Tensor:
         return self.visible_link(torch.addmm(self.visible_bias, h, self.weight.T))
