@@ -376,17 +376,25 @@ class RBM(torch.nn.Module, abc.ABC):
         first the offsets move towards this batch's means, ``mu += nu (mean(v0) - mu)``,
         ``lam += nu (mean(ph0) - lam)``; then ``dW = <(v - mu)(h - lam)'>_data -
         <(v - mu)(h - lam)'>_model`` goes into the weights' momentum and the bias gradients
-        become ``dvb - dW lam`` and ``dhb - dW' mu`` (returned)."""
-        nu = self.settings.centering_rate
+        become ``dvb - dW lam`` and ``dhb - dW' mu`` (returned).
+
+        ``dW`` is the plain product difference ``G = v0' ph0 / B - v' ph / n`` minus the rank-1
+        terms ``mu dhb' + dvb lam'``; it is never formed: the products accumulate into the
+        momentum as without centering, and ``dW lam``, ``dW' mu`` come from products of the
+        activations with the offsets (vectors), not from another pass over the weights."""
+        nu, lr_b, lr_n = self.settings.centering_rate, lr / v0.shape[0], lr / v.shape[0]
         mu, lam = self.visible_offset, self.hidden_offset
         mu.mul_(1.0 - nu).add_(v0.mean(0), alpha=nu)
         lam.mul_(1.0 - nu).add_(ph0.mean(0), alpha=nu)
-        grad = torch.mm(v0.T, ph0).div_(v0.shape[0])
-        grad.addmm_(v.T, ph, alpha=-1.0 / v.shape[0])
-        # the offsets' cross terms: <v - mu><h - lam>' differences reduce to two rank-1 terms
-        grad.addr_(mu, dhb, alpha=-1.0).addr_(dvb, lam, alpha=-1.0)
-        self.weight_inc.mul_(mom).add_(grad, alpha=lr)
-        return dvb - grad @ lam, dhb - grad.T @ mu
+        w_inc = self.weight_inc
+        w_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr_b)
+        w_inc.addmm_(v.T, ph, alpha=-lr_n)
+        w_inc.addr_(mu, dhb, alpha=-lr).addr_(dvb, lam, alpha=-lr)
+        g_lam = v0.T @ (ph0 @ lam) / v0.shape[0] - v.T @ (ph @ lam) / v.shape[0]  # G lam
+        g_mu = ph0.T @ (v0 @ mu) / v0.shape[0] - ph.T @ (v @ mu) / v.shape[0]  # G' mu
+        dw_lam = g_lam - mu * (dhb @ lam) - dvb * (lam @ lam)
+        dw_mu = g_mu - dhb * (mu @ mu) - lam * (dvb @ mu)
+        return dvb - dw_lam, dhb - dw_mu
 
     def _tempered_negative(self, g: torch.Generator, rate: bool
                            ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
