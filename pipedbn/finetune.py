@@ -113,7 +113,7 @@ def labelled_splits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     """(x_train, y_train, x_held, y_held, classes) of the run's data, preprocessed as in
     training; ``y`` are class indices into ``classes`` (the sorted label values)."""
     cfg = _run_config(run_dir)
-    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).unit_visible)
     labels = data.source.labels
     if labels is None:
         raise UserError(f"{run_dir}: the run's data ({data.source.description}) has no labels; "

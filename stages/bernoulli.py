@@ -15,6 +15,8 @@ from pipedbn.model.rbm import RBM, bernoulli
 class BernoulliRBM(RBM):
     kind = "bernoulli"
     default_lr = 0.1
+    unit_visible = True
+    temperable = True
 
     def init_visible_bias(self, mean: torch.Tensor | None, n: int, **kw: Any) -> torch.Tensor:
         # Hinton's guide: log(p / (1 - p)) with p the fraction of the time unit i is on.

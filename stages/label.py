@@ -57,6 +57,7 @@ def draw_label(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 class LabelRBM(BernoulliRBM):
     kind = "label"
     default_lr = 0.1
+    temperable = False
 
     label_weight: torch.nn.Parameter
     label_bias: torch.nn.Parameter

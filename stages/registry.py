@@ -8,6 +8,7 @@ from pipedbn.model.rbm import RBM
 from stages.bernoulli import BernoulliRBM
 from stages.gaussian import GaussianRBM
 from stages.label import LabelRBM
+from stages.nrelu import BernoulliNReLURBM, GaussianNReLURBM
 
 _KINDS: dict[str, type[RBM]] = {}
 
@@ -22,6 +23,8 @@ def register(cls: type[RBM]) -> type[RBM]:
 register(BernoulliRBM)
 register(GaussianRBM)
 register(LabelRBM)
+register(BernoulliNReLURBM)
+register(GaussianNReLURBM)
 
 
 def kinds() -> list[str]:
@@ -34,3 +37,19 @@ def get(kind: str) -> type[RBM]:
     except KeyError:
         known = ", ".join(sorted(_KINDS))
         raise ValueError(f"unknown layer kind {kind!r}; known: {known}") from None
+
+
+def chain_problem(below: str, kind: str) -> str | None:
+    """Why a layer of ``kind`` cannot sit on a layer of kind ``below`` (None: it can). Binary
+    visible units need binary input; real-valued visible units take real-valued hidden units
+    (nrelu), otherwise only data (the first layer)."""
+    low, up = get(below), get(kind)
+    if not low.binary_hidden:
+        if up.unit_visible:
+            return (f"{kind!r} has binary visible units, but the layer below ({below!r}) passes "
+                    "up non-negative real values; use 'gaussian-nrelu' or 'gaussian' above it")
+        return None
+    if not up.stackable:
+        return (f"{kind!r} layers take real-valued input and can only be the first layer (or "
+                "sit on an nrelu layer); use 'bernoulli' above it")
+    return None

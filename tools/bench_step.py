@@ -18,6 +18,10 @@ alike; the median over rounds is reported:
 
 Every contender is credited 10 * B * 784 * 500 FLOPs per step; ``ratio`` is its GFLOP/s over
 gemm's (the goal for pipedbn is >= 0.85). A table goes to stdout, the details to ``--json``.
+
+``--kinds``: instead, the step cost of each layer kind and method against the Bernoulli CD-1
+step, the same layer shape, data and rounds (``KINDS``: nrelu hidden units, centering, PCD-1,
+parallel tempering with 8 temperatures), the ratio being ms/step over Bernoulli CD-1's.
 """
 
 from __future__ import annotations
@@ -100,10 +104,22 @@ def minimal_step(n_visible: int, vbias: torch.Tensor, lr: float, mom: float, wd:
     return step
 
 
-def setup() -> tuple[Config, RBM, list[torch.Tensor]]:
+KINDS: dict[str, list[str]] = {
+    "bernoulli CD-1": [],
+    "bernoulli-nrelu CD-1": ["rbm.kind=bernoulli-nrelu"],
+    "gaussian-nrelu CD-1": ["rbm.kind=gaussian-nrelu"],
+    "bernoulli CD-1 centred": ["rbm.centering=true"],
+    "bernoulli PCD-1": ["rbm.method=pcd"],
+    "bernoulli PCD-1 centred": ["rbm.method=pcd", "rbm.centering=true"],
+    "bernoulli PT K=8": ["rbm.method=pt", "rbm.pt_temperatures=8"],
+}
+
+
+def setup(overrides: list[str] | None = None) -> tuple[Config, RBM, list[torch.Tensor]]:
     """The setting: the resolved config (one layer 784 -> 500, mnist5k), a fresh layer 0 and the
     full float32 micro-batches of two data epochs (read before any timing)."""
-    cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 500}]", "data.source=mnist5k"]))
+    cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 500}]", "data.source=mnist5k",
+                                              *(overrides or [])]))
     data = open_data(cfg, unit_range=True)
     schedule = make_schedule(cfg, data.batches_per_epoch)
     layer = make_layer(cfg, 0, data.features, schedule, torch.device("cpu"),
@@ -170,6 +186,44 @@ def measure(steps: int = 200, rounds: int = 7, warmup: int = 30) -> dict[str, An
     }
 
 
+def measure_kinds(steps: int = 50, rounds: int = 5, warmup: int = 5) -> dict[str, Any]:
+    """Each of ``KINDS``'s layers timed interleaved in rounds, as ``measure`` does."""
+    torch.set_num_threads(1)
+    layers: dict[str, RBM] = {}
+    batches: list[torch.Tensor] = []
+    for name, overrides in KINDS.items():
+        _, layers[name], batches = setup(overrides)
+    names = list(layers)
+    for name in names:
+        run_steps(layers[name].train_step, batches, warmup, 0)
+    raw: dict[str, list[float]] = {name: [] for name in names}
+    position = warmup
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            raw[name].append(run_steps(layers[name].train_step, batches, steps, position))
+        position += steps
+    base = statistics.median(raw[names[0]])
+    results = {name: {"step_ms": statistics.median(raw[name]) * 1e3,
+                      "ratio_to_bernoulli_cd1": statistics.median(raw[name]) / base,
+                      "spread_pct": 100 * (max(raw[name]) - min(raw[name]))
+                      / statistics.median(raw[name]),
+                      "overrides": KINDS[name]} for name in names}
+    return {"machine": machine(), "settings": {"n_visible": batches[0].shape[1],
+                                               "n_hidden": N_HIDDEN, "batch": len(batches[0]),
+                                               "steps": steps, "rounds": rounds},
+            "raw_seconds_per_step": raw, "results": results}
+
+
+def kinds_table(r: dict[str, Any]) -> str:
+    rows = ["| kind / method | overrides | ms / step | x Bernoulli CD-1 | spread |",
+            "| --- | --- | --- | --- | --- |"]
+    for name, row in r["results"].items():
+        rows.append(f"| {name} | `{' '.join(row['overrides']) or '(default)'}` | "
+                    f"{row['step_ms']:.2f} | {row['ratio_to_bernoulli_cd1']:.2f} | "
+                    f"{row['spread_pct']:.0f}% |")
+    return "\n".join(rows)
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpu": cpu_model(), "cores": os.cpu_count(), "processor": platform.processor(),
@@ -198,8 +252,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=200, help="timed steps per contender per round")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=30, help="untimed steps per contender first")
-    ap.add_argument("--json", type=Path, default=Path("tools/out/bench_step.json"))
+    ap.add_argument("--json", type=Path, default=None,
+                    help="default tools/out/bench_step.json (bench_step_kinds.json with --kinds)")
+    ap.add_argument("--kinds", action="store_true",
+                    help="the step cost of each kind and method against Bernoulli CD-1")
     args = ap.parse_args(argv)
+    if args.kinds:
+        report = measure_kinds(args.steps, args.rounds, args.warmup)
+        print(f"RBM 784->{N_HIDDEN}, B=100, 1 thread, {args.rounds} rounds x {args.steps} "
+              f"steps, median; {cpu_model()}, torch {torch.__version__}")
+        print(kinds_table(report))
+        out = args.json or Path("tools/out/bench_step_kinds.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
+    args.json = args.json or Path("tools/out/bench_step.json")
     report = measure(args.steps, args.rounds, args.warmup)
     st = report["settings"]
     print(f"RBM {st['n_visible']}->{N_HIDDEN} CD-1, B={st['batch']}, 1 thread, {args.rounds} "

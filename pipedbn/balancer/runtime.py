@@ -56,13 +56,13 @@ def problem_for(cfg: Config, features: int, world: int,
     width = 8 if cfg.train.dtype == "float64" else 4
     pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
     if costs is None:
-        costs = [cd_flops(n, h, lc.k) * cfg.train.batch_size / b.flops
+        costs = [cd_flops(n, h, lc.gibbs_steps()) * cfg.train.batch_size / b.flops
                  for (n, h), lc in zip(pairs, cfg.layers, strict=True)]
     return Problem(
         costs=list(costs), world=world, speed=list(speed) if speed is not None else None,
         sync_bytes=[param_count(n, h) * width for n, h in pairs],
         bandwidth=b.bandwidth, latency=b.latency, sync_every=b.sync_every,
-        memory=[state_bytes(n, h, cfg.train.batch_size, lc.pcd_chains or 0, width)
+        memory=[state_bytes(n, h, cfg.train.batch_size, lc.chain_rows(), width)
                 for (n, h), lc in zip(pairs, cfg.layers, strict=True)],
         memory_cap=b.memory_mb * 2**20 if b.memory_mb is not None else None,
         max_replicas=b.max_replicas)
@@ -86,7 +86,7 @@ def check_memory(cfg: Config, features: int) -> None:
     batch = cfg.train.batch_size  # the pipeline's buffers hold a full micro-batch
     problems = []
     for i, lc in enumerate(cfg.layers):
-        need = state_bytes(sizes[i], sizes[i + 1], batch, lc.pcd_chains or 0, width)
+        need = state_bytes(sizes[i], sizes[i + 1], batch, lc.chain_rows(), width)
         if need > have:
             chains = f", {lc.pcd_chains} persistent chains" if lc.pcd_chains else ""
             problems.append(

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.world_size < 1:
         raise UserError(f"--world-size {args.world_size}: give a number of ranks >= 1")
     torch.set_num_threads(cfg.train.threads)
-    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).unit_visible)
     n = args.world_size
     if args.profile:
         times = profile_layers(cfg, data.features, local_device(cfg.train.device))

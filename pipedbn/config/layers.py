@@ -23,9 +23,12 @@ from stages import registry
 class RBMConfig:
     kind: str = "bernoulli"
     """Layer kind from the ``stages`` registry: ``bernoulli`` or ``gaussian`` (real-valued
-    visible units with unit variance; first layer only, on standardised data)."""
-    method: Literal["cd", "pcd"] = "cd"
-    """Contrastive divergence (``cd``) or persistent CD (``pcd``)."""
+    visible units with unit variance; first layer only, on standardised data);
+    ``bernoulli-nrelu`` / ``gaussian-nrelu``: the same visible units under noisy rectified
+    hidden units (docs/training.md)."""
+    method: Literal["cd", "pcd", "pt"] = "cd"
+    """Contrastive divergence (``cd``), persistent CD (``pcd``) or parallel tempering (``pt``:
+    persistent chains at ``pt_temperatures`` temperatures; bernoulli layers)."""
     k: int = 1
     """Gibbs steps per update (CD-k / PCD-k)."""
     epochs: float = 10.0
@@ -55,7 +58,15 @@ class RBMConfig:
     forward: Literal["probs", "samples"] = "probs"
     """What the layer passes up: positive-phase hidden probabilities or binary samples of them."""
     pcd_chains: int | None = None
-    """Persistent chains for ``pcd`` (default: ``train.batch_size``)."""
+    """Persistent chains for ``pcd`` (default: ``train.batch_size``); for ``pt``, per
+    temperature."""
+    centering: bool = False
+    """Centred gradients with moving offsets (Melchior, Fischer & Wiskott 2016; any kind and
+    method)."""
+    centering_rate: float = 0.01
+    """How fast the centering offsets follow the batch means (their moving average's step)."""
+    pt_temperatures: int = 8
+    """Temperatures of ``pt`` (inverse temperatures evenly spaced from 1 to 0), >= 2."""
 
 
 @dataclass
@@ -78,9 +89,17 @@ class LayerConfig(RBMConfig):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             p.append(f"{w}.kind: unknown layer kind {self.kind!r}{hint}; "
                      f"known: {', '.join(registry.kinds())}")
-        elif below is not None and not registry.get(self.kind).stackable:
-            p.append(f"{w}.kind: {self.kind!r} layers take real-valued input and can only be "
-                     "the first layer; use 'bernoulli' above it")
+        elif below is not None and below.kind in registry.kinds():
+            why = registry.chain_problem(below.kind, self.kind)
+            p += [f"{w}.kind: {why}"] if why else []
+        if (self.method == "pt" and self.kind in registry.kinds()
+                and not registry.get(self.kind).temperable):
+            p.append(f"{w}.method: 'pt' (parallel tempering) is implemented for bernoulli "
+                     f"layers; layer kind {self.kind!r} needs 'cd' or 'pcd'")
+        if self.method == "pt" and self.pt_temperatures < 2:
+            p.append(f"{w}.pt_temperatures: at least 2 temperatures, got {self.pt_temperatures}")
+        if not 0 < self.centering_rate <= 1:
+            p.append(f"{w}.centering_rate: must be in (0, 1], got {self.centering_rate}")
         if self.k < 1:
             p.append(f"{w}.k: must be >= 1, got {self.k}")
         p += positive(f"{w}.epochs", self.epochs)
@@ -118,6 +137,10 @@ class LayerConfig(RBMConfig):
         if self.kind not in ("bernoulli", "label"):
             p.append(f"{w}.labels: label units join binary features; {w}.kind is "
                      f"{self.kind!r} (leave it out, or use 'label')")
+        if self.method == "pt" or self.centering:
+            what = "rbm.method 'pt'" if self.method == "pt" else "rbm.centering"
+            p.append(f"{w}.labels: {what} is not implemented for label units (their update is "
+                     "plain CD/PCD); use method 'cd' or 'pcd' without centering on this layer")
         return p
 
     def resolve_defaults(self, batch_size: int) -> None:
@@ -132,8 +155,17 @@ class LayerConfig(RBMConfig):
             self.momentum = 0.5 if self.method == "cd" else 0.0
         if self.momentum_final is None:
             self.momentum_final = 0.9 if self.method == "cd" else 0.0
-        if self.pcd_chains is None and self.method == "pcd":
+        if self.pcd_chains is None and self.method in ("pcd", "pt"):
             self.pcd_chains = batch_size
+
+    def gibbs_steps(self) -> int:
+        """Gibbs steps per update over all chains: k, times the temperatures for ``pt`` (what
+        the balancer's cost model prices a step by)."""
+        return self.k * (self.pt_temperatures if self.method == "pt" else 1)
+
+    def chain_rows(self) -> int:
+        """Persistent chain states the layer holds (0 for CD)."""
+        return (self.pcd_chains or 0) * (self.pt_temperatures if self.method == "pt" else 1)
 
 
 def expand_shorthand(raw: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from stages import registry
 
 def bernoulli_input(cfg: Config) -> bool:
     """Whether layer 0 needs its input within [0, 1]."""
-    return registry.get(cfg.layers[0].kind).kind == "bernoulli"
+    return registry.get(cfg.layers[0].kind).unit_visible
 
 
 def check_config(cfg: Config, data: Data) -> None:

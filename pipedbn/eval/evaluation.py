@@ -36,7 +36,7 @@ from tqdm import tqdm
 from pipedbn.config import config_from_text, load_config, resolve_defaults
 from pipedbn.data.loader import open_data
 from pipedbn.errors import UserError
-from pipedbn.eval.likelihood import log_partition
+from pipedbn.eval.likelihood import enumerable, log_partition
 from pipedbn.model.dbn import MODEL_FILE, Model, load
 from pipedbn.model.rbm import free_energy
 from pipedbn.run.rundir import atomic_write
@@ -214,7 +214,7 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
     for i, (kind_name, p) in enumerate(zip(dbn.kinds, dbn.params, strict=True)):
         kind = registry.get(kind_name)
         w, vb, hb = p["weight"], p["visible_bias"], p["hidden_bias"]
-        ph = torch.addmm(hb, x, w).sigmoid()
+        ph = kind.hidden_link(torch.addmm(hb, x, w))
         f_held = free_energy(kind, x, w, vb, hb)
         row: dict[str, Any] = {
             "layer": i, "kind": kind_name, "visible": w.shape[0], "hidden": w.shape[1],
@@ -222,15 +222,15 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
                                  .square().sum() / len(x)),
             "free_energy_gap": float(f_held.mean() - free_energy(kind, ref, w, vb, hb).mean()),
         }
-        if kind_name == "bernoulli":
+        if kind.unit_visible:
             pll = pseudo_log_likelihood(kind, x, w, vb, hb, opts.seed)
             row["pseudo_log_likelihood"] = float(pll.mean())
-        # bernoulli: enumerate the smaller side; gaussian: the hidden side only
+        # bernoulli: enumerate the smaller side; gaussian: the hidden side; nrelu: the visible
         if kind_name == "label":
             notes.append(f"layer {i} (label units): log-likelihood not available (exact and "
                          "AIS estimates are implemented for bernoulli and gaussian layers); "
                          "its test error is the classification figure")
-        elif (min(w.shape) if kind_name == "bernoulli" else w.shape[1]) <= opts.exact_max:
+        elif enumerable(kind_name, w.shape[0], w.shape[1], opts.exact_max):
             log_z = float(log_partition(w, vb, hb, kind_name))
             row["log_z"], row["log_likelihood_method"] = log_z, "exact"
             row["log_likelihood"] = float(-f_held.double().mean()) - log_z
@@ -245,6 +245,10 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
                                               None if ais.lower is None
                                               else mean_neg_f - ais.lower]
             row["ais"] = asdict(ais)
+        elif i == 0 and opts.ais and not kind.binary_hidden:
+            notes.append(f"layer 0 ({kind_name}): log-likelihood not available: AIS needs "
+                         "exact sampling of the hidden units, which nrelu units approximate; "
+                         "exact only with at most exact_max binary visible units")
         elif i == 0 and opts.ais:
             notes.append(f"layer 0 ({kind_name} visible units): AIS is implemented for "
                          "bernoulli layers only; log-likelihood not estimated")
@@ -252,11 +256,11 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
             assert probe_train is not None and held_labels is not None
             # one layer's features at a time, in float32 (a float64 copy of 60,000 x 2,000
             # features is 1 GB; scikit-learn's lbfgs fits float32 as it is)
-            px = torch.addmm(hb, px, w).sigmoid_()
+            px = kind.hidden_link(torch.addmm(hb, px, w))
             row["probe_accuracy"] = linear_probe(px.float().numpy(), probe_train[1],
                                                  ph.float().numpy(), held_labels, opts.seed)
         out["layers"].append(row)
-        x, ref = ph, torch.addmm(hb, ref, w).sigmoid()
+        x, ref = ph, kind.hidden_link(torch.addmm(hb, ref, w))
     if dbn.labels is not None:
         if held_labels is None:
             notes.append("test error not measured: no labels or no held-out split")
@@ -359,7 +363,7 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
     else:
         raise UserError(f"{path}: this model file holds no config to find the data by; give "
                         "the training config with --config")
-    data = open_data(cfg, unit_range=dbn.kinds[0] == "bernoulli")
+    data = open_data(cfg, unit_range=registry.get(dbn.kinds[0]).unit_visible)
     if data.features != dbn.sizes[0]:
         raise UserError(f"{config}: the data has {data.features} features and the model "
                         f"{dbn.sizes[0]} visible units")

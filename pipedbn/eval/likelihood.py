@@ -2,7 +2,9 @@
 
 Enumeration is over the smaller layer: 2^n states for n <= ``MAX_ENUMERATED`` units, in chunks.
 Bernoulli-Bernoulli only when enumerating the visible side; Gaussian-Bernoulli (unit variance)
-is handled through its hidden side, where the Gaussian integral over v is closed-form.
+is handled through its hidden side, where the Gaussian integral over v is closed-form. Kinds with
+real-valued hidden units (nrelu) enumerate their binary visible side through the free energy;
+``enumerable`` says whether a layer can be enumerated at all.
 """
 
 from __future__ import annotations
@@ -42,11 +44,29 @@ def _hidden_side_terms(kind: str, w: torch.Tensor, vb: torch.Tensor, hb: torch.T
     raise ValueError(f"exact likelihood: unsupported layer kind {kind!r}")
 
 
+def enumerable(kind: str, n_visible: int, n_hidden: int, limit: int = MAX_ENUMERATED) -> bool:
+    """Whether ``log_partition`` enumerates a layer of ``kind`` and this shape within
+    ``limit`` units."""
+    cls = registry.get(kind)
+    if not cls.binary_hidden:
+        return cls.unit_visible and n_visible <= limit
+    return (min(n_visible, n_hidden) if cls.unit_visible else n_hidden) <= limit
+
+
 def log_partition(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
                   kind: str = "bernoulli") -> torch.Tensor:
     """log Z, enumerating the smaller side (float64)."""
     w, vb, hb = (t.double() for t in (weight, visible_bias, hidden_bias))
     n_v, n_h = w.shape
+    cls = registry.get(kind)
+    if not cls.binary_hidden:
+        if not cls.unit_visible:
+            raise ValueError(f"exact likelihood: a {kind!r} layer has real-valued units on both "
+                             "sides; nothing to enumerate")
+        _check(n_v)
+        return torch.logsumexp(torch.cat([
+            -free_energy(cls, _states(n_v, lo, min(lo + _CHUNK, 2**n_v), w.dtype), w, vb, hb)
+            for lo in range(0, 2**n_v, _CHUNK)]), 0)
     if n_h <= n_v or kind != "bernoulli":
         _check(n_h)
         parts = [_hidden_side_terms(kind, w, vb, hb, _states(n_h, lo, min(lo + _CHUNK, 2**n_h),

@@ -113,8 +113,8 @@ class Model:
         """Hidden probabilities of ``layer`` (0-based; -1 = top) for preprocessed input ``x``."""
         top = layer % len(self.params)
         h = self._as_input(x)
-        for p in self.params[: top + 1]:
-            h = torch.addmm(p["hidden_bias"], h, p["weight"]).sigmoid_()
+        for name, p in zip(self.kinds[: top + 1], self.params[: top + 1], strict=True):
+            h = _kind(name).hidden_link(torch.addmm(p["hidden_bias"], h, p["weight"]))
         return h
 
     @torch.no_grad()
@@ -152,9 +152,11 @@ class Model:
             up = x if len(self.params) == 1 else self.transform(x, len(self.params) - 2)
             v = kind.draw_visible(up.to(w.dtype), g) if len(self.params) > 1 else up.to(w.dtype)
         for _ in range(steps):
-            h = torch.bernoulli(torch.addmm(hb, v, w).sigmoid_(), generator=g)
+            pre = torch.addmm(hb, v, w)
+            h = (torch.bernoulli(pre.sigmoid_(), generator=g) if kind.binary_hidden
+                 else kind.draw_hidden(pre, kind.hidden_link(pre), g))
             v = kind.draw_visible(kind.visible_link(torch.addmm(vb, h, w.T)), g)
-        h = torch.addmm(hb, v, w).sigmoid_()
+        h = kind.hidden_link(torch.addmm(hb, v, w))
         return self._down(kind.visible_link(torch.addmm(vb, h, w.T)), len(self.params) - 1)
 
     @torch.no_grad()
@@ -166,14 +168,15 @@ class Model:
                            p["hidden_bias"])
 
     def to_module(self) -> torch.nn.Sequential:
-        """A plain ``nn.Sequential``: Linear + Sigmoid per layer (the up pass), for fine-tuning."""
+        """A plain ``nn.Sequential``: Linear + the kind's hidden link (Sigmoid; Softplus for
+        nrelu) per layer (the up pass), for fine-tuning."""
         mods: list[torch.nn.Module] = []
-        for p in self.params:
+        for name, p in zip(self.kinds, self.params, strict=True):
             lin = torch.nn.Linear(*p["weight"].shape)
             with torch.no_grad():
                 lin.weight.copy_(p["weight"].T)
                 lin.bias.copy_(p["hidden_bias"])
-            mods += [lin, torch.nn.Sigmoid()]
+            mods += [lin, _kind(name).hidden_activation()]
         return torch.nn.Sequential(*mods)
 
     def save(self, path: str | Path) -> None:
@@ -227,8 +230,9 @@ def _kinds(path: Path, field: str, kinds: Any, fix: str) -> list[str]:
         if k not in registry.kinds():
             raise _bad(path, field, f"layer {i}: unknown layer kind {k!r} (known: "
                        f"{', '.join(registry.kinds())})", fix)
-        if i > 0 and not registry.get(k).stackable:
-            raise _bad(path, field, f"layer {i}: {k!r} can only be the first layer", fix)
+        why = registry.chain_problem(kinds[i - 1], k) if i > 0 else None
+        if why:
+            raise _bad(path, field, f"layer {i}: {why}", fix)
     return kinds
 
 

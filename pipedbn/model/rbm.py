@@ -16,6 +16,11 @@ RNG stream of a layer is consumed in exactly this order):
 4. ``inc = momentum * inc + lr * (grad - weight_decay * W)``; ``param += inc``.
 5. The layer passes up ``ph0`` (computed with the weights before this update), or ``h ~ ph0``
    (CD reuses the sample of step 1; PCD draws it after step 2).
+
+``centering`` replaces step 3's products by the centred gradient (``_centred``) and
+``method: pt`` step 2 by parallel tempering (``_tempered_negative``); docs/training.md gives
+both updates. ``ph0 = p(h | v0)`` is the kind's ``hidden_link`` of ``v0 W + hb`` (sigmoid for
+binary hidden units) and ``h ~ ph0`` its ``draw_hidden``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class RBMSettings:
     """A layer's resolved hyper-parameters (``layers.N`` of the config, defaults filled in):
     what the update reads, and nothing of the rest of a config (the config documents each)."""
 
-    method: Literal["cd", "pcd"]
+    method: Literal["cd", "pcd", "pt"]
     k: int
     lr: float
     lr_schedule: Literal["constant", "linear", "cosine"]
@@ -58,6 +63,9 @@ class RBMSettings:
     init_std: float
     forward: Literal["probs", "samples"]
     pcd_chains: int
+    centering: bool = False
+    centering_rate: float = 0.01
+    pt_temperatures: int = 1
 
     @classmethod
     def of(cls, layer: Any) -> RBMSettings:
@@ -97,7 +105,13 @@ def free_energy(kind: type[RBM], v: torch.Tensor, weight: torch.Tensor,
                 visible_bias: torch.Tensor, hidden_bias: torch.Tensor) -> torch.Tensor:
     """F(v) per row for a layer of ``kind``; softplus keeps it finite for large inputs."""
     pre = torch.addmm(hidden_bias, v, weight)
-    return kind.visible_energy(v, visible_bias) - torch.nn.functional.softplus(pre).sum(1)
+    return kind.visible_energy(v, visible_bias) - kind.hidden_log_sum(pre)
+
+
+def tempering(temperatures: int) -> torch.Tensor:
+    """The inverse temperatures of parallel tempering, 1 (the model) down to 0 (uniform),
+    evenly spaced (PyDeep's default spacing)."""
+    return torch.linspace(1.0, 0.0, temperatures, dtype=torch.float64)
 
 
 class RBM(torch.nn.Module, abc.ABC):
@@ -112,7 +126,17 @@ class RBM(torch.nn.Module, abc.ABC):
     kind: ClassVar[str]
     default_lr: ClassVar[float] = 0.1
     stackable: ClassVar[bool] = True
-    """False for kinds whose visible units are real-valued: they can only be the first layer."""
+    """False for kinds whose visible units are real-valued: they can only be the first layer
+    (or above a layer whose hidden units are real-valued, ``stages.registry.chain_problem``)."""
+    unit_visible: ClassVar[bool] = False
+    """True for binary visible units: the data must lie in [0, 1]; the pseudo-likelihood and
+    exact likelihood by enumerating the visible states apply."""
+    binary_hidden: ClassVar[bool] = True
+    """False for real-valued hidden units (``nrelu``): the hidden side cannot be enumerated."""
+    temperable: ClassVar[bool] = False
+    """True when ``method: pt`` is implemented for the kind (tempered conditionals)."""
+    hidden_activation: ClassVar[type[torch.nn.Module]] = torch.nn.Sigmoid
+    """The module of ``hidden_link`` for ``Model.to_module``."""
 
     # (for the type checker: nn.Module keeps these in its registries, not in the instance)
     weight: torch.nn.Parameter
@@ -123,6 +147,8 @@ class RBM(torch.nn.Module, abc.ABC):
     hidden_bias_inc: torch.Tensor
     chains: torch.Tensor
     hidden_activity: torch.Tensor
+    visible_offset: torch.Tensor
+    hidden_offset: torch.Tensor
 
     def __init__(
         self,
@@ -157,7 +183,16 @@ class RBM(torch.nn.Module, abc.ABC):
         for name, p in list(self.named_parameters()):
             self.register_buffer(VELOCITY.format(name), torch.zeros_like(p))
         # PCD chains start all-off: the first down pass then gives the visible biases' marginals.
-        self.register_buffer("chains", torch.zeros(settings.pcd_chains, n_hidden, **kw))
+        # Parallel tempering keeps pcd_chains chains per temperature, the model's (beta 1) first.
+        rows = settings.pcd_chains * (settings.pt_temperatures if settings.method == "pt" else 1)
+        self.register_buffer("chains", torch.zeros(rows, n_hidden, **kw))
+        if settings.method == "pt":
+            self.betas = tempering(settings.pt_temperatures).to(**kw)
+            self.chain_betas = self.betas.repeat_interleave(settings.pcd_chains)[:, None]
+        if settings.centering:  # offsets only when on: other layers' states keep their keys
+            self.register_buffer("visible_offset", self.init_visible_offset(
+                visible_mean.to(**kw) if visible_mean is not None else None, n_visible, **kw))
+            self.register_buffer("hidden_offset", torch.full((n_hidden,), 0.5, **kw))
         self.register_buffer("hidden_activity",
                              torch.full((n_hidden,), settings.sparsity_target, **kw))
         self.step = 0
@@ -184,11 +219,35 @@ class RBM(torch.nn.Module, abc.ABC):
     def visible_energy(v: torch.Tensor, visible_bias: torch.Tensor) -> torch.Tensor:
         """The visible-only terms of the free energy, per row."""
 
+    # -- what a kind may redefine (binary hidden units here) ---------------------------------
+    def init_visible_offset(self, mean: torch.Tensor | None, n: int, **kw: Any) -> torch.Tensor:
+        """Centering's initial visible offset: the data mean (layer 0), else 0.5."""
+        return mean.clone() if mean is not None else torch.full((n,), 0.5, **kw)
+
+    @staticmethod
+    def hidden_link(pre: torch.Tensor) -> torch.Tensor:
+        """E[h | v] (the positive-phase statistic) from ``v W + hb`` (may work in place)."""
+        return pre.sigmoid_()
+
+    @staticmethod
+    def draw_hidden(pre: torch.Tensor, mean: torch.Tensor,
+                    generator: torch.Generator) -> torch.Tensor:
+        """A sample of h given its pre-activation and ``hidden_link`` of it (``pre`` may be
+        ``mean`` itself, after an in-place link)."""
+        return bernoulli(mean, generator)
+
+    @staticmethod
+    def hidden_log_sum(pre: torch.Tensor) -> torch.Tensor:
+        """log sum_h exp(h . pre) per row: minus the hidden part of the free energy."""
+        return torch.nn.functional.softplus(pre).sum(1)
+
     # -- shared -----------------------------------------------------------------------------
     def hidden_probs(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.hidden_bias, v, self.weight).sigmoid_()
+        return self.hidden_link(torch.addmm(self.hidden_bias, v, self.weight))
 
     def sample_hidden(self, p: torch.Tensor) -> torch.Tensor:
+        """A sample of binary hidden units given their probabilities (``draw_hidden`` for
+        any kind)."""
         return bernoulli(p, self.generator)
 
     def visible_mean(self, h: torch.Tensor) -> torch.Tensor:
@@ -224,15 +283,18 @@ class RBM(torch.nn.Module, abc.ABC):
     def forward(self, v: torch.Tensor, micro_batch: int = -1) -> torch.Tensor:
         """What this layer passes up for ``v`` without training on it (``micro_batch`` names
         it in an error)."""
-        ph = self.hidden_probs(v)
+        pre = torch.addmm(self.hidden_bias, v, self.weight)
+        ph = self.hidden_link(pre)
         self._check(ph, micro_batch)
-        return self.sample_hidden(ph) if self.settings.forward == "samples" else ph
+        if self.settings.forward == "samples":
+            return self.draw_hidden(pre, ph, self.generator)
+        return ph
 
     @torch.no_grad()
     def train_step(self, v0: torch.Tensor, micro_batch: int = -1,
                    stats: dict[str, float] | None = None, replicas: int = 1) -> torch.Tensor:
-        """One CD-k / PCD-k update on ``v0``; returns what the layer passes up (see module doc).
-        ``replicas``: how many replicas of the layer share the stream (``replica_rates``)."""
+        """One CD-k / PCD-k / PT update on ``v0``; returns what the layer passes up (see module
+        doc). ``replicas``: how many replicas of the layer share the stream (``replica_rates``)."""
         c = self.settings
         pcd = c.method == "pcd"
         t = self.step
@@ -244,19 +306,26 @@ class RBM(torch.nn.Module, abc.ABC):
         w_inc, vb_inc, hb_inc = self.weight_inc, self.visible_bias_inc, self.hidden_bias_inc
         g = self.generator
 
-        ph0 = torch.addmm(hb, v0, w).sigmoid_()  # hidden_probs
+        pre0 = torch.addmm(hb, v0, w)
+        ph0 = self.hidden_link(pre0)  # hidden_probs (pre0 is ph0 after an in-place link)
         self._check(ph0, micro_batch)
-        h0 = None if pcd else bernoulli(ph0, g)
-        h = self.chains if pcd else h0
-        assert h is not None
-        for s in range(c.k):
-            vm = self.visible_link(torch.addmm(vb, h, w.T))  # visible_mean
-            v = self.draw_visible(vm, g) if (pcd or s < c.k - 1) else vm
-            ph = torch.addmm(hb, v, w).sigmoid_()
-            if pcd or s < c.k - 1:
-                h = bernoulli(ph, g)
-        if pcd:
-            self.chains = h
+        cd = c.method == "cd"
+        h0 = self.draw_hidden(pre0, ph0, g) if cd else None
+        swap_rate = None
+        if c.method == "pt":
+            v, ph, swap_rate = self._tempered_negative(g, stats is not None)
+        else:
+            h = self.chains if pcd else h0
+            assert h is not None
+            for s in range(c.k):
+                vm = self.visible_link(torch.addmm(vb, h, w.T))  # visible_mean
+                v = self.draw_visible(vm, g) if (pcd or s < c.k - 1) else vm
+                pre = torch.addmm(hb, v, w)
+                ph = self.hidden_link(pre)
+                if pcd or s < c.k - 1:
+                    h = self.draw_hidden(pre, ph, g)
+            if pcd:
+                self.chains = h
         n_neg = v.shape[0]
 
         recon_error = 0.0
@@ -264,15 +333,17 @@ class RBM(torch.nn.Module, abc.ABC):
             recon = self.visible_link(torch.addmm(vb, ph0, w.T))
             recon_error = float((v0 - recon).square_().sum() / batch)
 
-        # Both gradient products accumulate straight into the momentum buffer.
-        w_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr / batch)
-        w_inc.addmm_(v.T, ph, alpha=-lr / n_neg)
-        if c.weight_decay:
-            w_inc.add_(w, alpha=-lr * c.weight_decay)
         v0_mean = v0.mean(0)
         ph0_mean = ph0.mean(0)
         dvb = v0_mean - v.mean(0)
         dhb = ph0_mean - ph.mean(0)
+        if c.centering:
+            dvb, dhb = self._centred(v0, ph0, v, ph, dvb, dhb, lr, mom)
+        else:  # both gradient products accumulate straight into the momentum buffer
+            w_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr / batch)
+            w_inc.addmm_(v.T, ph, alpha=-lr / n_neg)
+        if c.weight_decay:
+            w_inc.add_(w, alpha=-lr * c.weight_decay)
         if c.sparsity_cost:
             q = self.hidden_activity.mul_(c.sparsity_decay).add_(
                 ph0_mean, alpha=1.0 - c.sparsity_decay
@@ -292,9 +363,71 @@ class RBM(torch.nn.Module, abc.ABC):
             stats["hidden_mean"] = float(ph0_mean.mean())
             stats["lr"] = lr
             stats["momentum"] = mom
+            if swap_rate is not None:
+                stats["pt_swap_rate"] = swap_rate
         if c.forward == "samples":
-            return h0 if h0 is not None else bernoulli(ph0, g)
+            return h0 if h0 is not None else self.draw_hidden(pre0, ph0, g)
         return ph0
+
+    def _centred(self, v0: torch.Tensor, ph0: torch.Tensor, v: torch.Tensor, ph: torch.Tensor,
+                 dvb: torch.Tensor, dhb: torch.Tensor, lr: float, mom: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centred gradient (Melchior, Fischer & Wiskott 2016, for the ordinary parameters):
+        first the offsets move towards this batch's means, ``mu += nu (mean(v0) - mu)``,
+        ``lam += nu (mean(ph0) - lam)``; then ``dW = <(v - mu)(h - lam)'>_data -
+        <(v - mu)(h - lam)'>_model`` goes into the weights' momentum and the bias gradients
+        become ``dvb - dW lam`` and ``dhb - dW' mu`` (returned).
+
+        ``dW`` is the plain product difference ``G = v0' ph0 / B - v' ph / n`` minus the rank-1
+        terms ``mu dhb' + dvb lam'``; it is never formed: the products accumulate into the
+        momentum as without centering, and ``dW lam``, ``dW' mu`` come from products of the
+        activations with the offsets (vectors), not from another pass over the weights."""
+        nu, lr_b, lr_n = self.settings.centering_rate, lr / v0.shape[0], lr / v.shape[0]
+        mu, lam = self.visible_offset, self.hidden_offset
+        mu.mul_(1.0 - nu).add_(v0.mean(0), alpha=nu)
+        lam.mul_(1.0 - nu).add_(ph0.mean(0), alpha=nu)
+        w_inc = self.weight_inc
+        w_inc.addmm_(v0.T, ph0, beta=mom, alpha=lr_b)
+        w_inc.addmm_(v.T, ph, alpha=-lr_n)
+        w_inc.addr_(mu, dhb, alpha=-lr).addr_(dvb, lam, alpha=-lr)
+        g_lam = v0.T @ (ph0 @ lam) / v0.shape[0] - v.T @ (ph @ lam) / v.shape[0]  # G lam
+        g_mu = ph0.T @ (v0 @ mu) / v0.shape[0] - ph.T @ (v @ mu) / v.shape[0]  # G' mu
+        dw_lam = g_lam - mu * (dhb @ lam) - dvb * (lam @ lam)
+        dw_mu = g_mu - dhb * (mu @ mu) - lam * (dvb @ mu)
+        return dvb - dw_lam, dhb - dw_mu
+
+    def _tempered_negative(self, g: torch.Generator, rate: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """Parallel tempering's negative phase: k Gibbs steps of every tempered chain (p_beta
+        of ``exp(-beta E)``: sigmoids of beta times the pre-activations), then swaps between
+        neighbouring temperatures, the pairs (0,1), (2,3), ... on even updates and (1,2),
+        (3,4), ... on odd ones, each accepted with probability
+        ``min(1, exp((beta_i - beta_j)(E_i - E_j)))``. Returns the beta = 1 chains' visible
+        sample and hidden probabilities before the swaps, and (when ``rate``) the fraction of
+        the proposed swaps accepted."""
+        c = self.settings
+        w, vb, hb, beta = self.weight, self.visible_bias, self.hidden_bias, self.chain_betas
+        h = self.chains
+        for _ in range(c.k):
+            v = bernoulli(torch.addmm(vb, h, w.T).mul_(beta).sigmoid_(), g)
+            pre = torch.addmm(hb, v, w)
+            ph = (pre * beta).sigmoid_()
+            h = bernoulli(ph, g)
+        n, temps = c.pcd_chains, c.pt_temperatures
+        energy = (pre * h).sum(1).add_(v @ vb).neg_().view(temps, n)  # E(v, h) at beta = 1
+        lo = torch.arange(self.step % 2, temps - 1, 2, device=h.device)
+        accepted = None
+        if lo.numel():
+            b = self.betas
+            log_ratio = (b[lo] - b[lo + 1])[:, None] * (energy[lo] - energy[lo + 1])
+            accept = torch.empty_like(log_ratio).uniform_(generator=g) < log_ratio.exp()
+            hs = h.view(temps, n, -1)
+            low, high, keep = hs[lo], hs[lo + 1], accept[:, :, None]
+            hs[lo] = torch.where(keep, high, low)
+            hs[lo + 1] = torch.where(keep, low, high)
+            accepted = float(accept.float().mean()) if rate else None
+        self.chains = h
+        return v[:n], ph[:n], accepted
 
     def _check(self, h: torch.Tensor, micro_batch: int) -> None:
         if not torch.isfinite(h.sum()):

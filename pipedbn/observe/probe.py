@@ -36,16 +36,16 @@ def probe_layer(layer: RBM, held: torch.Tensor, train: torch.Tensor | None,
     """The layer's measures on the held-out inputs ``held`` (and the training micro-batch
     ``train``, for the gap), and what the layer passes up for ``held``."""
     pre = torch.addmm(layer.hidden_bias, held, layer.weight)
-    ph = pre.sigmoid()
+    ph = layer.hidden_link(pre.clone())
     out: dict[str, float] = {}
     if measure:
         n = held.shape[0]
         recon = layer.visible_mean(ph)
         out["heldout_recon_error"] = float((held - recon).square_().sum() / n)
-        f_held = layer.visible_energy(held, layer.visible_bias) - F.softplus(pre).sum(1)
+        f_held = layer.visible_energy(held, layer.visible_bias) - layer.hidden_log_sum(pre)
         if train is not None:
             out["free_energy_gap"] = float(f_held.mean() - layer.free_energy(train).mean())
-        if layer.kind == "bernoulli":
+        if layer.unit_visible:
             unit = torch.randint(layer.n_visible, (n,), generator=generator,
                                  device=held.device)
             rows = torch.arange(n, device=held.device)
@@ -53,10 +53,12 @@ def probe_layer(layer: RBM, held: torch.Tensor, train: torch.Tensor | None,
             flipped[rows, unit] = 1 - held[rows, unit]
             delta = (flipped[rows, unit] - held[rows, unit]).unsqueeze(1)
             pre_f = pre + delta * layer.weight[unit]  # one changed unit: a rank-1 update
-            f_flip = layer.visible_energy(flipped, layer.visible_bias) - F.softplus(pre_f).sum(1)
+            f_flip = (layer.visible_energy(flipped, layer.visible_bias)
+                      - layer.hidden_log_sum(pre_f))
             pll = layer.n_visible * F.logsigmoid(f_flip - f_held)
             out["pseudo_log_likelihood"] = float(pll.mean())
-    up = bernoulli(ph, generator) if layer.settings.forward == "samples" else ph
+    up = (layer.draw_hidden(pre, ph, generator) if layer.settings.forward == "samples"
+          else ph)
     return out, up
 
 
@@ -97,7 +99,8 @@ def gibbs_samples(layers: list[RBM], n: int, steps: int, generator: torch.Genera
                   generator)
     v = top.visible_mean(h)
     for _ in range(steps):
-        h = bernoulli(top.hidden_probs(top.draw_visible(v, generator)), generator)
+        pre = torch.addmm(top.hidden_bias, top.draw_visible(v, generator), top.weight)
+        h = top.draw_hidden(pre, top.hidden_link(pre), generator)
         v = top.visible_mean(h)
     for layer in reversed(layers[:-1]):
         v = layer.visible_mean(v)

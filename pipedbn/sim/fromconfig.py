@@ -27,7 +27,7 @@ def load(config: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 def data_shape(cfg: Config) -> tuple[int, int, list[int]]:
     """(features, micro-batches per epoch, rows of each batch of an epoch) of the config's data."""
-    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
+    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).unit_visible)
     rows = [len(data.batch_rows(0, j)) for j in range(data.batches_per_epoch)]  # its slices
     return data.features, data.batches_per_epoch, rows
 
@@ -35,7 +35,7 @@ def data_shape(cfg: Config) -> tuple[int, int, list[int]]:
 def flops_step_s(cfg: Config, features: int, flops: float) -> list[float]:
     """Each layer's CD step time at ``flops`` FLOP/s (``cd_flops`` of a micro-batch)."""
     sizes = [features] + cfg.sizes
-    return [cd_flops(a, b, lc.k) * cfg.train.batch_size / flops
+    return [cd_flops(a, b, lc.gibbs_steps()) * cfg.train.batch_size / flops
             for a, b, lc in zip(sizes, sizes[1:], cfg.layers, strict=False)]
 
 
@@ -99,7 +99,8 @@ def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int, tim
     for i, lc in enumerate(cfg.layers):
         fwd = (forward_s[i] if forward_s is not None else
                step_s[i] * forward_flops(sizes[i], sizes[i + 1]) / cd_flops(sizes[i],
-                                                                             sizes[i + 1], lc.k))
+                                                                             sizes[i + 1],
+                                                                             lc.gibbs_steps()))
         sleep, start = 0.0, 0
         if sleep_s is not None:
             sleep = sleep_s[i]
