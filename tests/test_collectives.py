@@ -171,10 +171,11 @@ def test_replicas_agree_after_every_tick_and_runs_repeat(tmp_path: Path) -> None
     # replicas that train on different data do move apart under bsp_delayed between ticks
     delayed = [res[5] for res in first if 5 in res]
     assert len({res["ticks"][2] for res in delayed}) > 1
-    # hierarchical, uneven: a node's lone replica leads (one all-reduce), the others reduce
-    # and take the broadcast (two collectives per round); TICKS rounds and one final round
+    # hierarchical, uneven: node a's leader reduces, all-reduces with b's and broadcasts (three
+    # collectives per round), its peer reduces and takes the broadcast (two), b's lone replica
+    # only all-reduces (one); TICKS rounds and one final round
     uneven = {res[4]["replica"]: res[4]["messages"] for res in first if 4 in res}
-    assert uneven == {0: 2 * (TICKS + 1), 1: 2 * (TICKS + 1), 2: TICKS + 1}
+    assert uneven == {0: 3 * (TICKS + 1), 1: 2 * (TICKS + 1), 2: TICKS + 1}
 
 
 def _failing(rank: int, store: str, out: str, how: str) -> None:
