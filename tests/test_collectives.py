@@ -25,6 +25,7 @@ from stages import registry
 pytestmark = pytest.mark.slow  # every test here starts processes
 
 WORLD, TICKS, PER_ROUND = 4, 5, 2
+TIMEOUT = 5.0  # pipeline.timeout of the failure tests
 # (plan, node of each rank, policy, identical data): run one after another, the groups of each
 # made on every rank and destroyed after it, as a re-plan does
 SCENARIOS = [
@@ -73,7 +74,8 @@ def _scenarios(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", store=dist.FileStore(store, WORLD), rank=rank,
                             world_size=WORLD)
     results: dict[int, dict[str, Any]] = {}
-    for n, (spec, nodes, policy, same) in enumerate(SCENARIOS):
+    # twice over: the second pass makes every group again and must repeat the first's bits
+    for n, (spec, nodes, policy, same) in enumerate(SCENARIOS * 2):
         plan = Plan.parse(spec, WORLD, len(spec.split("|")))
         groups = make_groups(plan, list(nodes), 30.0)
         role = plan.role(rank)
@@ -84,16 +86,14 @@ def _scenarios(rank: int, store: str, out: str) -> None:
             if replica and not same:
                 start_replica(rbm, 0, replica, 0)
             sync = _sync(rbm, g, replica, policy)
-            r, ticks, traj = len(g.ranks), [], []
+            r, ticks, traj = len(g.ranks), [], []  # type: ignore[var-annotated]
             for t in range(TICKS):
                 for s in range(PER_ROUND):
                     rbm.train_step(batch(t, 0 if same else replica, s), replicas=r)
                 sync.tick()
                 flat = sync.bucket.flat()
                 traj.append(flat.clone())
-                seen: list[object] = [None] * r
-                dist.all_gather_object(seen, crc(flat), group=g.flat)
-                ticks.append(seen)
+                ticks.append(crc(flat))
             sync.finish()
             results[n] = {"ticks": ticks, "traj": traj, "final": sync.bucket.flat(),
                           "messages": sync.messages, "replica": replica, "stage": stage}
@@ -111,7 +111,7 @@ def _spawn(tmp_path: Path, target: Any, world: int, *args: Any) -> list[Any]:
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=120)
+        p.join(timeout=600)  # spawning takes long on a loaded machine
     for p in procs:
         if p.is_alive():
             p.kill()
@@ -150,19 +150,19 @@ def _reference(policy: str, r: int) -> list[torch.Tensor]:
 
 def test_replicas_agree_after_every_tick_and_runs_repeat(tmp_path: Path) -> None:
     first = _spawn(tmp_path / "a", _scenarios, WORLD)
-    again = _spawn(tmp_path / "b", _scenarios, WORLD)
     for n, (spec, nodes, policy, same) in enumerate(SCENARIOS):
         mine = [res[n] for res in first if n in res]
         assert mine, (spec, nodes)
-        for res in mine:
-            if policy == "bsp":  # bit-identical after every tick
-                assert all(len(set(seen)) == 1 for seen in res["ticks"]), (spec, nodes, res)
         for stage in {res["stage"] for res in mine}:
-            finals = [res["final"] for res in mine if res["stage"] == stage]
-            assert all(torch.equal(f, finals[0]) for f in finals), (spec, policy)
-        for a, b in zip(first, again, strict=True):  # the same bits run to run
-            if n in a:
-                assert torch.equal(a[n]["final"], b[n]["final"]), (spec, nodes, policy)
+            peers = [res for res in mine if res["stage"] == stage]
+            if policy == "bsp":  # bit-identical after every tick
+                assert all(res["ticks"] == peers[0]["ticks"] for res in peers), (spec, nodes)
+            assert all(torch.equal(res["final"], peers[0]["final"]) for res in peers), spec
+        for res in first:  # the same bits again, on groups made afresh
+            if n in res:
+                again = res[n + len(SCENARIOS)]
+                assert torch.equal(res[n]["final"], again["final"]), (spec, nodes, policy)
+                assert res[n]["ticks"] == again["ticks"], (spec, nodes, policy)
         if same:
             want = _reference(policy, 2)
             for res in mine:
@@ -170,11 +170,12 @@ def test_replicas_agree_after_every_tick_and_runs_repeat(tmp_path: Path) -> None
                     assert torch.equal(got, ref), (spec, policy, res["replica"])
     # replicas that train on different data do move apart under bsp_delayed between ticks
     delayed = [res[5] for res in first if 5 in res]
-    assert len({crc(res["traj"][2]) for res in delayed}) > 1
-    # hierarchical, uneven: a node's lone replica leads (one all-reduce), the others reduce
-    # and take the broadcast (two collectives per round); TICKS rounds and one final round
+    assert len({res["ticks"][2] for res in delayed}) > 1
+    # hierarchical, uneven: node a's leader reduces, all-reduces with b's and broadcasts (three
+    # collectives per round), its peer reduces and takes the broadcast (two), b's lone replica
+    # only all-reduces (one); TICKS rounds and one final round
     uneven = {res[4]["replica"]: res[4]["messages"] for res in first if 4 in res}
-    assert uneven == {0: 2 * (TICKS + 1), 1: 2 * (TICKS + 1), 2: TICKS + 1}
+    assert uneven == {0: 3 * (TICKS + 1), 1: 2 * (TICKS + 1), 2: TICKS + 1}
 
 
 def _failing(rank: int, store: str, out: str, how: str) -> None:
@@ -186,9 +187,9 @@ def _failing(rank: int, store: str, out: str, how: str) -> None:
     torch.set_num_threads(1)
     fs = dist.FileStore(store, 3)
     dist.init_process_group("gloo", store=fs, rank=rank, world_size=3)
-    groups = make_groups(Plan.parse("0x3", 3, 1), ["a"] * 3, 4.0)
+    groups = make_groups(Plan.parse("0x3", 3, 1), ["a"] * 3, TIMEOUT)
     rbm = layer()
-    sync = _sync(rbm, groups[0], rank, "bsp", timeout=4.0, kv=dist.PrefixStore("kv", fs))
+    sync = _sync(rbm, groups[0], rank, "bsp", timeout=TIMEOUT, kv=dist.PrefixStore("kv", fs))
     result: dict[str, Any] = {}
     try:
         for t in range(TICKS):
@@ -216,7 +217,7 @@ def test_a_replica_lost_in_a_round_is_named_within_the_timeout(tmp_path: Path, h
     for p in procs:
         p.start()
     for p in procs[:2]:
-        p.join(timeout=60)
+        p.join(timeout=600)
     procs[2].kill()
     lost = torch.load(outs[2], weights_only=False)
     for r in (0, 1):
@@ -224,4 +225,4 @@ def test_a_replica_lost_in_a_round_is_named_within_the_timeout(tmp_path: Path, h
         assert got.get("peer") == 2, got
         assert "lost replica 2 (rank 2) in a sync round" in got["error"], got
         assert got["timed_out"] == (how == "hang"), got
-        assert got["t"] - lost["at"] < 4.0, got  # within pipeline.timeout
+        assert got["t"] - lost["at"] < TIMEOUT, got  # within pipeline.timeout

@@ -189,7 +189,8 @@ def main() -> None:
             rows = sync_compare(Path(d), args.sync_ranks, args)
         result = {"date": str(date.today()), "args": vars(args), "sync": rows,
                   "machine": f"{os.cpu_count()} cores, torch {torch.__version__}"}
-        publish(result, ROOT / "tools" / "out" / "bench_sync.json", sync_report(result), None)
+        publish(result, ROOT / "tools" / "out" / "bench_sync.json", sync_report(result),
+                "bench_sync" if args.write_docs else None)
         return
     results = run(args.ranks, args.epochs, args.sleep, args.onset)
     publish(results, ROOT / "tools" / "out" / "bench_balancer.json", report(results),

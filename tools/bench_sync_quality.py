@@ -32,6 +32,7 @@ from typing import Any  # noqa: E402
 
 from tools import benchrun  # noqa: E402
 from tools.bench_quality import measure  # noqa: E402
+from tools.benchdocs import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny.yaml"
@@ -75,12 +76,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=float, default=10)
+    ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     result = run(args.seeds, args.epochs)
-    out = ROOT / "tools" / "out" / "bench_sync_quality.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(report(result))
+    publish(result, ROOT / "tools" / "out" / "bench_sync_quality.json", report(result),
+            "bench_sync_quality" if args.write_docs else None)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ one per replica. Every step has one source of each value (the ring's reduce-scat
 chunk one owner, the leader's broadcast one value per node), so every replica ends with the same
 bits, and the result depends only on the group and the bucket: a run is deterministic.
 
-The groups use the run's backend (gloo on CPU, NCCL on CUDA). A round waits at most three
-quarters of ``pipeline.timeout``: a collective that a lost or hung replica never finishes raises,
+The groups use the run's backend (gloo on CPU, NCCL on CUDA). A round waits at most 0.6 x
+``pipeline.timeout``: a collective that a lost or hung replica never finishes raises,
 and ``lost_replica`` works out which replica it was within a fifth of it (5 s at most), so every
 replica stops within ``pipeline.timeout``, naming it. For bitwise-reproducible runs on NCCL set
 ``NCCL_ALGO=Ring``, ``NCCL_PROTO=Simple`` and ``NCCL_NVLS_ENABLE=0`` (NCCL otherwise picks its

@@ -44,7 +44,7 @@ from pipedbn.pipeline.replicas import Rounds
 from pipedbn.pipeline.transport import LinkError
 
 _Round = tuple[torch.Tensor, "Future[None] | None"]
-ROUND_SHARE, GRACE_SHARE = 0.75, 0.2
+ROUND_SHARE, GRACE_SHARE = 0.6, 0.2
 """Of ``pipeline.timeout``: the most a round waits, and the post-mortem after a failed one."""
 
 
