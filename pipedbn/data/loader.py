@@ -1,12 +1,14 @@
 """Training data: held-out split, preprocessing, checks, deterministic micro-batches, prefetch.
 
-``open_data`` opens a source (``datasets.py``), splits it, and (``measure``) reads every value
-once in chunks to check it (finite; within [0, 1] for a Bernoulli visible layer) and to take the
-statistics that standardisation and the visible-bias initialisation need; once per run, in the
-process that starts it: the others open the headers only and trust the run's manifest
-(``manifest.py``, ``prepare.run_data``). Bad data is reported before any run directory exists.
+``open_data`` opens a source (``datasets.py``), splits it, and (``measure``) reads a bounded
+sample (the whole training split up to ``data.stats_samples`` rows) in chunks to check it
+(finite; within [0, 1] for a Bernoulli visible layer) and to take the statistics that
+standardisation and the visible-bias initialisation need; once per run, in the process that
+starts it: the others open the headers only and trust the run's manifest (``manifest.py``,
+``prepare.run_data``). A bad value in the sample is reported before any run directory exists.
 Micro-batches are then read on demand, in the order of a permutation drawn from (seed, epoch),
-and checked again as they are read.
+and every value is checked as it is read (``Data.rows``): a bad one outside the sample stops
+the run there, naming file and sample.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class Data:
     valid_rows: np.ndarray | None = None
     """Sorted rows of a validation split carved from training (``data.validation``), if any."""
     checked: bool = False
-    """Whether every value has been read and checked (``measure``) or taken on trust from a
-    manifest that matches the files (``manifest.py``)."""
+    """Whether the statistics' sample has been read and checked (``measure``) or taken on
+    trust from a manifest that matches the files (``manifest.py``); the other values are
+    checked as they are read."""
     eval_samples: int = 1000
     """At most this many held-out samples in the start and end evaluations
     (``monitor.final_samples``; ``eval_rows``)."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from pipedbn.pipeline.context import Ending, MicroBatch, RankContext, Role
-from pipedbn.pipeline.transport import DATA, END, PROBE, Receiver, Sender
+from pipedbn.pipeline.transport import DATA, END, PROBE, Extra, Receiver, Sender
 
 
 def feeds(senders: int, receivers: int, i: int, j: int) -> bool:
@@ -36,9 +36,12 @@ class Inbox:
     """A replica's input from the replicas of the stage below, in stream order."""
 
     def __init__(self, role: Role, ctx: RankContext, shape: tuple[int, int], timeout: float,
-                 on_beat: Callable[[], None] | None = None) -> None:
+                 on_beat: Callable[[], None] | None = None, extras: tuple[Extra, ...] = ()
+                 ) -> None:
         """``shape``: (rows, features) of a full micro-batch; ``timeout`` bounds every wait
-        but the first (``ctx.setup_timeout``); ``on_beat``: called on each heartbeat."""
+        but the first (``ctx.setup_timeout``); ``on_beat``: called on each heartbeat;
+        ``extras``: the tensors each micro-batch carries beside its rows (``transport.Extra``),
+        in the same message."""
         below = role.plan.stages[role.stage - 1]
         self.upstream = below.replicas
         self.receivers: dict[int, Receiver] = {}
@@ -46,8 +49,10 @@ class Inbox:
             if feeds(below.replicas, role.replicas, i, role.replica):
                 self.receivers[i] = Receiver(rank, *shape, ctx.dtype, ctx.device, timeout,
                                              role.name, on_beat=on_beat,
-                                             first_timeout=ctx.setup_timeout)
+                                             first_timeout=ctx.setup_timeout, extras=extras)
         self.ending = Ending(END)
+        self.extras: list[torch.Tensor] = []
+        """The extras of the micro-batch ``take`` returned last (valid as long as its rows)."""
         """How the input ended (once ``take`` has returned None, or after ``finish``)."""
 
     def take(self, m: int) -> MicroBatch | None:
@@ -67,6 +72,7 @@ class Inbox:
             if got != m:  # the neighbour runs a different schedule: configs differ
                 raise RuntimeError(f"received micro-batch {got}, expected {m}")
             assert x is not None
+            self.extras = receiver.extras
             return MicroBatch(m, x, probe)
         self._ended(kind, got, first=m % self.upstream)
         return None
@@ -95,29 +101,31 @@ class Outbox:
     """A replica's output to the replicas of the stage above: ``m`` goes to replica ``m % r``."""
 
     def __init__(self, role: Role, ctx: RankContext, shape: tuple[int, int], window: int,
-                 timeout: float) -> None:
+                 timeout: float, extras: tuple[Extra, ...] = ()) -> None:
         """``shape``: (rows, features) of a full micro-batch; at most ``window`` messages in
         flight per link, each wait bounded by ``timeout``; a heartbeat after a quarter of
-        ``ctx.timeout`` of quiet."""
+        ``ctx.timeout`` of quiet; ``extras`` as the ``Inbox``'s above."""
         above = role.plan.stages[role.stage + 1]
         self.downstream = above.replicas
         self.senders: dict[int, Sender] = {}
         for j, rank in enumerate(above.ranks):
             if feeds(role.replicas, above.replicas, role.replica, j):
                 s = Sender(rank, *shape, ctx.dtype, ctx.device, window, timeout, role.name,
-                           beat_every=ctx.timeout / 4)
+                           beat_every=ctx.timeout / 4, extras=extras)
                 if role.replicas > 1:
                     # the replica above reads another link while this one is quiet: never
                     # wait on a heartbeat it has not taken (its two posted receives hold two)
                     s.max_beats = 2
                 self.senders[j] = s
 
-    def send(self, m: int, x: torch.Tensor, probe: torch.Tensor | None = None) -> None:
+    def send(self, m: int, x: torch.Tensor, probe: torch.Tensor | None = None,
+             extras: tuple[torch.Tensor, ...] = ()) -> None:
+        """Micro-batch ``m``'s rows ``x`` and ``extras`` (one message), after its probe."""
         sender = self.senders[m % self.downstream]
         if probe is not None:
             for piece in probe.split(sender.max_rows):
                 sender.send(m, piece, PROBE)
-        sender.send(m, x)
+        sender.send(m, x, DATA, extras)
 
     def beat_if_quiet(self) -> None:
         for s in self.senders.values():
