@@ -1,7 +1,7 @@
 """The pipeline's cost per micro-batch against gloo's own round trip for the same message
 (issue 22, item 3), and configs/tiny.yaml on 2 processes against ``--nproc 1``.
 
-    nice -n 10 python -m tools.bench_overhead                # 3 rounds; docs/benchmarks.md
+    python -m tools.bench_overhead                           # 3 rounds; docs/benchmarks.md
     python -m tools.bench_overhead --rounds 1 --no-doc       # a quick look
 
 In each round, interleaved (these machines are noisy): (1) gloo's raw round trip, two local
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         _pingpong(int(rank), store, out, int(nbytes), int(pings))
         return 0
     r = measure(args.rounds, args.epochs, args.pings)
-    command = "nice -n 10 python -m tools.bench_overhead" + (
+    command = "python -m tools.bench_overhead" + (
         f" --rounds {args.rounds}" if args.rounds != 3 else "") + (
         f" --epochs {args.epochs:g}" if args.epochs != 30.0 else "")
     text = table(r, command)
