@@ -52,6 +52,17 @@ class NonFiniteError(UserError):
         )
 
 
+class Reported(Exception):
+    """A rank that stops for a failure that another process reports in one line: a user's
+    mistake found by a stage under the local launcher (the launcher says it, from the stage's
+    record), or a lost link whose root cause is such a mistake on another rank (that rank, or
+    the launcher, says it). The CLI prints nothing and exits with ``exit_code``."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"exit status {exit_code}, reported elsewhere")
+        self.exit_code = exit_code
+
+
 class Interrupted(Exception):
     """A run stopped by Ctrl-C or SIGTERM: not a failure. The message says where the run is and
     the command that continues it; exit status 130."""

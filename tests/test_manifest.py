@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import ROOT, cli, env1
 
 from pipedbn.config import load_config
 from pipedbn.data.loader import open_data
@@ -124,6 +126,41 @@ def test_manifest_round_trip(tmp_path):
     assert data.checked
 
 
+# ------------------------------------------------------------------- the statistics' sample
+
+
+def test_stats_sample_is_whole_when_small_and_bounded_seeded_when_large(tmp_path):
+    glob = shards(tmp_path / "data", n=4, rows=500)  # 2,000 rows, 1,800 trained on
+    cfg = cfg_for(glob)
+    whole = run_data(cfg, None, values=True)
+    x = np.concatenate([np.load(tmp_path / "data" / f"part-{k}.npy") for k in range(4)])
+    exact = np.add.reduce(x[whole.train_rows], axis=0, dtype=np.float64) / len(whole.train_rows)
+    np.testing.assert_array_equal(whole.feature_mean, exact.astype(np.float32))
+    bounded = run_data(cfg_for(glob, "data.stats_samples=300"), None, values=True)
+    rows = bounded.subset(bounded.train_rows, 300, 0x57A7)
+    assert len(rows) == 300 and set(rows) <= set(bounded.train_rows)
+    sampled = np.add.reduce(x[rows], axis=0, dtype=np.float64) / 300
+    np.testing.assert_array_equal(bounded.feature_mean, sampled.astype(np.float32))
+    again = run_data(cfg_for(glob, "data.stats_samples=300"), None, values=True)
+    np.testing.assert_array_equal(again.feature_mean, bounded.feature_mean)  # seeded
+    other = run_data(cfg_for(glob, "data.stats_samples=300", "seed=1"), None, values=True)
+    assert not np.array_equal(other.feature_mean, bounded.feature_mean)
+
+
+def test_a_bad_value_outside_the_stats_sample_is_left_to_the_stream(tmp_path):
+    glob = shards(tmp_path / "data", n=4, rows=500)
+    cfg = cfg_for(glob, "data.stats_samples=300")
+    data = run_data(cfg, None, values=False)
+    rows = set(data.subset(data.train_rows, 300, 0x57A7).tolist())
+    row = next(r for r in data.train_rows.tolist() if r >= 1500 and r not in rows)
+    x = np.load(tmp_path / "data" / "part-3.npy")
+    x[row - 1500, 1] = np.inf
+    np.save(tmp_path / "data" / "part-3.npy", x)
+    assert run_data(cfg, None, values=True).checked  # start-up did not read it
+    with pytest.raises(DataError, match=f"part-3.npy sample {row - 1500}"):
+        data.rows(np.array([row]))  # as its micro-batch is read
+
+
 # --------------------------------------------------------------------- the evaluation sample
 
 
@@ -231,3 +268,65 @@ def test_resume_on_changed_shards_is_refused(tmp_path, change):
     assert f"{path} changed since the run" in proc.stderr
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before  # refused before anything of the run was touched
+
+
+def _bad_stream(folder: Path) -> str:
+    """Four 64-feature shards of 400 rows; a NaN in the last, outside the statistics' sample
+    of ``data.stats_samples=100`` (so the stream meets it, not the start-up check)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        x = rng.random((400, 64)).astype(np.float32)
+        if k == 3:
+            x[321, 9] = np.nan
+        np.save(folder / f"part-{k}.npy", x)
+    glob = str(folder / "part-*.npy")
+    cfg = load_config("configs/tiny.yaml", ["data.source=npy", f"data.path={glob}",
+                                            *STREAM])
+    data = run_data(cfg, None, values=False)
+    assert 1200 + 321 in set(data.train_rows.tolist())
+    assert 1200 + 321 not in set(data.subset(data.train_rows, 100, 0x57A7).tolist())
+    return glob
+
+
+STREAM = ["data.stats_samples=100", "rbm.epochs=1", "monitor.enabled=false"]
+
+
+def _stopped_cleanly(run: Path) -> None:
+    """What a run stopped by bad data in the stream leaves: marked failed, naming the sample;
+    no final state, no model, no half-written file."""
+    failure = json.loads((run / "failure.json").read_text())
+    assert failure["exit_code"] == 2 and "part-3.npy sample 321" in failure["message"]
+    assert not (run / "model.safetensors").exists() and not (run / "summary.txt").exists()
+    assert not (run / "checkpoints" / "final").exists()
+    assert not list(run.parent.rglob("*.tmp")) and not list(run.parent.glob(".*claim*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", ["1", "3"])
+def test_bad_value_met_in_the_stream_is_one_line(tmp_path, nproc):
+    glob = _bad_stream(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = cli("train", "configs/tiny.yaml", "data.source=npy", f"data.path={glob}",
+               f"run.dir={run}", "--nproc", nproc, "-q", *STREAM)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("pipedbn: error: ") and proc.stderr.count("\n") == 1, \
+        proc.stderr
+    assert "non-finite value (NaN or Inf) in part-3.npy sample 321" in proc.stderr
+    _stopped_cleanly(run)
+
+
+@pytest.mark.slow
+def test_bad_value_met_in_the_stream_under_torchrun_is_one_line(tmp_path):
+    glob = _bad_stream(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+         "-m", "pipedbn", "train", "configs/tiny.yaml", "data.source=npy", f"data.path={glob}",
+         f"run.dir={run}", "-q", *STREAM],
+        cwd=ROOT, env=env1(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("pipedbn: ")]
+    assert ours == ["pipedbn: error: stage 0: data: non-finite value (NaN or Inf) in "
+                    "part-3.npy sample 321; clean the data or drop those samples"], proc.stderr
+    _stopped_cleanly(run)

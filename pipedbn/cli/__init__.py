@@ -20,7 +20,7 @@ import time
 
 from pipedbn import __version__
 from pipedbn.cli import eval, export, finetune, plan, sample, simulate, train
-from pipedbn.errors import ConfigError, Interrupted, UserError
+from pipedbn.errors import ConfigError, Interrupted, Reported, UserError
 from pipedbn.observe.progress import WhereFilter, set_where
 from pipedbn.pipeline.transport import LinkError
 from pipedbn.run.launch import LINK_EXIT
@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     run = {c.NAME: c.run for c in COMMANDS}[args.command]
     try:
         return run(args)
+    except Reported as e:  # another process says it, in one line
+        return e.exit_code
     except UserError as e:
         # every rank finds the same config mistake; rank 0 alone reports it. Under torchrun the
         # others wait for rank 0 to report and the agent to stop them: exiting first would let

@@ -56,6 +56,12 @@ class DataConfig:
     """Number of samples drawn for ``bars``."""
     prefetch: int = 4
     """Micro-batches the background reader prepares ahead of layer 0."""
+    stats_samples: int = 60000
+    """Training samples read before the run starts, to check them and take the statistics
+    (layer 0's visible biases start from their mean; ``standardize`` needs mean and deviation):
+    the whole training split when it is no larger (MNIST's 60,000), else a subset fixed by the
+    seed, so that start-up does not grow with the data set. Every other value is checked as
+    its micro-batch is read."""
 
     def problems(self) -> list[str]:
         p: list[str] = []
@@ -66,6 +72,7 @@ class DataConfig:
         if self.scale is not None and self.scale > 3.4e38:
             p.append(f"data.scale: {self.scale:g} is beyond the largest float32 (3.4e38)")
         p += positive("data.prefetch", self.prefetch)
+        p += positive("data.stats_samples", self.stats_samples)
         if not 0 <= self.validation < 1:
             p.append(f"data.validation: a fraction in [0, 1), got {self.validation}")
         if self.validation and self.source not in ("mnist", "fashion-mnist"):

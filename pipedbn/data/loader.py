@@ -1,12 +1,14 @@
 """Training data: held-out split, preprocessing, checks, deterministic micro-batches, prefetch.
 
-``open_data`` opens a source (``datasets.py``), splits it, and (``measure``) reads every value
-once in chunks to check it (finite; within [0, 1] for a Bernoulli visible layer) and to take the
-statistics that standardisation and the visible-bias initialisation need; once per run, in the
-process that starts it: the others open the headers only and trust the run's manifest
-(``manifest.py``, ``prepare.run_data``). Bad data is reported before any run directory exists.
+``open_data`` opens a source (``datasets.py``), splits it, and (``measure``) reads a bounded
+sample (the whole training split up to ``data.stats_samples`` rows) in chunks to check it
+(finite; within [0, 1] for a Bernoulli visible layer) and to take the statistics that
+standardisation and the visible-bias initialisation need; once per run, in the process that
+starts it: the others open the headers only and trust the run's manifest (``manifest.py``,
+``prepare.run_data``). A bad value in the sample is reported before any run directory exists.
 Micro-batches are then read on demand, in the order of a permutation drawn from (seed, epoch),
-and checked again as they are read.
+and every value is checked as it is read (``Data.rows``): a bad one outside the sample stops
+the run there, naming file and sample.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class Data:
     valid_rows: np.ndarray | None = None
     """Sorted rows of a validation split carved from training (``data.validation``), if any."""
     checked: bool = False
-    """Whether every value has been read and checked (``measure``) or taken on trust from a
-    manifest that matches the files (``manifest.py``)."""
+    """Whether the statistics' sample has been read and checked (``measure``) or taken on
+    trust from a manifest that matches the files (``manifest.py``); the other values are
+    checked as they are read."""
     eval_samples: int = 1000
     """At most this many held-out samples in the start and end evaluations
     (``monitor.final_samples``; ``eval_rows``)."""
@@ -273,27 +276,23 @@ def open_data(cfg: Config, unit_range: bool, values: bool = True) -> Data:
 
 
 def measure(data: Data, cfg: Config, unit_range: bool) -> None:
-    """Read every sample once, ``_CHUNK`` rows at a time (memory bounded whatever the data's
-    size): check its values and take the mean (and variance) of the training split."""
-    src, standardize = data.source, cfg.data.standardize
-    pool = src.rows - src.test_rows
-    n = pool if cfg.data.limit is None else min(cfg.data.limit, pool)
-    total = np.zeros(src.features, np.float64)
-    total_sq = np.zeros(src.features, np.float64)
-    is_train = np.zeros(src.rows, bool)  # (a byte a sample: the row arrays are 8)
-    is_train[data.train_rows] = True
-    used = np.concatenate([np.arange(n), np.arange(pool, src.rows)]) if src.test_rows \
-        else np.arange(n)
+    """Read the statistics' sample (``_stats_rows``) ``_CHUNK`` rows at a time (memory bounded
+    whatever the data's size): check its values and take the mean (and variance) of its
+    training rows. The values it leaves out are checked as their micro-batches are read."""
+    standardize = cfg.data.standardize
+    used, is_train = _stats_rows(data, cfg)
+    n_train = int(is_train.sum()) if is_train is not None else len(used)
+    total = np.zeros(data.features, np.float64)
+    total_sq = np.zeros(data.features, np.float64)
     for lo in range(0, len(used), _CHUNK):
         rows = used[lo : lo + _CHUNK]
         x = data.preprocess(data.raw(rows), rows)
         data.check(x, rows)
-        xt = x[is_train[rows]]
+        xt = x[is_train[rows]] if is_train is not None else x
         # row after row per feature, in float64: the sums of a float64 copy, bit for bit
         total += np.add.reduce(xt, axis=0, dtype=np.float64)
         if standardize:
             total_sq += np.add.reduce(np.square(xt.astype(np.float64)), axis=0)
-    n_train = len(data.train_rows)
     mean = total / n_train
     if standardize:
         std = np.sqrt(np.maximum(total_sq / n_train - mean**2, 0.0))
@@ -307,6 +306,23 @@ def measure(data: Data, cfg: Config, unit_range: bool) -> None:
             rows = used[lo : lo + _CHUNK]
             data.check(data.preprocess(data.raw(rows), rows), rows)
     data.checked = True
+
+
+def _stats_rows(data: Data, cfg: Config) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rows read before the run, which of the source's rows train) for ``measure``: every
+    sample in use when the training split has at most ``data.stats_samples`` rows (the whole
+    set's statistics, as before the bound), else that many training rows drawn once from
+    (seed), sorted (all of them training rows: no mask)."""
+    src, bound = data.source, cfg.data.stats_samples
+    if len(data.train_rows) > bound:
+        return data.subset(data.train_rows, bound, 0x57A7), None
+    pool = src.rows - src.test_rows
+    n = pool if cfg.data.limit is None else min(cfg.data.limit, pool)
+    is_train = np.zeros(src.rows, bool)  # (a byte a sample: the row arrays are 8)
+    is_train[data.train_rows] = True
+    used = np.concatenate([np.arange(n), np.arange(pool, src.rows)]) if src.test_rows \
+        else np.arange(n)
+    return used, is_train
 
 
 class Prefetcher:

@@ -1,7 +1,8 @@
 """The data manifest (``data.json`` in the run directory): what the value check saw, so that
 later processes and resumes of the run trust it without reading the values again.
 
-The check (``loader.measure``) reads every value once, on one process. The manifest records,
+The check (``loader.measure``) reads a bounded sample once, on one process (every other value
+is checked as its micro-batch is read). The manifest records,
 for each file behind the data, its size, its modification time (nanoseconds) and a cheap
 identity (a BLAKE2b digest of its first and last 64 KiB: O(files), not O(samples)), and the
 statistics the check took (the training split's feature mean, standardisation's mean and

@@ -33,7 +33,7 @@ def check_config(cfg: Config, data: Data) -> None:
 def run_data(cfg: Config, run_dir: Path | None, values: bool) -> Data:
     """The data of the run in ``run_dir`` (None: a run not yet created), headers first. With
     the run's manifest, its files are verified (O(files)) and its statistics trusted; without
-    one, ``values`` says whether this process reads and checks every value now (bounded
+    one, ``values`` says whether this process reads and checks the statistics' sample now (bounded
     memory), or leaves that to the process that will (``Data.checked`` stays False)."""
     unit_range = bernoulli_input(cfg)
     data = open_data(cfg, unit_range, values=False)

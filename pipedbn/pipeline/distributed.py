@@ -28,7 +28,7 @@ from pipedbn.balancer import Plan
 from pipedbn.balancer.runtime import store
 from pipedbn.config import Config
 from pipedbn.data.loader import Data
-from pipedbn.errors import ConfigError, RunDirError
+from pipedbn.errors import ConfigError, Reported, RunDirError, UserError
 from pipedbn.observe.monitor import Metrics, tensorboard_on
 from pipedbn.observe.progress import Progress
 from pipedbn.pipeline.context import RankContext
@@ -46,8 +46,10 @@ from pipedbn.pipeline.layers import dtype_of, make_schedule
 from pipedbn.pipeline.rank import RankRun
 from pipedbn.pipeline.runner import StageStats
 from pipedbn.pipeline.setup import Setup, set_up
+from pipedbn.pipeline.transport import LinkError
 from pipedbn.pipeline.worker import open_rank0, train
-from pipedbn.run.rundir import record_failure, storage_problem
+from pipedbn.run.launch import LINK_EXIT
+from pipedbn.run.rundir import record_failure, storage_problem, write_root_failure
 
 
 def torchrun_env() -> tuple[int, int, int] | None:
@@ -100,12 +102,28 @@ def train_distributed(cfg: Config, prepared: bool, resume: Path | None = None) -
             record_failure(run_dir, failure_record(e, rank))
         if recurs(e, run_dir):
             no_restart()
+            if run_dir is not None and not prepared and isinstance(e, UserError):
+                write_root_failure(run_dir)  # (torchrun: no launcher of ours marks the run)
         if problem is not None:
             raise e from None
+        if _reported_elsewhere(e, run_dir, prepared):
+            code = e.exit_code if isinstance(e, UserError) else LINK_EXIT
+            raise Reported(code) from None
         raise
     finally:
         dist.destroy_process_group()
     return 0
+
+
+def _reported_elsewhere(e: BaseException, run_dir: Path | None, prepared: bool) -> bool:
+    """Whether another process says this rank's failure: a user's mistake (bad data met in
+    the stream, say) under the local launcher, which reports the record; a link lost because
+    a neighbour stopped on such a mistake, which that neighbour (or the launcher) reports."""
+    if run_dir is None:
+        return False
+    if prepared and isinstance(e, UserError):
+        return True
+    return isinstance(e, LinkError) and recurs(e, run_dir)
 
 
 def _run(cfg: Config, ctx: RankContext, setup: Setup, data: Data | None) -> None:

@@ -12,10 +12,9 @@ A link ends with END (the stream is over) or PLAN (the run re-plans at micro-bat
 micro-batch before it has been sent, none after it will be); a replica's input ends when every
 one of its links has ended the same way.
 
-With a label top layer every DATA message carries the micro-batch's labels as one more column
-after its features (class indices, exact in any float dtype up to 2^24, well above the 65,536
-classes ``layers.N.labels`` allows); ``Inbox`` splits them off again. Without labels the
-messages are as before.
+With a label top layer every DATA message carries the micro-batch's labels (int64 class
+indices) as an extra tensor in the same message (``transport.Extra``); a PROBE message carries
+none. Without labels the messages are as before.
 """
 
 from __future__ import annotations
@@ -26,7 +25,10 @@ from collections.abc import Callable
 import torch
 
 from pipedbn.pipeline.context import Ending, MicroBatch, RankContext, Role
-from pipedbn.pipeline.transport import DATA, END, PROBE, Receiver, Sender
+from pipedbn.pipeline.transport import DATA, END, PROBE, Extra, Receiver, Sender
+
+LABELS: tuple[Extra, ...] = (((), torch.int64),)
+"""What a labelled link carries beside each micro-batch's rows: one class index per row."""
 
 
 def feeds(senders: int, receivers: int, i: int, j: int) -> bool:
@@ -46,7 +48,7 @@ class Inbox:
         but the first (``ctx.setup_timeout``); ``on_beat``: called on each heartbeat;
         ``labelled``: the micro-batches carry labels (the module doc)."""
         self.labelled = labelled
-        shape = (shape[0], shape[1] + labelled)
+        extras = LABELS if labelled else ()
         below = role.plan.stages[role.stage - 1]
         self.upstream = below.replicas
         self.receivers: dict[int, Receiver] = {}
@@ -54,7 +56,7 @@ class Inbox:
             if feeds(below.replicas, role.replicas, i, role.replica):
                 self.receivers[i] = Receiver(rank, *shape, ctx.dtype, ctx.device, timeout,
                                              role.name, on_beat=on_beat,
-                                             first_timeout=ctx.setup_timeout)
+                                             first_timeout=ctx.setup_timeout, extras=extras)
         self.ending = Ending(END)
         """How the input ended (once ``take`` has returned None, or after ``finish``)."""
 
@@ -68,15 +70,15 @@ class Inbox:
             if got != m:
                 raise RuntimeError(f"received the probe of micro-batch {got}, expected {m}")
             assert x is not None
-            pieces.append((x[:, :-1] if self.labelled else x).clone())  # the buffer is reused
+            pieces.append(x.clone())  # the buffer is reused
             kind, got, x = receiver.get()
         probe = torch.cat(pieces) if pieces else None
         if kind == DATA:
             if got != m:  # the neighbour runs a different schedule: configs differ
                 raise RuntimeError(f"received micro-batch {got}, expected {m}")
             assert x is not None
-            if self.labelled:  # (a copy: the features alone, contiguous as unlabelled ones)
-                return MicroBatch(m, x[:, :-1].contiguous(), probe, x[:, -1].long())
+            if self.labelled:  # (a copy: the slot's buffer is reused by the next message)
+                return MicroBatch(m, x, probe, receiver.extras[0].clone())
             return MicroBatch(m, x, probe)
         self._ended(kind, got, first=m % self.upstream)
         return None
@@ -110,14 +112,14 @@ class Outbox:
         flight per link, each wait bounded by ``timeout``; a heartbeat after a quarter of
         ``ctx.timeout`` of quiet; ``labelled``: the micro-batches carry labels."""
         self.labelled = labelled
-        shape = (shape[0], shape[1] + labelled)
+        extras = LABELS if labelled else ()
         above = role.plan.stages[role.stage + 1]
         self.downstream = above.replicas
         self.senders: dict[int, Sender] = {}
         for j, rank in enumerate(above.ranks):
             if feeds(role.replicas, above.replicas, role.replica, j):
                 s = Sender(rank, *shape, ctx.dtype, ctx.device, window, timeout, role.name,
-                           beat_every=ctx.timeout / 4)
+                           beat_every=ctx.timeout / 4, extras=extras)
                 if role.replicas > 1:
                     # the replica above reads another link while this one is quiet: never
                     # wait on a heartbeat it has not taken (its two posted receives hold two)
@@ -126,16 +128,17 @@ class Outbox:
 
     def send(self, m: int, x: torch.Tensor, probe: torch.Tensor | None = None,
              labels: torch.Tensor | None = None) -> None:
+        """Micro-batch ``m``'s rows ``x`` and, on a labelled link, its ``labels`` (one
+        message), after its probe."""
         sender = self.senders[m % self.downstream]
         if probe is not None:
-            if self.labelled:  # (a probe has no labels: its own column is 0)
-                probe = torch.cat([probe, probe.new_zeros(len(probe), 1)], 1)
             for piece in probe.split(sender.max_rows):
                 sender.send(m, piece, PROBE)
         if self.labelled:
             assert labels is not None, f"micro-batch {m} has lost its labels"
-            x = torch.cat([x, labels.to(x.dtype).unsqueeze(1)], 1)
-        sender.send(m, x)
+            sender.send(m, x, DATA, (labels,))
+        else:
+            sender.send(m, x, DATA)
 
     def beat_if_quiet(self) -> None:
         for s in self.senders.values():

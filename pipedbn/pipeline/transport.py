@@ -1,18 +1,23 @@
 """Point-to-point links between neighbouring stages over ``torch.distributed``.
 
-A message is a header ``int64[m, rows, kind]`` followed by a payload of the link's static shape
-``(max_rows, features)``; a partial micro-batch travels padded and the receiver slices ``rows``
-(the padding is never trained on). ``kind`` is DATA, END (end of stream), PLAN (end of this
-plan's part of the stream: the run re-plans at micro-batch ``m``) or BEAT: a link that has
-carried nothing for a quarter of the timeout carries a heartbeat instead, so a stage that waits a
-long time for its first micro-batch (the greedy schedule, a long streaming offset) can tell a
-quiet peer from a hung one; a stage that is itself waiting passes heartbeats on. PROBE messages
-come just before the DATA of their micro-batch and carry its held-out probe (``probe.py``), in
-pieces of at most ``max_rows``. The sender keeps at
-most ``window`` messages in flight (back-pressure: it waits for the oldest before sending more);
-the receiver keeps two receives posted (double buffering), so END and PLAN are sent twice. Every
-wait is bounded by ``timeout``; a failure raises ``LinkError`` naming both the stage that saw it
-and the peer it lost. Headers live on the payload's device, so the same code runs on gloo and NCCL.
+A message is ONE tensor of bytes, of the link's static size: the payload's ``(max_rows,
+features)``, then any extra tensors the link carries per row (``extras``: a label per sample,
+say), then a header ``int64[m, rows, kind]`` (``Layout``; replica sync packs its header the same
+way). One ``isend``/``irecv`` per message: gloo pays its per-message cost once, not once for the
+header and once for the payload. A partial micro-batch travels padded and the receiver slices
+``rows`` (the padding is never trained on, and is not cleared: it holds an earlier message's
+rows). ``kind`` is DATA, END (end of stream), PLAN (end of this plan's part of the stream: the
+run re-plans at micro-batch ``m``) or BEAT: a link that has carried nothing for a quarter of the
+timeout carries a heartbeat instead, so a stage that waits a long time for its first micro-batch
+(the greedy schedule, a long streaming offset) can tell a quiet peer from a hung one; a stage
+that is itself waiting passes heartbeats on. PROBE messages come just before the DATA of their
+micro-batch and carry its held-out probe (``probe.py``), in pieces of at most ``max_rows``. The
+sender keeps at most ``window`` messages in flight (back-pressure: it waits for the oldest
+before sending more), each in one of ``window`` send buffers allocated once; the receiver keeps
+two receives posted (double buffering), so END and PLAN are sent twice. No buffer is allocated
+per message. Every wait is bounded by ``timeout``; a failure raises ``LinkError`` naming both the
+stage that saw it and the peer it lost. Buffers live on the payload's device, so the same code
+runs on gloo and NCCL (on CUDA the receiver reads the header to the host: one sync a message).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -72,14 +78,94 @@ def _wait(work: dist.Work, timeout: float, what: str, peer: int) -> None:
         raise LinkError(f"{what}: no answer in {timeout:g} s (is it hung?)", peer, True)
 
 
+Extra = tuple[tuple[int, ...], torch.dtype]
+"""An extra tensor a link carries with each message: its shape after the rows (``()`` for one
+value a row, e.g. an int64 label) and its dtype."""
+
+_HEADER = 3  # int64 m, rows, kind
+
+
+def _align(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each part of a link's message lies in its bytes: the payload ``(max_rows,
+    features)`` of ``dtype`` at 0, each extra (``max_rows`` rows of it) after, 8-aligned, and
+    the header last."""
+
+    max_rows: int
+    features: int
+    dtype: torch.dtype
+    extras: tuple[Extra, ...] = ()
+
+    @property
+    def _parts(self) -> list[tuple[int, int]]:
+        """(offset, bytes) of the payload and of each extra."""
+        es = torch.empty(0, dtype=self.dtype).element_size()
+        parts, at = [(0, self.max_rows * self.features * es)], 0
+        for tail, dtype in self.extras:
+            at = _align(at + parts[-1][1])
+            n = self.max_rows * math.prod(tail) * torch.empty(0, dtype=dtype).element_size()
+            parts.append((at, n))
+        return parts
+
+    @property
+    def header_at(self) -> int:
+        at, n = self._parts[-1]
+        return _align(at + n)
+
+    @property
+    def nbytes(self) -> int:
+        return self.header_at + 8 * _HEADER
+
+    def buffer(self, device: torch.device) -> _Message:
+        return _Message(self, torch.zeros(self.nbytes, dtype=torch.uint8, device=device))
+
+
+class _Message:
+    """One message buffer and its typed views (made once: views cost allocations)."""
+
+    def __init__(self, layout: Layout, buf: torch.Tensor) -> None:
+        self.buf = buf
+        parts = layout._parts
+        at, n = parts[0]
+        self.payload = buf[at : at + n].view(layout.dtype).view(layout.max_rows,
+                                                               layout.features)
+        self.extras = [buf[a : a + k].view(dtype).view(layout.max_rows, *tail)
+                       for (a, k), (tail, dtype) in zip(parts[1:], layout.extras, strict=True)]
+        h = layout.header_at
+        self.header = buf[h : h + 8 * _HEADER].view(torch.int64)
+        # on the CPU the header is read and written through numpy: no tensor per message
+        self._np = self.header.numpy() if buf.device.type == "cpu" else None
+
+    def write_header(self, m: int, rows: int, kind: int) -> None:
+        if self._np is not None:
+            self._np[0], self._np[1], self._np[2] = m, rows, kind
+        else:
+            self.header.copy_(torch.tensor([m, rows, kind], dtype=torch.int64),
+                              non_blocking=True)
+
+    def read_header(self) -> tuple[int, int, int]:
+        if self._np is not None:
+            return int(self._np[0]), int(self._np[1]), int(self._np[2])
+        m, rows, kind = self.header.tolist()
+        return m, rows, kind
+
+
 class Sender:
     def __init__(self, dst: int, max_rows: int, features: int, dtype: torch.dtype,
                  device: torch.device, window: int, timeout: float, name: str,
-                 beat_every: float | None = None) -> None:
+                 beat_every: float | None = None, extras: Sequence[Extra] = ()) -> None:
+        """``extras``: the tensors each message carries beside the payload (``Extra``)."""
         self.dst, self.max_rows, self.features = dst, max_rows, features
         self.dtype, self.device, self.window, self.timeout = dtype, device, window, timeout
         self.name = name
-        self._pending: deque[tuple[list[dist.Work], torch.Tensor, torch.Tensor]] = deque()
+        self.layout = Layout(max_rows, features, dtype, tuple(extras))
+        self._free = [self.layout.buffer(device) for _ in range(window)]
+        self._pending: deque[tuple[dist.Work, _Message]] = deque()
+        self._what = f"{name}: lost stage {dst} while sending"
         self.max_in_flight = 0
         self.beat_every = timeout / 4 if beat_every is None else beat_every
         self._last_send = -math.inf  # the first call to beat_if_quiet says the stream began
@@ -90,7 +176,7 @@ class Sender:
     def in_flight(self) -> int:
         """Messages sent that are not known to be taken by the peer. gloo confirms a send only
         when it is waited on, so on gloo this is an upper bound: the window's worth at most."""
-        while self._pending and all(w.is_completed() for w in self._pending[0][0]):
+        while self._pending and self._pending[0][0].is_completed():
             self._retire_oldest()
         return len(self._pending)
 
@@ -104,32 +190,34 @@ class Sender:
             return
         if time.monotonic() - self._last_send > self.beat_every:
             self._beats += 1
-            self.send(-1, torch.zeros(0, self.features, dtype=self.dtype, device=self.device),
-                      BEAT)
+            self.send(-1, None, BEAT)
 
     def _retire_oldest(self) -> None:
-        works, _, _ = self._pending.popleft()
-        for w in works:
-            _wait(w, self.timeout, f"{self.name}: lost stage {self.dst} while sending",
-                  self.dst)
+        work, msg = self._pending.popleft()
+        _wait(work, self.timeout, self._what, self.dst)
+        self._free.append(msg)
 
-    def send(self, m: int, x: torch.Tensor, kind: int = DATA) -> None:
-        while len(self._pending) >= self.window:
+    def send(self, m: int, x: torch.Tensor | None, kind: int = DATA,
+             extras: Sequence[torch.Tensor] = ()) -> None:
+        """Send ``x`` (rows of the payload; None: no rows) and its ``extras`` (as many rows
+        each, in the order of the link's ``extras``) as message ``kind`` of micro-batch ``m``."""
+        while not self._free:
             self._retire_oldest()
         if kind != BEAT:
             self._beats = 0
-        rows = x.shape[0]
-        assert x.shape[1:] == (self.features,) and rows <= self.max_rows, (x.shape, self.features)
-        if rows < self.max_rows:
-            padded = torch.zeros(self.max_rows, self.features, dtype=self.dtype,
-                                 device=self.device)
-            padded[:rows] = x
-            x = padded
-        header = torch.tensor([m, rows, kind], dtype=torch.int64, device=self.device)
-        what = f"{self.name}: lost stage {self.dst} while sending"
-        works = [_post(dist.isend, header, self.dst, what),
-                 _post(dist.isend, x.contiguous(), self.dst, what)]
-        self._pending.append((works, header, x))  # keep both alive until sent
+        msg = self._free.pop()
+        rows = 0
+        if x is not None:
+            rows = x.shape[0]
+            assert x.shape[1:] == (self.features,) and rows <= self.max_rows, \
+                (x.shape, self.features)
+            (msg.payload if rows == self.max_rows else msg.payload[:rows]).copy_(x)
+        assert len(extras) in (0, len(msg.extras)), "a message carries all its extras or none"
+        for view, e in zip(msg.extras, extras, strict=False):
+            assert e.shape[0] == rows, (e.shape, rows)
+            view[:rows].copy_(e)
+        msg.write_header(m, rows, kind)
+        self._pending.append((_post(dist.isend, msg.buf, self.dst, self._what), msg))
         self._last_send = time.monotonic()
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
 
@@ -137,9 +225,8 @@ class Sender:
         """Send end-of-stream (or PLAN at micro-batch ``m``) and wait until every message has
         been taken."""
         assert kind in TERMINAL
-        empty = torch.zeros(0, self.features, dtype=self.dtype, device=self.device)
         for _ in range(2):  # one for each receive the peer keeps posted
-            self.send(m, empty, kind)
+            self.send(m, None, kind)
         while self._pending:
             self._retire_oldest()
 
@@ -148,35 +235,34 @@ class Receiver:
     def __init__(self, src: int, max_rows: int, features: int, dtype: torch.dtype,
                  device: torch.device, timeout: float, name: str,
                  on_beat: Callable[[], None] | None = None,
-                 first_timeout: float | None = None) -> None:
+                 first_timeout: float | None = None, extras: Sequence[Extra] = ()) -> None:
         """``first_timeout`` bounds the wait for the first message (the peer may still be
-        setting up); ``timeout`` every later one."""
+        setting up); ``timeout`` every later one; ``extras`` as the sender's."""
         self.src, self.timeout, self.name, self.on_beat = src, timeout, name, on_beat
         self._first_timeout = first_timeout if first_timeout is not None else timeout
-        self._slots = [(torch.empty(3, dtype=torch.int64, device=device),
-                        torch.empty(max_rows, features, dtype=dtype, device=device))
-                       for _ in range(2)]
-        self._works: list[list[dist.Work]] = [[], []]
+        self.layout = Layout(max_rows, features, dtype, tuple(extras))
+        self._slots = [self.layout.buffer(device) for _ in range(2)]
+        self._works: list[dist.Work | None] = [None, None]
+        self._what = f"{name}: lost stage {src} while receiving"
         self._next = 0
         self._pending_repost: int | None = None
+        self._rows = 0
         for k in range(2):
             self._post(k)
 
     def _post(self, k: int) -> None:
-        header, payload = self._slots[k]
-        what = f"{self.name}: lost stage {self.src} while receiving"
-        self._works[k] = [_post(dist.irecv, header, self.src, what),
-                          _post(dist.irecv, payload, self.src, what)]
+        self._works[k] = _post(dist.irecv, self._slots[k].buf, self.src, self._what)
 
     def get(self) -> tuple[int, int, torch.Tensor | None]:
         """The next message that is not a heartbeat: ``(DATA | PROBE, m, x)``, with ``x`` valid
-        until the next call, or ``(END | PLAN, m, None)``, after which the link is done."""
+        until the next call (its extras in ``extras``), or ``(END | PLAN, m, None)``, after
+        which the link is done."""
         self._flush()
         while True:
             k = self._next
             self._take(k)
-            header, payload = self._slots[k]
-            m, rows, kind = header.tolist()
+            msg = self._slots[k]
+            m, rows, kind = msg.read_header()
             if kind in TERMINAL:
                 self._take((k + 1) % 2)  # the second copy fills the receive posted ahead
                 return kind, m, None
@@ -186,7 +272,16 @@ class Receiver:
                 self._repost(k)
                 continue
             self._pending_repost = k  # the consumer is done with slot k at the next call
-            return kind, m, payload[:rows]
+            self._rows = rows
+            return kind, m, msg.payload if rows == self.layout.max_rows else msg.payload[:rows]
+
+    @property
+    def extras(self) -> list[torch.Tensor]:
+        """The extra tensors of the message ``get`` returned last (valid as long as it)."""
+        k = self._pending_repost
+        if k is None:
+            return []
+        return [e[: self._rows] for e in self._slots[k].extras]
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         """Yields ``(m, x)`` until the end of the stream (probes skipped)."""
@@ -208,5 +303,6 @@ class Receiver:
 
     def _take(self, k: int) -> None:
         timeout, self._first_timeout = self._first_timeout, self.timeout
-        for w in self._works[k]:
-            _wait(w, timeout, f"{self.name}: lost stage {self.src} while receiving", self.src)
+        work = self._works[k]
+        assert work is not None
+        _wait(work, timeout, self._what, self.src)

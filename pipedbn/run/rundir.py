@@ -199,7 +199,7 @@ def layer_state_path(run_dir: Path, layer: int, tag: str = "final") -> Path:
 def start_run(cfg: Config, prepared: bool = False, marks: dict[str, bytes] | None = None,
               token: str | None = None, on_claim: Callable[[Path], None] | None = None
               ) -> tuple[Path, Data]:
-    """Open and check the data (every value once, ``data.loader.measure``), then claim the run
+    """Open and check the data (its statistics' sample, ``data.loader.measure``), then claim the run
     directory with ``config.yaml``, the preprocessing, the split, the data manifest and
     ``marks`` (more files) in it; nothing is written before every check has passed
     (``claim_run_dir`` says what ``token`` and ``on_claim`` do). ``prepared``: the local

@@ -1,0 +1,173 @@
+"""The pipeline's cost per micro-batch against gloo's own round trip for the same message
+(issue 22, item 3), and configs/tiny.yaml on 2 processes against ``--nproc 1``.
+
+    python -m tools.bench_overhead                           # 3 rounds; docs/benchmarks.md
+    python -m tools.bench_overhead --rounds 1 --no-doc       # a quick look
+
+In each round, interleaved (these machines are noisy): (1) gloo's raw round trip, two local
+processes passing one ``uint8`` tensor of the link's message size (``transport.Layout``: tiny's
+first link, 200 x 32 float32 and the header) back and forth with ``dist.isend``/``dist.irecv``,
+the median of ``--pings`` after 20 warm-up trips; (2) ``pipedbn train configs/tiny.yaml
+train.batch_size=200 monitor.enabled=false rbm.epochs=E --nproc 2``; (3) the same with
+``--nproc 1``. From (2)'s ``stages.json``: the pipeline's time per micro-batch (the longest
+stage's active time over the stream's micro-batches) minus the slowest stage's step (its compute
+time per micro-batch): the overhead per micro-batch. The figures are medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pipedbn.pipeline.transport import Layout
+from tools.benchdocs import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "bench_overhead"
+BATCH, FEATURES = 200, 32  # tiny's first link: layer 0's 32 hidden units, 200 rows
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def round_trip(nbytes: int, pings: int) -> float:
+    """Median seconds of one gloo round trip of an ``nbytes`` message (two processes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.json"
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "tools.bench_overhead", "--pingpong", str(rank),
+             str(Path(tmp) / "store"), str(out), str(nbytes), str(pings)],
+            cwd=ROOT, env=_env()) for rank in (0, 1)]
+        for p in procs:
+            if p.wait(timeout=300):
+                raise SystemExit(f"the ping-pong worker failed (exit {p.returncode})")
+        return float(json.loads(out.read_text()))
+
+
+def _pingpong(rank: int, store: str, out: str, nbytes: int, pings: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    peer, buf, times = 1 - rank, torch.zeros(nbytes, dtype=torch.uint8), []
+    for i in range(pings + 20):
+        t0 = time.perf_counter()
+        for turn in (0, 1):
+            work = dist.isend(buf, peer) if turn == rank else dist.irecv(buf, peer)
+            assert work is not None
+            work.wait()
+        if i >= 20:
+            times.append(time.perf_counter() - t0)
+    if rank == 0:
+        Path(out).write_text(json.dumps(statistics.median(times)))
+    dist.destroy_process_group()
+
+
+def train(nproc: int, epochs: float, run_dir: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pipedbn", "train", "configs/tiny.yaml",
+           f"train.batch_size={BATCH}", "monitor.enabled=false", f"rbm.epochs={epochs}",
+           f"run.dir={run_dir}", "--nproc", str(nproc), "-q"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"pipedbn train failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    text = (run_dir / "summary.txt").read_text()
+    m = re.search(r"through the pipeline in [0-9.]+ s \(([0-9]+) samples/s\)", text)
+    assert m is not None, text
+    out: dict[str, Any] = {"samples_per_s": float(m.group(1))}
+    if nproc > 1:
+        stages = json.loads((run_dir / "stages.json").read_text())
+        stages = stages if isinstance(stages, list) else stages["stages"]
+        mbs = max(s["micro_batches"] for s in stages)
+        out["pipeline_per_mb_s"] = max(s["active_s"] for s in stages) / mbs
+        out["step_s"] = max(s["compute_s"] / s["micro_batches"] for s in stages)
+        out["overhead_s"] = out["pipeline_per_mb_s"] - out["step_s"]
+        out["micro_batches"] = mbs
+    return out
+
+
+def measure(rounds: int, epochs: float, pings: int) -> dict[str, Any]:
+    nbytes = Layout(BATCH, FEATURES, torch.float32).nbytes
+    trips, pipes, ones = [], [], []
+    with tempfile.TemporaryDirectory(prefix="pipedbn-bench-overhead-") as tmp:
+        for r in range(rounds):
+            trips.append(round_trip(nbytes, pings))
+            pipes.append(train(2, epochs, Path(tmp) / f"p{r}"))
+            ones.append(train(1, epochs, Path(tmp) / f"o{r}"))
+            print(f"round {r}: round trip {trips[-1] * 1e6:.0f} us, {pipes[-1]}, {ones[-1]}",
+                  file=sys.stderr, flush=True)
+    med = statistics.median
+    return {"nbytes": nbytes, "rounds": rounds, "epochs": epochs,
+            "round_trip_s": med(trips), "overhead_s": med(p["overhead_s"] for p in pipes),
+            "step_s": med(p["step_s"] for p in pipes),
+            "pipeline_per_mb_s": med(p["pipeline_per_mb_s"] for p in pipes),
+            "micro_batches": pipes[0]["micro_batches"],
+            "speed_ratio": med(p["samples_per_s"] / o["samples_per_s"]
+                               for p, o in zip(pipes, ones, strict=True)),
+            "two_sps": med(p["samples_per_s"] for p in pipes),
+            "one_sps": med(o["samples_per_s"] for o in ones),
+            "load": os.getloadavg()}
+
+
+def table(r: dict[str, Any], command: str) -> str:
+    us = 1e6
+    return "\n".join([
+        f"configs/tiny.yaml, `train.batch_size={BATCH}`, `monitor.enabled=false`, "
+        f"`rbm.epochs={r['epochs']:g}` ({r['micro_batches']} micro-batches); medians of "
+        f"{r['rounds']} interleaved rounds, measured by `{command}` on this 2-core machine "
+        f"shared with other work (load average {r['load'][0]:.1f} / {r['load'][1]:.1f} / "
+        f"{r['load'][2]:.1f} at the end).",
+        "",
+        "| per micro-batch | µs |",
+        "|---|---|",
+        f"| gloo's raw `isend`/`irecv` round trip of one {r['nbytes']:,}-byte message "
+        f"(the link's) | {r['round_trip_s'] * us:.0f} |",
+        f"| pipeline time (longest stage's active time / micro-batches) | "
+        f"{r['pipeline_per_mb_s'] * us:.0f} |",
+        f"| slowest stage's step | {r['step_s'] * us:.0f} |",
+        f"| overhead (pipeline time - slowest step) | {r['overhead_s'] * us:.0f} |",
+        "",
+        f"Overhead / round trip: {r['overhead_s'] / r['round_trip_s']:.2f}x (goal <= 1.5x). "
+        f"2 processes against `--nproc 1`: {r['two_sps']:,.0f} against {r['one_sps']:,.0f} "
+        f"samples/s, {r['speed_ratio']:.2f}x (goal >= 0.8x).",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--epochs", type=float, default=30.0,
+                    help="rbm.epochs of the runs (default 30: about 270 micro-batches)")
+    ap.add_argument("--pings", type=int, default=500, help="round trips timed per round")
+    ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--pingpong", nargs=5, help=argparse.SUPPRESS)  # a ping-pong worker
+    args = ap.parse_args(argv)
+    if args.pingpong:
+        rank, store, out, nbytes, pings = args.pingpong
+        _pingpong(int(rank), store, out, int(nbytes), int(pings))
+        return 0
+    r = measure(args.rounds, args.epochs, args.pings)
+    command = "python -m tools.bench_overhead" + (
+        f" --rounds {args.rounds}" if args.rounds != 3 else "") + (
+        f" --epochs {args.epochs:g}" if args.epochs != 30.0 else "")
+    text = table(r, command)
+    print(text)
+    if not args.no_doc:
+        write_section(SECTION, "## Per micro-batch: the pipeline against gloo's round trip\n\n"
+                      + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
