@@ -18,6 +18,7 @@ from pipedbn.finetune import (
     finetune,
     save_classifier,
 )
+from pipedbn.run.resources import device_arg
 from pipedbn.run.rundir import atomic_write
 
 NAME = "finetune"
@@ -46,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     help="fraction of the run's training rows kept for the per-epoch "
                          "validation error (default 0.1); the test rows (the run's held-out "
                          "split) are measured once, at the end")
+    ft.add_argument("--device", default="cpu",
+                    help="where the classifier trains: cpu (the default), cuda, cuda:N or auto "
+                         "(CUDA when present)")
     ft.add_argument("-o", "--output", default=None,
                     help="classifier file (default RUN_DIR/classifier.pt; its figures go to "
                          "RUN_DIR/finetune.json, or beside -o FILE as FILE.json)")
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     out, report = output_paths(run_dir, args.output)
     s = FinetuneSettings(epochs=args.epochs, head_epochs=args.head_epochs, lr=args.lr,
                          batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed,
-                         validation=args.validation)
+                         validation=args.validation, device=str(device_arg(args.device)))
     result = finetune(run_dir, s, log=None if args.quiet else log.info)
     r = result.report
     try:
