@@ -20,7 +20,7 @@ from pipedbn.balancer.threads import (
     thread_options,
 )
 from pipedbn.config import Config, config_from_text, resolve_defaults
-from pipedbn.errors import ConfigError
+from pipedbn.errors import ConfigError, UserError
 from pipedbn.run.resources import (
     rank_threads,
     resolve,
@@ -162,6 +162,11 @@ def test_explicit_threads_keep_todays_meaning() -> None:
     assert (out.train.threads, nproc, choice) == (1, 3, None)
     lst = resolve_defaults(cfg_of("layers: [8, 8, 8]\ntrain: {threads: [2, 1]}\n"))
     assert resolve(lst, None, lambda: (4, 4), cores=2)[1] == 2
+    with pytest.raises(UserError, match="--nproc 3 but train.threads lists 2 ranks"):
+        resolve(lst, 3, lambda: (4, 4), cores=2)
+    # a resumed run on another number of processes chooses its threads again
+    again, n, _ = resolve(lst, 3, lambda: (4, 4), cores=2, resuming=True)
+    assert n == 3 and again.train.threads == [1, 1, 1]
 
 
 def test_threads_field_checks() -> None:

@@ -45,7 +45,7 @@ def train_local(cfg: Config, nproc: int | None, quiet: bool, resume: Path | None
     and the device decide, ``resources.py``), or continue the run in ``resume``; the exit
     status. With ``announce`` the run directory is the last line of stdout (for scripts); the
     estimator trains without it."""
-    cfg, nproc, _ = resolve(cfg, nproc, lambda: data_shape(cfg))
+    cfg, nproc, _ = resolve(cfg, nproc, lambda: data_shape(cfg), resuming=resume is not None)
     if nproc > 1:
         check_world(cfg, nproc, f"--nproc {nproc}")
         if wants_cuda(cfg.train.device) and gpus() < nproc:

@@ -150,17 +150,22 @@ def data_shape(cfg: Config) -> tuple[int, int]:
 
 
 def resolve(cfg: Config, nproc: int | None, shape: Callable[[], tuple[int, int]],
-            cores: int | None = None) -> tuple[Config, int, Choice | None]:
+            cores: int | None = None, resuming: bool = False
+            ) -> tuple[Config, int, Choice | None]:
     """``cfg`` with ``train.device`` and ``train.threads`` decided, the number of processes to
     start here, and the threads planner's choice when it made one. ``shape`` gives the data's
     (features, micro-batches per epoch) (``data_shape``), asked only when the planner needs
-    them."""
+    them. ``resuming``: a run continued on another number of processes than its
+    ``config.yaml`` lists threads for chooses them again (``auto``)."""
     if nproc is not None and nproc < 1:
         raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
     cores = usable_cores() if cores is None else cores
     train = dataclasses.replace(cfg.train, device=resolve_device(cfg.train.device))
     cfg = dataclasses.replace(cfg, train=train)
     t = train.threads
+    if isinstance(t, list) and nproc is not None and nproc != len(t) and resuming:
+        t = "auto"
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(train, threads=t))
     if isinstance(t, list) and nproc is not None and nproc != len(t):
         raise UserError(f"--nproc {nproc} but train.threads lists {len(t)} ranks ({t}); give "
                         "as many processes as numbers, or train.threads=auto")
