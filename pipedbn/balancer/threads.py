@@ -195,16 +195,18 @@ def choose(problem: Problem, machine: Machine, micro_batches: int,
     if not nprocs or min(nprocs) < 1:
         raise ValueError(f"numbers of ranks {list(nprocs)}: give one or more, each >= 1")
     best: Choice | None = None
+    refused: ValueError | None = None
     for threads in candidates(machine.cores, sorted(set(nprocs)), most_threads):
         try:
             choice = price(problem, threads, machine, micro_batches, talk_s)
-        except ValueError:  # this many ranks cannot hold the layers (memory): not a candidate
+        except ValueError as e:  # this many ranks cannot hold the layers (memory)
+            refused = e
             continue
         if best is None or choice.predicted_s < best.predicted_s * (1 - 1e-9):
             best = choice
     if best is None:
-        raise ValueError(f"no number of ranks in {sorted(set(nprocs))} can hold the layers "
-                         "(memory); allow more ranks or give each more memory")
+        assert refused is not None
+        raise refused  # the planner's own message for the most ranks tried
     return best
 
 

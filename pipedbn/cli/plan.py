@@ -76,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("threads per rank: " + ", ".join(f"rank {k}: {rank_threads(cfg, k)}"
                                                for k in range(n)))
-    if n >= len(cfg.layers) and cfg.balancer.plan == "auto" and choice is None:
+    if n >= len(cfg.layers) and cfg.balancer.plan == "auto":
+        # both priced alike: one thread per rank, each CD step on every micro-batch
         base = max(evaluate(problem, one_per_layer(len(cfg.layers), n)))
+        mine = max(evaluate(problem, solution.plan))
         print(f"one rank per layer: {base:.4g} s per micro-batch; this plan is "
-              f"{base / solution.bottleneck:.2f}x faster")
+              f"{base / mine:.2f}x faster")
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from pipedbn.pipeline.distributed import check_world
 from pipedbn.pipeline.failure import failure_record
 from pipedbn.pipeline.trainer import train_in_process
 from pipedbn.run.launch import launch_local
-from pipedbn.run.resources import data_shape, rank_threads, resolve
+from pipedbn.run.resources import data_shape, rank_threads, resolve, usable_cores
 from pipedbn.run.resume import resume_run
 from pipedbn.run.rundir import discard_run_dir, record_failure, start_run, write_root_failure
 
@@ -128,7 +127,7 @@ def machine_nproc(cfg: Config, samples: int, features: int) -> int:
     """Processes for the devices present: one per GPU, else one per core; never more than the
     layers unless replicas are allowed (the balancer would leave the rest idle); one (this
     process) for a problem under ``IN_PROCESS_FLOPS`` on the default plan."""
-    devices = gpus() if wants_cuda(cfg.train.device) else (os.cpu_count() or 1)
+    devices = gpus() if wants_cuda(cfg.train.device) else usable_cores()
     if cfg.balancer.plan != "auto":
         return default_nproc(cfg)
     sizes = [features] + cfg.sizes
