@@ -59,6 +59,9 @@ class FinetuneSettings:
     validation: float = 0.1
     """Fraction of the run's training rows kept out of fine-tuning to watch it per epoch (the
     test rows, the run's held-out split, are measured once, at the end)."""
+    device: str = "cpu"
+    """Where the classifier trains (``cpu``, ``cuda``, ``cuda:N``); it is initialised on the
+    CPU either way and returned there."""
 
     def check(self) -> None:
         if self.epochs < 0:
@@ -160,7 +163,7 @@ def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
            batch_size: int, g: torch.Generator) -> float:
     """One shuffled pass; returns the mean training loss over it."""
     model.train()
-    perm = torch.randperm(len(x), generator=g)
+    perm = torch.randperm(len(x), generator=g).to(x.device)
     total = 0.0
     for lo in range(0, len(x), batch_size):
         idx = perm[lo:lo + batch_size]
@@ -191,15 +194,16 @@ def finetune(run_dir: str | Path, settings: FinetuneSettings | None = None,
     if not len(val_at) or not len(fit_at):
         raise UserError(f"--validation {s.validation}: {len(x_all)} training samples leave "
                         "none for validation or for training; change --validation")
-    dtype = dbn.params[0]["weight"].dtype
-    x_train, y_train = x_all[fit_at].to(dtype), y_all[fit_at]
-    x_val, y_val = x_all[val_at].to(dtype), y_all[val_at]
-    x_held = x_held.to(dtype)
+    dtype, device = dbn.params[0]["weight"].dtype, torch.device(s.device)
+    x_train, y_train = x_all[fit_at].to(device, dtype), y_all[fit_at].to(device)
+    x_val, y_val = x_all[val_at].to(device, dtype), y_all[val_at].to(device)
+    x_held, y_held = x_held.to(device, dtype), y_held.to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         body = dbn.to_module().to(dtype)
         head = torch.nn.Linear(dbn.sizes[-1], len(classes)).to(dtype)
     g = torch.Generator().manual_seed(s.seed)
+    body, head = body.to(device), head.to(device)
     model = torch.nn.Sequential(*body, head)
     model.eval()
 
@@ -246,7 +250,7 @@ def finetune(run_dir: str | Path, settings: FinetuneSettings | None = None,
             "test": read_split(run_dir)["held_out"].tolist()},
         "seconds": time.monotonic() - t0,
     }
-    return FinetuneResult(model, classes, dbn.sizes, report)
+    return FinetuneResult(model.cpu(), classes, dbn.sizes, report)
 
 
 def save_classifier(result: FinetuneResult, path: Path) -> None:

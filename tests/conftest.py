@@ -32,6 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.fast)
+        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs CUDA (tools/gpu_check.sh runs it)"))
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +56,17 @@ ONE_PER_LAYER = "balancer.max_replicas=1"
 """With as many ranks as layers and no replicas allowed, the planner gives each layer a rank."""
 
 
+ONE_THREAD = "train.threads=1"
+"""Pinned by ``cli`` on every ``train`` that does not choose its threads: one thread per
+process, one process per layer (as before ``train.threads: auto``), so the tests keep their
+placements and compare bits against the one-thread reference (tests/test_threads.py and
+tests/test_resources_cli.py test the default)."""
+
+
 def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    if (args[:1] == ("train",) and len(args) > 1 and not args[1].startswith("-")
+            and not any(a.startswith("train.threads=") for a in args)):
+        args = (*args[:2], ONE_THREAD, *args[2:])
     return subprocess.run([sys.executable, "-m", "pipedbn", *args], capture_output=True,
                           text=True, cwd=cwd or ROOT, env=env1(), timeout=timeout)
 

@@ -264,6 +264,14 @@ def test_non_finite_values_are_detected_before_they_are_passed_on() -> None:
     with pytest.raises(NonFiniteError, match="layer 0: non-finite hidden activations at "
                                              "micro-batch 17"):
         layer.train_step(x, micro_batch=17)
+    deferred = make(5, 3, dtype=torch.float32)
+    deferred.defer_checks = True  # as on a GPU: a device-side flag, read at the next check
+    deferred.train_step(torch.rand(4, 5), micro_batch=16)
+    deferred.train_step(x, micro_batch=17)
+    deferred.forward(x, micro_batch=18)
+    with pytest.raises(NonFiniteError, match="layer 0: non-finite hidden activations at "
+                                             "micro-batch 17"):
+        deferred.check_parameters(20)
     diverging = make(5, 3, index=2, dtype=torch.float32)
     diverging.weight[0, 0] = float("inf")
     with pytest.raises(NonFiniteError, match="layer 2: non-finite weight at micro-batch 9"):

@@ -18,7 +18,10 @@ Sections, each a tool of its own under ``tools/`` that this one drives:
   prediction and the ideal (total work / ranks);
 - ``quality`` (bench_quality.py): wall time for streaming and greedy to reach the same
   linear-probe accuracy and layer-0 reconstruction error;
-- ``simulate`` (simvalidate.py): the discrete-event simulator's predictions against measured runs.
+- ``simulate`` (simvalidate.py): the discrete-event simulator's predictions against measured runs;
+- ``threads`` (bench_threads.py): the default ``pipedbn train`` (threads and processes chosen
+  for the machine) against in-process with 2 threads, 2 and 3 processes and scikit-learn's
+  BernoulliRBM stack, and the threads planner's prediction against the measured rate.
 
 Results go to ``tools/out/bench.json``; ``--write-docs`` rewrites the generated sections of
 ``docs/benchmarks.md`` (between ``<!-- bench_*:begin/end -->`` markers) and the plots under
@@ -49,11 +52,12 @@ from tools import (  # noqa: E402
     bench_pipeline,
     bench_quality,
     bench_step,
+    bench_threads,
     simvalidate,
 )
 from tools.benchdocs import save_figure, write_section  # noqa: E402
 
-SECTIONS = ("peers", "pipeline", "balancer", "quality", "simulate")
+SECTIONS = ("peers", "pipeline", "balancer", "quality", "simulate", "threads")
 IMG = ROOT / "docs" / "img"
 
 
@@ -63,16 +67,19 @@ def settings(quick: bool) -> dict[str, dict[str, Any]]:
         return {"peers": {"rounds": 3, "steps": 30},
                 "pipeline": {"epochs": 5, "microbatches": 8, "steps": 30},
                 "balancer": {"ranks": [5, 8], "epochs": 12},
-                "quality": {"epochs": 3, "seeds": [0]}, "simulate": {"epochs": 1}}
+                "quality": {"epochs": 3, "seeds": [0]}, "simulate": {"epochs": 1},
+                "threads": {"epochs": 5, "rounds": 1}}
     return {"peers": {"rounds": 7, "steps": 200},
             "pipeline": {"epochs": 20, "microbatches": 8, "steps": 100},
             "balancer": {"ranks": [2, 3, 5, 8], "epochs": 36},
-            "quality": {"epochs": 10, "seeds": [0, 1]}, "simulate": {"epochs": 3}}
+            "quality": {"epochs": 10, "seeds": [0, 1]}, "simulate": {"epochs": 3},
+            "threads": {"epochs": 20, "rounds": 3}}
 
 
 RUNNERS: dict[str, Callable[..., Any]] = {
     "peers": bench_peers.run, "pipeline": bench_pipeline.run,
     "balancer": bench_balancer.run, "quality": bench_quality.run, "simulate": simvalidate.validate,
+    "threads": bench_threads.measure,
 }
 
 
@@ -97,6 +104,15 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
             if name in res:
                 add(f"one layer: faster than {PEERS[name]}", res[name]["pipedbn_speedup"], 1.0,
                     "peers")
+    if "threads" in r:
+        t = r["threads"]
+        add("default train / fastest of in-process 2 threads, 2 and 3 processes (wall)",
+            t["default_vs_fastest_fixed"], 0.95, "threads")
+        add("default train faster than scikit-learn's BernoulliRBM stack",
+            t["default_vs_sklearn"], 1.0, "threads")
+        if t["predicted_over_measured"] is not None:
+            add("threads planner: |predicted / measured samples/s - 1|",
+                abs(t["predicted_over_measured"] - 1), 0.15, "threads", higher=False)
     if "pipeline" in r:
         p = r["pipeline"]
         last = p["pipeline"]["stages"][-1]
@@ -239,6 +255,8 @@ def reports(r: dict[str, Any]) -> dict[str, str]:
         texts["balancer"] = bench_balancer.report(r["balancer"])
     if "quality" in r:
         texts["quality"] = bench_quality.report(r["quality"])
+    if "threads" in r:
+        texts["threads"] = bench_threads.table(r["threads"])
     if "simulate" in r:
         scale = r.get("settings", {}).get("simulate", {}).get("epochs", 1)
         texts["simulate"] = simvalidate.section(r["simulate"], scale)

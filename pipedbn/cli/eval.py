@@ -10,6 +10,7 @@ import torch
 from pipedbn.errors import UserError
 from pipedbn.eval.evaluation import AIS_SCHEDULES, EvalOptions, ais_progress, run_eval, table
 from pipedbn.eval.likelihood import MAX_ENUMERATED
+from pipedbn.run.resources import device_arg
 
 NAME = "eval"
 USAGE = "eval MODEL"
@@ -45,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                          f"(default {d.probe_samples})")
     ev.add_argument("--samples", type=int, default=d.samples, metavar="N",
                     help=f"held-out rows measured on, at most (default {d.samples})")
+    ev.add_argument("--device", default="cpu",
+                    help="where the likelihoods and probes are computed: cpu (the default), "
+                         "cuda, cuda:N or auto (CUDA when present)")
     ev.add_argument("--seed", type=int, default=d.seed,
                     help=f"seed of AIS and the subsets (default {d.seed})")
     return ev
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--exact-max {args.exact_max}: at most {MAX_ENUMERATED} "
                         f"(2^{MAX_ENUMERATED} states)")
     torch.set_num_threads(1)
-    opts = EvalOptions(ais=not args.no_ais, ais_chains=args.ais_chains,
+    device = device_arg(args.device)
+    opts = EvalOptions(device=str(device), ais=not args.no_ais, ais_chains=args.ais_chains,
                        ais_temperatures=args.ais_temperatures, exact_max=args.exact_max,
                        probe_samples=args.probe_samples, samples=args.samples, seed=args.seed,
                        ais_schedule=args.ais_schedule, progress=ais_progress())

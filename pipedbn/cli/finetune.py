@@ -20,6 +20,7 @@ from pipedbn.finetune import (
     save_classifier,
 )
 from pipedbn.observe.monitor import Metrics
+from pipedbn.run.resources import device_arg
 from pipedbn.run.rundir import atomic_write
 from pipedbn.updown import MODEL_OUT, UpDownSettings, updown
 
@@ -61,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     help="fraction of the run's training rows kept for the per-epoch "
                          "validation error (default 0.1); the test rows (the run's held-out "
                          "split) are measured once, at the end")
+    ft.add_argument("--device", default="cpu",
+                    help="where the classifier trains: cpu (the default), cuda, cuda:N or auto "
+                         "(CUDA when present)")
     ft.add_argument("-o", "--output", default=None,
                     help="classifier file (default RUN_DIR/classifier.pt; up-down: the model, "
                          f"RUN_DIR/{MODEL_OUT}); its figures go to RUN_DIR/finetune.json "
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
                                ("batch_size", args.batch_size)) if v is not None}
     s = FinetuneSettings(head_epochs=args.head_epochs, optimizer=args.optimizer, seed=args.seed,
-                         validation=args.validation, **given)
+                         validation=args.validation, device=str(device_arg(args.device)),
+                         **given)
     result = finetune(run_dir, s, log=None if args.quiet else log.info)
     r = result.report
     try:

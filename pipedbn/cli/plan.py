@@ -1,4 +1,5 @@
-"""``pipedbn plan CONFIG --world-size N``: the plan the balancer makes for a config on N ranks."""
+"""``pipedbn plan CONFIG [--world-size N]``: the plan the balancer makes for a config on N ranks
+(default: the processes ``pipedbn train`` would start here) and the threads of each rank."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import torch
 
 from pipedbn.balancer import Solution, describe, evaluate, one_per_layer, solve
 from pipedbn.balancer.runtime import first_plan, problem_for, profile_layers
+from pipedbn.balancer.threads import SERIAL as THREADS_SERIAL
+from pipedbn.balancer.threads import describe_threads
 from pipedbn.config import load_config, resolve_defaults
 from pipedbn.data.loader import open_data
 from pipedbn.errors import ConfigError, UserError
 from pipedbn.pipeline.device import local_device
+from pipedbn.run.resources import rank_threads, resolve, usable_cores
 from stages import registry
 
 NAME = "plan"
-USAGE = "plan CONFIG --world-size N"
+USAGE = "plan CONFIG [--world-size N]"
 SUMMARY = "show the balancer's plan for N ranks"
 
 
@@ -26,8 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "each rank trains, replicas, modelled or profiled step times).")
     pl.add_argument("config", help="YAML config file (see configs/)")
     pl.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
-    pl.add_argument("--world-size", type=int, required=True, metavar="N",
-                    help="number of ranks (processes) to plan for")
+    pl.add_argument("--world-size", type=int, default=None, metavar="N",
+                    help="number of ranks (processes) to plan for (default: what pipedbn train "
+                         "would start here)")
     pl.add_argument("--profile", action="store_true",
                     help="time a few real steps of every layer here instead of counting FLOPs")
     return pl
@@ -35,11 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_defaults(load_config(args.config, args.overrides))
-    if args.world_size < 1:
+    if args.world_size is not None and args.world_size < 1:
         raise UserError(f"--world-size {args.world_size}: give a number of ranks >= 1")
-    torch.set_num_threads(cfg.train.threads)
     data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).unit_visible)
-    n = args.world_size
+    cfg, n, choice = resolve(cfg, args.world_size, lambda: (data.features,
+                                                            data.batches_per_epoch))
+    torch.set_num_threads(rank_threads(cfg, 0))
     if args.profile:
         times = profile_layers(cfg, data.features, local_device(cfg.train.device))
         problem = problem_for(cfg, data.features, n, costs=times)
@@ -49,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
         problem = problem_for(cfg, data.features, n)
         how = f"modelled: FLOPs at balancer.flops = {cfg.balancer.flops:.3g} per second"
     plan, _ = first_plan(cfg, data.features, n)
-    if cfg.balancer.plan == "auto":
+    if choice is not None and not args.profile:
+        solution = choice.solution
+        how += (f", {usable_cores()} cores, step time on t threads x "
+                f"({THREADS_SERIAL} + {1 - THREADS_SERIAL:.2f}/t), each layer's work spread "
+                "over the stream")
+    elif cfg.balancer.plan == "auto":
         try:
             solution = solve(problem)
         except ValueError as e:
@@ -57,10 +68,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         times = evaluate(problem, plan)
         solution = Solution(plan, times, max(times))
-    print(f"plan for {len(cfg.layers)} layers on {n} ranks (costs {how})")
+    print(f"plan for {len(cfg.layers)} layers on {n} ranks, device {cfg.train.device} "
+          f"(costs {how})")
     print(describe(solution, cfg.train.batch_size))
+    if choice is not None:
+        print(describe_threads(choice, cfg.train.batch_size))
+    else:
+        print("threads per rank: " + ", ".join(f"rank {k}: {rank_threads(cfg, k)}"
+                                               for k in range(n)))
     if n >= len(cfg.layers) and cfg.balancer.plan == "auto":
+        # both priced alike: one thread per rank, each CD step on every micro-batch
         base = max(evaluate(problem, one_per_layer(len(cfg.layers), n)))
+        mine = max(evaluate(problem, solution.plan))
         print(f"one rank per layer: {base:.4g} s per micro-batch; this plan is "
-              f"{base / solution.bottleneck:.2f}x faster")
+              f"{base / mine:.2f}x faster")
     return 0

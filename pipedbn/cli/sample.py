@@ -11,6 +11,7 @@ import torch
 from pipedbn.errors import UserError
 from pipedbn.model.dbn import MODEL_FILE, from_run, load
 from pipedbn.observe.probe import image_shape, tile
+from pipedbn.run.resources import device_arg
 from pipedbn.run.rundir import atomic_write
 from pipedbn.sample import configured_shape, png_bytes, start_rows
 
@@ -36,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                          "held-out images of the model's data)")
     sa.add_argument("--columns", type=int, default=None,
                     help="tiles per row (default: a square-ish grid)")
+    sa.add_argument("--device", default="cpu",
+                    help="where the Gibbs chains run: cpu (the default), cuda, cuda:N or auto "
+                         "(CUDA when present)")
     sa.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="height and width of one input (needed when it is not square)")
     return sa
@@ -55,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise UserError(f"-o {out}: is a directory; give a file name such as samples.png")
     src = Path(args.run_dir)
+    device = device_arg(args.device)
     dbn = from_run(src) if src.is_dir() and not (src / MODEL_FILE).is_file() else load(src)
+    dbn = dbn.to(device)
     features = dbn.sizes[0]
     shape = image_shape(features, args.image_shape or configured_shape(dbn, src))
     if shape is None:
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{features}")
     columns = args.columns or math.ceil(math.sqrt(args.n))
     start = None if args.from_noise else start_rows(dbn, args.n, args.seed, src)
-    x = dbn.sample(args.n, args.steps, args.seed, start)
+    x = dbn.sample(args.n, args.steps, args.seed, start).cpu()
     grid = tile(x, shape, columns)
     try:
         atomic_write(out, png_bytes(grid))

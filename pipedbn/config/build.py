@@ -22,7 +22,8 @@ def type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(type_name(a) for a in args) + " (or null)"
+        null = " (or null)" if type(None) in typing.get_args(tp) else ""
+        return " or ".join(type_name(a) for a in args) + null
     if origin is list:
         return f"a list of {type_name(typing.get_args(tp)[0])}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
@@ -40,6 +41,13 @@ def coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return coerce(value, inner[0], where, problems)
+        for a in inner:  # several types (int | list[int] | 'auto'): the first that fits
+            found: list[str] = []
+            got = coerce(value, a, where, found)
+            if not found:
+                return got
+        problems.append(f"{where}: expected {type_name(tp)}, got {value!r}")
+        return None
     if origin is Literal:
         choices = typing.get_args(tp)
         if isinstance(value, bool) and "off" in choices:

@@ -93,13 +93,13 @@ def ais_log_partition(weight: torch.Tensor, visible_bias: torch.Tensor,
     ``progress(done, total)`` is called every 100 temperatures.
     """
     t0 = time.perf_counter()
-    g = torch.Generator().manual_seed(seed)
     w, b, c = weight, visible_bias, hidden_bias
+    g = torch.Generator(w.device).manual_seed(seed)
     n_v, n_h = w.shape
     if data_mean is None:
-        base = torch.zeros(n_v, dtype=w.dtype)
+        base = torch.zeros(n_v, dtype=w.dtype, device=w.device)
     else:
-        p = data_mean.to(torch.float64).clamp(1e-3, 1 - 1e-3)
+        p = data_mean.to(w.device, torch.float64).clamp(1e-3, 1 - 1e-3)
         base = (p.log() - (-p).log1p()).to(w.dtype)
     log_z_base = float(F.softplus(base.double()).sum()) + n_h * math.log(2.0)
     betas = ais_betas(temperatures, schedule)
@@ -107,7 +107,7 @@ def ais_log_partition(weight: torch.Tensor, visible_bias: torch.Tensor,
     bias_diff = (b - base).double()
 
     v = torch.bernoulli(torch.sigmoid(base).expand(chains, n_v), generator=g)
-    log_w = torch.zeros(chains, dtype=torch.float64)
+    log_w = torch.zeros(chains, dtype=torch.float64, device=w.device)
     for k in range(1, temperatures + 1):
         lo, hi = float(betas[k - 1]), float(betas[k])
         pre = torch.addmm(c, v, w)
@@ -184,6 +184,10 @@ class EvalOptions:
     seed: int = 0
     progress: Callable[[int, int], None] | None = None
     """Called as AIS advances (``done``, ``total`` temperatures)."""
+    device: str = "cpu"
+    """Where the model is measured (``cpu``, ``cuda``, ``cuda:N``); the random numbers of AIS
+    and the pseudo-likelihood are the device's own, so CUDA's estimates differ from the CPU's
+    within their error."""
 
 
 @torch.no_grad()
@@ -205,11 +209,13 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
         assert probe_train is not None and held_labels is not None
         ptx, pty = probe_train
         out["probe_train_rows"] = len(ptx)
-        out["probe_raw_accuracy"] = linear_probe(ptx.float().numpy(), pty,
-                                                 held.float().numpy(), held_labels, opts.seed)
+        out["probe_raw_accuracy"] = linear_probe(ptx.float().cpu().numpy(), pty,
+                                                 held.float().cpu().numpy(), held_labels,
+                                                 opts.seed)
     elif not notes:
         notes.append("linear probe skipped: no labels or no held-out split")
-    x, ref = held.to(dbn.params[0]["weight"].dtype), train.to(dbn.params[0]["weight"].dtype)
+    dtype = dbn.params[0]["weight"].dtype
+    x, ref = held.to(dbn.device, dtype), train.to(dbn.device, dtype)
     px = probe_train[0].to(x.dtype) if probing and probe_train is not None else None
     for i, (kind_name, p) in enumerate(zip(dbn.kinds, dbn.params, strict=True)):
         kind = registry.get(kind_name)
@@ -257,8 +263,9 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
             # one layer's features at a time, in float32 (a float64 copy of 60,000 x 2,000
             # features is 1 GB; scikit-learn's lbfgs fits float32 as it is)
             px = kind.hidden_link(torch.addmm(hb, px, w))
-            row["probe_accuracy"] = linear_probe(px.float().numpy(), probe_train[1],
-                                                 ph.float().numpy(), held_labels, opts.seed)
+            row["probe_accuracy"] = linear_probe(px.float().cpu().numpy(), probe_train[1],
+                                                 ph.float().cpu().numpy(), held_labels,
+                                                 opts.seed)
         out["layers"].append(row)
         x, ref = ph, kind.hidden_link(torch.addmm(hb, ref, w))
     if dbn.labels is not None:
@@ -274,11 +281,11 @@ def pseudo_log_likelihood(kind: Any, v: torch.Tensor, w: torch.Tensor, vb: torch
                           hb: torch.Tensor, seed: int) -> torch.Tensor:
     """Per row: n_visible log sigmoid(F(v~) - F(v)), one random unit of each row flipped (as
     scikit-learn's ``BernoulliRBM.score_samples``)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(v.device).manual_seed(seed)
     n = len(v)
-    unit = torch.randint(w.shape[0], (n,), generator=g)
+    unit = torch.randint(w.shape[0], (n,), generator=g, device=v.device)
     flipped = v.clone()
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=v.device)
     flipped[rows, unit] = 1 - v[rows, unit]
     gap = free_energy(kind, flipped, w, vb, hb) - free_energy(kind, v, w, vb, hb)
     return w.shape[0] * F.logsigmoid(gap)
@@ -354,7 +361,7 @@ def run_eval(path: str | Path, config: str | None, opts: EvalOptions,
         default_out = path / "eval.json"
     else:
         default_out = path.with_name(path.stem + ".eval.json")
-    dbn = load(path)
+    dbn = load(path).to(opts.device)
     if config is not None:
         cfg = resolve_defaults(load_config(config))
     elif dbn.config:  # an export file keeps its run's config: its data are found by it

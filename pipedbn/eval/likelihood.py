@@ -20,10 +20,11 @@ MAX_ENUMERATED = 24
 _CHUNK = 1 << 14
 
 
-def _states(n: int, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor:
+def _states(n: int, lo: int, hi: int, dtype: torch.dtype,
+            device: torch.device | None = None) -> torch.Tensor:
     """Rows lo..hi-1 of the 2^n binary states (bit j of the row index is unit j)."""
-    idx = torch.arange(lo, hi, dtype=torch.int64)
-    return ((idx[:, None] >> torch.arange(n)) & 1).to(dtype)
+    idx = torch.arange(lo, hi, dtype=torch.int64, device=device)
+    return ((idx[:, None] >> torch.arange(n, device=device)) & 1).to(dtype)
 
 
 def _check(n: int) -> None:
@@ -70,13 +71,13 @@ def log_partition(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias:
     if n_h <= n_v or kind != "bernoulli":
         _check(n_h)
         parts = [_hidden_side_terms(kind, w, vb, hb, _states(n_h, lo, min(lo + _CHUNK, 2**n_h),
-                                                             w.dtype))
+                                                             w.dtype, w.device))
                  for lo in range(0, 2**n_h, _CHUNK)]
     else:
         _check(n_v)
         parts = []
         for lo in range(0, 2**n_v, _CHUNK):
-            v = _states(n_v, lo, min(lo + _CHUNK, 2**n_v), w.dtype)
+            v = _states(n_v, lo, min(lo + _CHUNK, 2**n_v), w.dtype, w.device)
             parts.append(v @ vb + torch.nn.functional.softplus(torch.addmm(hb, v, w)).sum(1))
     return torch.logsumexp(torch.cat(parts), 0)
 

@@ -65,6 +65,24 @@ class Model:
         self.stochastic_seed = stochastic_seed
 
     @property
+    def device(self) -> torch.device:
+        return self.params[0]["weight"].device
+
+    def to(self, device: str | torch.device) -> Model:
+        """This model with its tensors on ``device`` (itself when they are there already);
+        inputs given to it move there too, and what it returns lives there."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        params = [{k: v.to(device) for k, v in p.items()} for p in self.params]
+        return Model(self.kinds, params, self.scale, self.binarize, move(self.mean),
+                     move(self.std), self.config, self.stochastic_seed)
+
+    @property
     def labels(self) -> int | None:
         """The label units of the top layer (K), if it has them."""
         top = self.params[-1].get("label_weight")
@@ -94,19 +112,21 @@ class Model:
         ``rows``: the samples' indices in their source, which stochastic binarisation is keyed
         by (default 0, 1, 2, ...: the rows of ``raw``)."""
         x = torch.as_tensor(np.asarray(raw), dtype=torch.float32).reshape(-1, self.sizes[0])
+        mean = None if self.mean is None else self.mean.cpu()
+        std = None if self.std is None else self.std.cpu()
         x = x * self.scale
         if self.stochastic_seed is not None:
             idx = np.arange(len(x)) if rows is None else np.asarray(rows)
             x = torch.from_numpy(stochastic_binarize(x.numpy(), idx, self.stochastic_seed))
         if self.binarize is not None:
             x = (x > self.binarize).float()
-        if self.mean is not None and self.std is not None:
-            x = (x - self.mean) / self.std
+        if mean is not None and std is not None:
+            x = (x - mean) / std
         return x
 
     def _as_input(self, x: Any) -> torch.Tensor:
         dtype = self.params[0]["weight"].dtype
-        return torch.as_tensor(x).to(dtype).reshape(-1, self.sizes[0])
+        return torch.as_tensor(x).to(self.device, dtype).reshape(-1, self.sizes[0])
 
     @torch.no_grad()
     def transform(self, x: Any, layer: int = -1) -> torch.Tensor:
@@ -141,12 +161,13 @@ class Model:
         and the usual DBN code do, so they start in the modes the data occupies; without it
         they begin at uniform noise, and a top RBM that mixes slowly keeps most of them in one
         mode for thousands of steps."""
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(self.device).manual_seed(seed)  # on CUDA: CUDA's stream of numbers
         top = self.params[-1]
         kind = _kind(self.kinds[-1])
         w, vb, hb = top["weight"], top["visible_bias"], top["hidden_bias"]
         if start is None:
-            v = kind.draw_visible(torch.full((n, w.shape[0]), 0.5, dtype=w.dtype), g)
+            v = kind.draw_visible(torch.full((n, w.shape[0]), 0.5, dtype=w.dtype,
+                                             device=w.device), g)
         else:
             x = self._as_input(start)[:n]
             up = x if len(self.params) == 1 else self.transform(x, len(self.params) - 2)

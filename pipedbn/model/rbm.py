@@ -196,6 +196,11 @@ class RBM(torch.nn.Module, abc.ABC):
         self.register_buffer("hidden_activity",
                              torch.full((n_hidden,), settings.sparsity_target, **kw))
         self.step = 0
+        self.defer_checks = self.device.type != "cpu"
+        """Whether the activation check only raises a device-side flag (read by
+        ``check_activations``) instead of reading the value on the host at every step: a host
+        read waits for the GPU, every micro-batch (docs/pipeline.md)."""
+        self._first_bad: torch.Tensor | None = None  # the first micro-batch flagged, or -1
         self.register_state_dict_post_hook(_save_counters)
         self.register_load_state_dict_pre_hook(_load_counters)
 
@@ -430,14 +435,32 @@ class RBM(torch.nn.Module, abc.ABC):
         return v[:n], ph[:n], accepted
 
     def _check(self, h: torch.Tensor, micro_batch: int) -> None:
+        if self.defer_checks:
+            if self._first_bad is None:
+                self._first_bad = torch.full((), -1, dtype=torch.int64, device=h.device)
+            bad = ~torch.isfinite(h.sum())
+            self._first_bad.masked_fill_(bad & (self._first_bad < 0), micro_batch)
+            return
         if not torch.isfinite(h.sum()):
-            raise NonFiniteError(
-                self.index, micro_batch, "hidden activations",
-                "Its input or weights hold NaN/Inf: lower the learning rate (layers.N.lr), "
-                "check the data, or for a gaussian layer standardise it (data.standardize=true).",
-            )
+            self._non_finite(micro_batch)
+
+    def _non_finite(self, micro_batch: int) -> None:
+        raise NonFiniteError(
+            self.index, micro_batch, "hidden activations",
+            "Its input or weights hold NaN/Inf: lower the learning rate (layers.N.lr), "
+            "check the data, or for a gaussian layer standardise it (data.standardize=true).",
+        )
+
+    def check_activations(self) -> None:
+        """Raise for the first micro-batch whose activations were flagged non-finite (deferred
+        checks only; one host read)."""
+        if self._first_bad is not None:
+            first = int(self._first_bad)
+            if first >= 0:
+                self._non_finite(first)
 
     def check_parameters(self, micro_batch: int) -> None:
+        self.check_activations()
         for name, p in self.named_parameters():
             if not torch.isfinite(p).all():
                 raise NonFiniteError(

@@ -4,7 +4,9 @@
         x = layer.train_step(x)  if the layer trains on m   # one CD-k/PCD-k update
                                                             # (a label layer: with m's labels)
             layer.forward(x)     otherwise                  # frozen
-        every check_every updates: every parameter of the layer is finite
+        every check_every updates: every parameter of the layer is finite, and so were its
+        activations (on the CPU they are checked at every step; on a GPU a device-side flag
+        is raised and read here, so the hot path never waits for the device)
 
 A held-out probe that travels with m is measured by each layer first (``probe.py``). The
 monitoring settings are read from the config once (``Watch``), not per micro-batch.
@@ -69,7 +71,10 @@ def layer_step(layer: RBM, batch: MicroBatch, schedule: Schedule, watch: Watch,
                     for tag, img in layer0_images(layer, held_in, shape, generator).items():
                         metrics.image(m, 0, tag, img)
     if not trains:
-        return MicroBatch(m, layer.forward(x, m), probe, batch.labels)
+        y = layer.forward(x, m)
+        if m % watch.check_every == 0:
+            layer.check_activations()
+        return MicroBatch(m, y, probe, batch.labels)
     layer.step = m - schedule.starts[i]  # the same count on a replica that saw only some
     record = watch.enabled and metrics.due(("scalars", i), layer.step, watch.scalars_every)
     stats: dict[str, float] | None = {} if record else None

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from pipedbn.balancer import Plan
 from pipedbn.balancer.runtime import first_plan
@@ -26,6 +27,7 @@ from pipedbn.pipeline.distributed import check_world
 from pipedbn.pipeline.failure import failure_record
 from pipedbn.pipeline.trainer import train_in_process
 from pipedbn.run.launch import launch_local
+from pipedbn.run.resources import data_shape, rank_threads, resolve, usable_cores
 from pipedbn.run.resume import resume_run
 from pipedbn.run.rundir import discard_run_dir, record_failure, start_run, write_root_failure
 
@@ -36,13 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipedbn")
 
 
-def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None,
+def train_local(cfg: Config, nproc: int | None, quiet: bool, resume: Path | None = None,
                 announce: bool = True) -> int:
-    """Train ``cfg`` on ``nproc`` local processes (1: in this one), or continue the run in
-    ``resume``; the exit status. With ``announce`` the run directory is the last line of
-    stdout (for scripts); the estimator trains without it."""
-    if nproc < 1:
-        raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
+    """Train ``cfg`` on ``nproc`` local processes (1: in this one; None: as ``train.threads``
+    and the device decide, ``resources.py``), or continue the run in ``resume``; the exit
+    status. With ``announce`` the run directory is the last line of stdout (for scripts); the
+    estimator trains without it."""
+    cfg, nproc, _ = resolve(cfg, nproc, lambda: data_shape(cfg), resuming=resume is not None)
     if nproc > 1:
         check_world(cfg, nproc, f"--nproc {nproc}")
         if wants_cuda(cfg.train.device) and gpus() < nproc:
@@ -67,10 +69,12 @@ def train_local(cfg: Config, nproc: int, quiet: bool, resume: Path | None = None
     if nproc > 1:
         log.info("starting %d local processes; plan%s: %s", nproc,
                  " (modelled costs)" if cfg.balancer.plan == "auto" else "", plan.describe())
-        code = launch_local(run_dir, nproc, cfg.train.threads, quiet, resume is not None)
+        most = max(rank_threads(cfg, k) for k in range(nproc))
+        code = launch_local(run_dir, nproc, most, quiet, resume is not None)
         if code == 0 and announce:
             print(run_dir, flush=True)
         return code
+    torch.set_num_threads(rank_threads(cfg, 0))
     try:
         with _sigterm_interrupts():
             _train_here(cfg, run_dir, data, ckpt, resume is not None)
@@ -123,7 +127,7 @@ def machine_nproc(cfg: Config, samples: int, features: int) -> int:
     """Processes for the devices present: one per GPU, else one per core; never more than the
     layers unless replicas are allowed (the balancer would leave the rest idle); one (this
     process) for a problem under ``IN_PROCESS_FLOPS`` on the default plan."""
-    devices = gpus() if wants_cuda(cfg.train.device) else (os.cpu_count() or 1)
+    devices = gpus() if wants_cuda(cfg.train.device) else usable_cores()
     if cfg.balancer.plan != "auto":
         return default_nproc(cfg)
     sizes = [features] + cfg.sizes
