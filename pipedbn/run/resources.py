@@ -144,7 +144,7 @@ def plan_threads(cfg: Config, features: int, batches_per_epoch: int, nproc: int 
 
 def data_shape(cfg: Config) -> tuple[int, int]:
     """(features, micro-batches per epoch) of the configured data, from its headers."""
-    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli",
+    data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).unit_visible,
                      values=False)
     return data.features, data.batches_per_epoch
 
