@@ -1,8 +1,10 @@
-"""``pipedbn plan CONFIG --world-size N``: the plan the balancer makes for a config on N ranks."""
+"""``pipedbn plan CONFIG --world-size N`` (or ``--nodes N --ranks-per-node G``): the plan the
+balancer makes for a config on N ranks."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
@@ -15,7 +17,7 @@ from pipedbn.pipeline.device import local_device
 from stages import registry
 
 NAME = "plan"
-USAGE = "plan CONFIG --world-size N"
+USAGE = "plan CONFIG --world-size N | --nodes N --ranks-per-node G"
 SUMMARY = "show the balancer's plan for N ranks"
 
 
@@ -26,8 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "each rank trains, replicas, modelled or profiled step times).")
     pl.add_argument("config", help="YAML config file (see configs/)")
     pl.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
-    pl.add_argument("--world-size", type=int, required=True, metavar="N",
-                    help="number of ranks (processes) to plan for")
+    pl.add_argument("--world-size", type=int, metavar="N",
+                    help="number of ranks (processes) to plan for (default: nodes x "
+                         "ranks per node)")
+    pl.add_argument("--nodes", type=int, metavar="N",
+                    help="nodes the ranks run on (with --ranks-per-node)")
+    pl.add_argument("--ranks-per-node", type=int, metavar="G",
+                    help="ranks on each node, numbered node by node (default: "
+                         "balancer.ranks_per_node, else one node)")
     pl.add_argument("--profile", action="store_true",
                     help="time a few real steps of every layer here instead of counting FLOPs")
     return pl
@@ -35,11 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_defaults(load_config(args.config, args.overrides))
-    if args.world_size < 1:
-        raise UserError(f"--world-size {args.world_size}: give a number of ranks >= 1")
+    n, per_node = _world(args)
+    if per_node is not None:
+        cfg = dataclasses.replace(cfg, balancer=dataclasses.replace(cfg.balancer,
+                                                                    ranks_per_node=per_node))
     torch.set_num_threads(cfg.train.threads)
     data = open_data(cfg, unit_range=registry.get(cfg.layers[0].kind).kind == "bernoulli")
-    n = args.world_size
     if args.profile:
         times = profile_layers(cfg, data.features, local_device(cfg.train.device))
         problem = problem_for(cfg, data.features, n, costs=times)
@@ -59,8 +68,32 @@ def run(args: argparse.Namespace) -> int:
         solution = Solution(plan, times, max(times))
     print(f"plan for {len(cfg.layers)} layers on {n} ranks (costs {how})")
     print(describe(solution, cfg.train.batch_size))
+    if problem.node_size is not None and problem.node_size < n:
+        nodes = -(-n // problem.node_size)
+        search = ("exact search" if solution.search == "exact" else
+                  "search among contiguous blocks of ranks (the exact one is too large)")
+        print(f"nodes: {nodes} of {problem.node_size} ranks (rank k on node k // "
+              f"{problem.node_size}); {search}")
     if n >= len(cfg.layers) and cfg.balancer.plan == "auto":
         base = max(evaluate(problem, one_per_layer(len(cfg.layers), n)))
         print(f"one rank per layer: {base:.4g} s per micro-batch; this plan is "
               f"{base / solution.bottleneck:.2f}x faster")
     return 0
+
+
+def _world(args: argparse.Namespace) -> tuple[int, int | None]:
+    """(ranks, ranks per node or None) from --world-size, --nodes and --ranks-per-node."""
+    nodes, per_node, world = args.nodes, args.ranks_per_node, args.world_size
+    for flag, x in (("--world-size", world), ("--nodes", nodes), ("--ranks-per-node", per_node)):
+        if x is not None and x < 1:
+            raise UserError(f"{flag} {x}: give a number >= 1")
+    if nodes is not None and per_node is None:
+        raise UserError(f"--nodes {nodes}: give --ranks-per-node G too (ranks on each node)")
+    if world is None:
+        if nodes is None:
+            raise UserError("give --world-size N, or --nodes N --ranks-per-node G")
+        world = nodes * per_node
+    elif nodes is not None and nodes * per_node != world:
+        raise UserError(f"--world-size {world} is not --nodes {nodes} x --ranks-per-node "
+                        f"{per_node} = {nodes * per_node}; give one or make them agree")
+    return world, per_node
