@@ -30,7 +30,10 @@ from tools.benchdocs import ROOT, write_section
 
 SIZES = [784, 2000, 2000, 2000, 2000]
 BATCH = 1000
-WORLDS = [1, 4, 8, 16, 32, 64]
+WORLDS = [1, 4, 8, 16, 32, 64, 256]
+ROUNDS = 32
+"""Rounds each replica of the most replicated stage simulates (its first has no tick before
+it, its last ends with the final all-reduce)."""
 
 
 @dataclass(frozen=True)
@@ -62,21 +65,28 @@ def costs(gpu: GPU) -> list[LayerCost]:
                       width=b, params=param_count(a, b)) for a, b in pairs]
 
 
-def plan_and_run(world: int, gpu: GPU, sync_every: int = 1) -> tuple[str, float, SimResult]:
-    """The planner's plan for ``world`` GPUs (priced with the inter-node link once the world
-    spans nodes) and its simulation; returns (plan spec, planner samples/s, result)."""
+def problem(world: int, gpu: GPU, sync_every: int = 1, sync: str = "bsp") -> Problem:
+    """The planner's problem: the layers' steps and updates, 8 GPUs a node, both links."""
     layers = costs(gpu)
-    link = gpu.intra if world <= gpu.per_node else gpu.inter
-    problem = Problem(costs=[c.step_s for c in layers], world=world,
-                      sync_bytes=[4.0 * c.params for c in layers], bandwidth=link.bandwidth,
-                      latency=link.latency, sync_every=sync_every)
-    sol = solve(problem)
+    return Problem(costs=[c.step_s for c in layers], world=world,
+                   sync_bytes=[4.0 * c.params for c in layers], bandwidth=gpu.intra.bandwidth,
+                   latency=gpu.intra.latency, sync_every=sync_every, sync=sync,
+                   node_size=gpu.per_node, inter_bandwidth=gpu.inter.bandwidth,
+                   inter_latency=gpu.inter.latency)
+
+
+def plan_and_run(world: int, gpu: GPU, sync_every: int = 1, sync: str = "bsp"
+                 ) -> tuple[str, float, SimResult]:
+    """The topology-aware planner's plan for ``world`` GPUs and its simulation on the two-level
+    network; returns (plan spec, planner samples/s, result)."""
+    layers = costs(gpu)
+    sol = solve(problem(world, gpu, sync_every, sync))
     r_max = max(s.replicas for s in sol.plan.stages)
-    length = max(400, 8 * r_max * sync_every)  # whole rounds, fill and drain a small part
+    length = max(400, ROUNDS * r_max * sync_every)  # whole rounds; fill and drain a small part
     schedule = build_schedule("streaming", length, [1.0] * len(layers), 0.0)
     net = Network(gpu.intra, gpu.inter, gpu.per_node)
     res = simulate(schedule, stages_of(sol.plan), layers, net,
-                   Options(window=4, batch=BATCH, sync=SyncPolicy("bsp", sync_every)))
+                   Options(window=4, batch=BATCH, sync=SyncPolicy(sync, sync_every)))
     return sol.plan.spec(), sol.samples_per_s(BATCH), res
 
 
