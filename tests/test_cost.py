@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from pipedbn.balancer import cd_flops, forward_flops, param_count, state_bytes
-from pipedbn.balancer.cost import alltoall_s, hierarchical_allreduce_s, ring_allreduce_s
+from pipedbn.balancer.cost import (
+    alltoall_s,
+    hierarchical_allreduce_s,
+    leaders_allreduce_s,
+    ring_allreduce_s,
+)
 
 
 def test_cd_flops_counts_up_pass_gibbs_steps_and_gradients():
@@ -73,3 +78,16 @@ def test_hierarchical_allreduce_closed_form():
     # uneven: the fullest node sets the inside phases, the emptiest the shard size
     uneven = 2 * 4 * (8e-6 + n / (5 * 300e9)) + 2 * (15e-6 + n / (4 * 2 * 25e9))
     assert hierarchical_allreduce_s(n, [5, 4], intra, inter) == pytest.approx(uneven)
+
+
+def test_leader_all_reduce_puts_the_whole_bucket_on_one_link_per_node():
+    intra, inter, n = (8e-6, 300e9), (15e-6, 25e9), 16e6
+    inside = 4 * 7 * (8e-6 + n / (8 * 300e9))
+    across = 2 * 1 * (15e-6 + n / (2 * 25e9))
+    assert leaders_allreduce_s(n, [8, 8], intra, inter) == pytest.approx(inside + across)
+    # one node: no leaders' ring, the plain ring
+    assert leaders_allreduce_s(n, [6], intra, inter) == ring_allreduce_s(n, 6, *intra)
+    # against the shard rings: 8 times the bytes on the slow link
+    no_latency = (0.0, 1e30), (0.0, 25e9)
+    assert leaders_allreduce_s(n, [8, 8], *no_latency) == pytest.approx(
+        8 * hierarchical_allreduce_s(n, [8, 8], *no_latency))

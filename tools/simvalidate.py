@@ -280,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="how the engine under test syncs BSP replicas (p2p: before the "
                          "collectives)")
     ap.add_argument("--cases", help="comma-separated case numbers (0-based) to run")
+    ap.add_argument("--link", metavar="LATENCY,BANDWIDTH",
+                    help="the link (s, bytes/s) instead of measuring it by ping-pong")
     ap.add_argument("--pingpong", nargs=6, metavar=("RANK", "INIT", "OUT", "SMALL", "LARGE",
                                                     "ROUNDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -288,7 +290,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         _pingpong(int(rank), init, out, int(small), int(large), int(rounds))
         return
     cases = CASES if args.cases is None else [CASES[int(c)] for c in args.cases.split(",")]
-    rows = validate(cases, epochs=args.epochs, collective=args.collective)
+    link = None
+    if args.link:
+        latency, bandwidth = (float(x) for x in args.link.split(","))
+        link = Link(latency, bandwidth, cpu=True)
+    rows = validate(cases, epochs=args.epochs, link=link, collective=args.collective)
     text = section(rows, args.epochs)
     print(text)
     out = ROOT / "tools" / "out" / "simulate_validation.json"

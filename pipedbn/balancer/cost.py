@@ -105,3 +105,20 @@ def alltoall_s(nbytes: float, ranks: int, latency: float, bandwidth: float) -> f
     """Seconds of the point-to-point exchange (``ssp``, ``adaptive``): each replica sends its
     whole update to each of its ``r - 1`` peers, ``(r - 1) (latency + nbytes / bandwidth)``."""
     return (ranks - 1) * (latency + nbytes / bandwidth) if ranks > 1 else 0.0
+
+
+def leaders_allreduce_s(nbytes: float, per_node: Sequence[int],
+                        intra: tuple[float, float], inter: tuple[float, float]) -> float:
+    """Seconds of the leader-based two-level all-reduce (``pipeline/collectives.py``: a reduce
+    to each node's first replica, a ring all-reduce of the whole ``nbytes`` among the m leaders,
+    a broadcast inside each node), the reduce and the broadcast each priced as a ring
+    reduce-scatter and a gather (a scatter and an all-gather): ``4 (g_max - 1) (a_i + n / (g_max
+    B_i)) + 2 (m - 1) (a_e + n / (m B_e))``. One NIC per node carries the whole bucket, so with a
+    NIC per GPU it moves g times the bytes of ``hierarchical_allreduce_s``'s shard rings."""
+    counts = [g for g in per_node if g > 0]
+    if len(counts) <= 1:
+        return hierarchical_allreduce_s(nbytes, per_node, intra, inter)
+    (a_i, b_i), (a_e, b_e) = intra, inter
+    g_max, m = max(counts), len(counts)
+    inside = 4 * (g_max - 1) * (a_i + nbytes / (g_max * b_i)) if g_max > 1 else 0.0
+    return inside + 2 * (m - 1) * (a_e + nbytes / (m * b_e))

@@ -41,13 +41,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipedbn.balancer.blocks import search_blocks
-from pipedbn.balancer.cost import alltoall_s, hierarchical_allreduce_s
+from pipedbn.balancer.cost import alltoall_s, hierarchical_allreduce_s, leaders_allreduce_s
 from pipedbn.balancer.plan import Plan, Stage, _list, _span
 
 TIE = 1e-9  # plans within this relative margin of the optimal bottleneck count as equally fast
 MAX_STEPS = 20_000_000  # a few seconds of pure Python; beyond it the search refuses to start
 MiB = 2.0**20
 SYNCS = ("bsp", "bsp_delayed", "ssp", "adaptive")
+HIERARCHIES = ("shards", "leaders")
 
 
 @dataclass
@@ -84,6 +85,10 @@ class Problem:
     """Bytes per second of a link between nodes; None: ``bandwidth``."""
     inter_latency: float | None = None
     """Seconds per message on a link between nodes; None: ``latency``."""
+    hierarchy: str = "shards"
+    """The all-reduce of a stage spanning nodes: ``shards`` (one ring per local rank across the
+    nodes, ``cost.hierarchical_allreduce_s``) or ``leaders`` (the nodes' first replicas only,
+    ``cost.leaders_allreduce_s``)."""
 
     def node(self, rank: int) -> int:
         """The node of ``rank``."""
@@ -322,7 +327,8 @@ def sync_s(p: Problem, layers: Sequence[int], per_node: Sequence[int]) -> float:
     (the collective of ``p.sync``; module docstring)."""
     nbytes = sum(p.sync_bytes[i] for i in layers) if p.sync_bytes else 0.0
     if p.sync in ("bsp", "bsp_delayed"):
-        return hierarchical_allreduce_s(nbytes, per_node, (p.latency, p.bandwidth), p.inter)
+        price = leaders_allreduce_s if p.hierarchy == "leaders" else hierarchical_allreduce_s
+        return price(nbytes, per_node, (p.latency, p.bandwidth), p.inter)
     spans = sum(1 for g in per_node if g) > 1
     latency, bandwidth = p.inter if spans else (p.latency, p.bandwidth)
     return alltoall_s(nbytes, sum(per_node), latency, bandwidth)
@@ -378,6 +384,8 @@ def _check(p: Problem) -> None:
                          ("inter_latency", inter_latency, ">= 0")]:
         if not math.isfinite(x) or not (x > 0 if low == "> 0" else x >= 0):
             raise ValueError(f"{name} is {x!r}; it must be a finite number {low}")
+    if p.hierarchy not in HIERARCHIES:
+        raise ValueError(f"hierarchy is {p.hierarchy!r}; choose one of {', '.join(HIERARCHIES)}")
     if p.sync not in SYNCS:
         raise ValueError(f"sync is {p.sync!r}; choose one of {', '.join(SYNCS)}")
     if p.node_size is not None and (isinstance(p.node_size, bool)
