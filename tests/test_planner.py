@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -16,16 +17,19 @@ from pipedbn.balancer import (
     describe,
     evaluate,
     solve,
+    solve_blocks,
     stage_time,
 )
+from pipedbn.balancer.planner import SYNCS
 
 MiB = 2.0**20
 
 
 def brute(p: Problem) -> tuple[float, Plan | None]:
     """Best bottleneck over every grouping and every assignment of each rank to a stage or to
-    idle, and the plan the planner's tie-break should pick: fewest extra replicas, then most
-    stages, then per stage in order the lowest ranks and the earlier cut."""
+    idle, and the plan the planner's tie-break should pick: fewest extra replicas, then fewest
+    node crossings, then most stages, then per stage in order the lowest ranks and the earlier
+    cut."""
     L = len(p.costs)
     times: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
     plans = []  # (bottleneck, stages)
@@ -55,7 +59,8 @@ def brute(p: Problem) -> tuple[float, Plan | None]:
 
     def key(stages: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> tuple:
         extra = sum(len(r) - 1 for _, r in stages)
-        return extra, -len(stages), [(r, g[-1]) for g, r in stages]
+        crossings = sum(len({p.node(k) for k in r}) - 1 for _, r in stages)
+        return extra, crossings, -len(stages), [(r, g[-1]) for g, r in stages]
 
     tied = min((key(s), s) for t, s in plans if t <= best * (1 + 1e-9))[1]
     return best, Plan(tuple(Stage(g, r) for g, r in tied), p.world)
@@ -166,9 +171,18 @@ def test_stage_time_and_describe():
                 bandwidth=1e9, latency=0.25, sync_every=2)
     assert stage_time(p, [0], [0]) == 2
     assert stage_time(p, [0, 1], [0]) == 3
-    # worst member rank 2 (2 * 2 s), one sync with one peer (0.25 s + 1 s) every 2 micro-batches
-    assert stage_time(p, [0], [0, 2]) == pytest.approx((4 + 1.25 / 2) / 2)
-    assert stage_time(p, [1], [1, 3, 0]) == pytest.approx((1.5 + 2 * 3.25 / 2) / 3)
+    # worst member rank 2 (2 * 2 s), one ring all-reduce of 2 steps (0.25 s + 1e9 / 2 B at 1e9
+    # B/s each) every 2 micro-batches
+    assert stage_time(p, [0], [0, 2]) == pytest.approx((4 + 2 * 0.75 / 2) / 2)
+    assert stage_time(p, [1], [1, 3, 0]) == pytest.approx((1.5 + 4 * (0.25 + 1) / 2) / 3)
+    # ssp's point-to-point exchange: each update to each of the r - 1 peers
+    ssp = dataclasses.replace(p, sync="ssp")
+    assert stage_time(ssp, [0], [0, 2]) == pytest.approx((4 + 1.25 / 2) / 2)
+    assert stage_time(ssp, [1], [1, 3, 0]) == pytest.approx((1.5 + 2 * 3.25 / 2) / 3)
+    # bsp_delayed: the all-reduce runs behind the next round's work, max(work, sync) per round
+    delayed = dataclasses.replace(p, sync="bsp_delayed")
+    assert stage_time(delayed, [0], [0, 2]) == pytest.approx(4 / 2)
+    assert stage_time(delayed, [1], [1, 3, 0]) == pytest.approx(4 * 1.25 / 2 / 3)
     with pytest.raises(ValueError, match="stage ranks"):
         stage_time(p, [0], [0, 0])
     with pytest.raises(ValueError, match="stage layers"):
@@ -207,3 +221,108 @@ def test_stage_time_and_describe():
 def test_bad_inputs_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# -- topology: nodes, two link classes, the sync's collective ----------------------------------
+
+def test_random_topology_cases_match_brute_force():
+    rng = random.Random(18)
+    for _ in range(150):
+        L = rng.randint(1, 3)
+        world = rng.randint(2, 6)
+        costs = [rng.uniform(0.2, 4) for _ in range(L)]
+        kw: dict = {"node_size": rng.choice([1, 2, 3]), "sync": rng.choice(SYNCS),
+                    "sync_bytes": [rng.uniform(0, 3e9) for _ in range(L)],
+                    "latency": rng.choice([0.0, 1e-3]), "bandwidth": rng.choice([1e9, 1e10]),
+                    "inter_bandwidth": rng.choice([None, 1e8, 1e9]),
+                    "inter_latency": rng.choice([None, 0.0, 0.05]),
+                    "sync_every": rng.choice([1, 2])}
+        if rng.random() < 0.3:
+            kw["speed"] = [rng.choice([1.0, 2.0]) for _ in range(world)]
+        if rng.random() < 0.3 and world >= L:
+            kw["memory"] = [MiB] * L
+            kw["memory_cap"] = MiB
+        check(Problem(costs, world, **kw))
+
+
+def test_replicas_stay_inside_a_node_when_that_is_as_fast():
+    # two layers of 2 s that cannot share a rank, 5 ranks on nodes {0,1,2} {3,4}, a free sync:
+    # 2 replicas each give 1 s; the lowest ranks (0,1 | 2,3) would split stage 1 over two nodes
+    free = dict(memory=[MiB] * 2, memory_cap=MiB, node_size=3, latency=0.0, bandwidth=1e30)
+    s = check(Problem([2.0, 2.0], 5, **free))
+    assert s.plan.spec() == "0@0,1|1@3,4"
+    assert s.bottleneck == 1.0
+    # without nodes the old order stands
+    assert solve(Problem([2.0, 2.0], 5, memory=[MiB] * 2, memory_cap=MiB, latency=0.0)
+                 ).plan.spec() == "0@0,1|1@2,3"
+
+
+def test_a_slow_inter_node_link_keeps_the_sync_inside_nodes():
+    # one 4 s layer, 4 ranks on two nodes of 2; a 1 GB update: 10 GB/s inside, 0.1 GB/s between
+    p = Problem([4.0], 4, sync_bytes=[1e9], bandwidth=1e10, latency=0.0, node_size=2,
+                inter_bandwidth=1e8)
+    s = check(p)
+    assert s.plan.spec() == "0@0,1"  # 2 replicas: (4 + 2 x 0.05) / 2 = 2.05 s
+    assert s.bottleneck == pytest.approx((4 + 0.1) / 2)
+    # four across both nodes would pay 2 (m - 1) x 1e9 / (2 x 2 x 1e8) = 5 s of slow link
+    assert stage_time(p, [0], [0, 1, 2, 3]) == pytest.approx((4 + 2 * 0.5e9 / 2e10 * 2 + 5) / 4)
+    # a pipeline boundary may cross nodes: two layers, one stage per node
+    two = check(Problem([4.0, 4.0], 4, sync_bytes=[1e9, 1e9], bandwidth=1e10, latency=0.0,
+                        node_size=2, inter_bandwidth=1e8))
+    assert two.plan.spec() == "0@0,1|1@2,3"
+
+
+def test_delayed_sync_hides_the_all_reduce_behind_the_work():
+    p = Problem([4.0], 4, sync_bytes=[1e9], bandwidth=1e9, latency=0.0)
+    ring = 2 * 3 * 1e9 / (4 * 1e9)  # 1.5 s
+    assert solve(p).bottleneck == pytest.approx((4 + ring) / 4)
+    assert solve(dataclasses.replace(p, sync="bsp_delayed")).bottleneck == pytest.approx(1.0)
+
+
+def blocks_brute(p: Problem) -> float:
+    """Best bottleneck over every block plan: a grouping, and ascending disjoint rank blocks."""
+    L, best = len(p.costs), math.inf
+    for cuts in itertools.product([False, True], repeat=L - 1):
+        groups, start = [], 0
+        for i, cut in enumerate([*cuts, True]):
+            if cut:
+                groups.append(tuple(range(start, i + 1)))
+                start = i + 1
+        # a block is (start, end) with start < end; the next starts at or after the end
+        for bounds in itertools.combinations_with_replacement(range(p.world + 1),
+                                                              2 * len(groups)):
+            blocks = [tuple(range(bounds[2 * s], bounds[2 * s + 1])) for s in range(len(groups))]
+            if any(not b or len(b) > (p.max_replicas or p.world) for b in blocks):
+                continue
+            best = min(best, max(stage_time(p, g, b) for g, b in zip(groups, blocks,
+                                                                       strict=True)))
+    return best
+
+
+def test_block_search_is_exact_among_block_plans():
+    rng = random.Random(7)
+    for _ in range(60):
+        L = rng.randint(1, 3)
+        world = rng.randint(2, 7)
+        p = Problem([rng.uniform(0.2, 4) for _ in range(L)], world,
+                    speed=[rng.choice([1.0, 1.0, 2.0]) for _ in range(world)],
+                    sync_bytes=[rng.uniform(0, 3e9) for _ in range(L)], latency=1e-3,
+                    node_size=rng.choice([1, 2, 3]), inter_bandwidth=rng.choice([1e8, 1e9]),
+                    sync=rng.choice(SYNCS), max_replicas=rng.choice([None, 2]))
+        s = solve_blocks(p)
+        assert s.search == "blocks"
+        assert s.bottleneck == pytest.approx(blocks_brute(p), rel=1e-9)
+        assert s.stage_times == evaluate(p, s.plan)
+        assert solve(p).bottleneck <= s.bottleneck * (1 + 1e-9)  # every block plan is a plan
+
+
+def test_many_nodes_fall_back_to_blocks_and_keep_stages_on_whole_nodes():
+    # the projections' DBN on 8 nodes of 8 GPUs (docs/simulate.md)
+    costs = [0.52e-3, 1.33e-3, 1.33e-3, 1.33e-3]
+    nbytes = [4.0 * (784 * 2000 + 2784), *[4.0 * (2000 * 2000 + 4000)] * 3]
+    p = Problem(costs, 64, sync_bytes=nbytes, bandwidth=300e9, latency=8e-6, node_size=8,
+                inter_bandwidth=25e9, inter_latency=15e-6, sync="bsp_delayed")
+    s = solve(p)
+    assert s.search == "blocks"
+    assert s.plan.spec() == "0-3@0-63"
+    assert s.bottleneck == pytest.approx(sum(costs) / 64)

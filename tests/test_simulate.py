@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipedbn.balancer import Problem, stage_time
+from pipedbn.balancer.cost import hierarchical_allreduce_s, ring_allreduce_s
 from pipedbn.cli import main
 from pipedbn.pipeline.schedule import Schedule, build_schedule
 from pipedbn.sim import (
@@ -158,7 +159,8 @@ def test_bsp_replicas_wait_for_the_slowest() -> None:
 
 
 def test_ticks_follow_the_engines_round_boundaries() -> None:
-    """sync_every 4 with 2 replicas: one tick per 8 micro-batches, so 1/4 of the sync cost."""
+    """sync_every 4 with 2 replicas: one tick per 8 micro-batches, so 1/4 of the sync cost (a
+    ring all-reduce of 2 replicas: 2 steps, 2 latencies)."""
     L = 400
     link = Link(latency=1 * MS, bandwidth=1e30)
     stages = [SimStage((0,), (0,)), SimStage((1,), (1, 2))]
@@ -166,8 +168,60 @@ def test_ticks_follow_the_engines_round_boundaries() -> None:
     every1 = simulate(streaming(2, L), stages, costs, link, Options(batch=10))
     every4 = simulate(streaming(2, L), stages, costs, link,
                       Options(batch=10, sync=SyncPolicy(every=4)))
-    assert every1.seconds / L == pytest.approx((2 * MS + 1 * MS) / 2, rel=0.05)
-    assert every4.seconds / L == pytest.approx((2 * MS + 0.25 * MS) / 2, rel=0.05)
+    assert every1.seconds / L == pytest.approx((2 * MS + 2 * MS) / 2, rel=0.05)
+    assert every4.seconds / L == pytest.approx((2 * MS + 0.5 * MS) / 2, rel=0.05)
+    p2p = simulate(streaming(2, L), stages, costs, link,
+                   Options(batch=10, sync=SyncPolicy(collective="p2p")))
+    assert p2p.seconds / L == pytest.approx((2 * MS + 1 * MS) / 2, rel=0.05)
+
+
+def one_replicated_stage(r: int, ticks: int, step: float, net: Network | Link, params: int,
+                         sync: SyncPolicy | None = None) -> float:
+    """Seconds of ``ticks`` rounds of one stage of ``r`` replicas (one micro-batch each per
+    round) that syncs ``params`` fp32 parameters, and nothing else on the links."""
+    costs = [LayerCost(step, width=1, params=params)]
+    res = simulate(streaming(1, r * ticks), [SimStage((0,), tuple(range(r)))], costs, net,
+                   Options(batch=1, sync=sync or SyncPolicy()))
+    return res.seconds
+
+
+def test_ring_all_reduce_takes_its_closed_form() -> None:
+    """r replicas in one node: each round is a step then 2 (r - 1) ring steps of n / r bytes;
+    the first round has no tick before it and the final all-reduce ends the run."""
+    link, n, step, ticks = Link(20e-6, 10e9), 4_000_000, 1 * MS, 20
+    for r in (2, 3, 5):
+        ring = ring_allreduce_s(4 * n, r, link.latency, link.bandwidth)
+        assert one_replicated_stage(r, ticks, step, link, n) == pytest.approx(
+            ticks * (step + ring), rel=1e-9)
+
+
+def test_hierarchical_all_reduce_takes_its_closed_form() -> None:
+    intra, inter, n, step, ticks = Link(5e-6, 100e9), Link(20e-6, 5e9), 4_000_000, 1 * MS, 10
+    for per_node, r in ((2, 4), (3, 6), (2, 6), (1, 3), (3, 5)):
+        where = [min(per_node, r - k) for k in range(0, r, per_node)]
+        net = Network(intra, inter, per_node)
+        two_level = hierarchical_allreduce_s(4 * n, where, (intra.latency, intra.bandwidth),
+                                             (inter.latency, inter.bandwidth))
+        assert one_replicated_stage(r, ticks, step, net, n) == pytest.approx(
+            ticks * (step + two_level), rel=1e-9), (per_node, r)
+    # the slow link carries 1/g of the bytes: 2 nodes of 4 against a flat ring on the slow link
+    flat = ring_allreduce_s(4 * n, 8, inter.latency, inter.bandwidth)
+    two = hierarchical_allreduce_s(4 * n, [4, 4], (intra.latency, intra.bandwidth),
+                                   (inter.latency, inter.bandwidth))
+    assert two < flat / 4
+
+
+def test_delayed_all_reduce_hides_behind_the_next_round() -> None:
+    """``bsp_delayed``: tick c's all-reduce runs beside round c + 1 and is waited for at tick
+    c + 1, so a round takes max(step, all-reduce) on devices that need no host core."""
+    link, n, ticks = Link(20e-6, 10e9), 4_000_000, 20
+    ring = ring_allreduce_s(4 * n, 4, link.latency, link.bandwidth)  # 2.52 ms
+    delayed = SyncPolicy("bsp_delayed")
+    for step in (1 * MS, 4 * MS):
+        # round 1's step, then each later round the longer of the two, then the final one
+        expect = step + (ticks - 1) * max(step, ring) + ring
+        assert one_replicated_stage(4, ticks, step, link, n, delayed) == pytest.approx(
+            expect, rel=1e-9)
 
 
 def test_greedy_schedule_takes_the_sum_of_its_phases() -> None:

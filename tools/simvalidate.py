@@ -186,14 +186,16 @@ def wait_quiet(limit: float = 0.25, timeout: float = 300.0) -> float:
 
 
 def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
-             link: Link | None = None, quiet_s: float = 60.0) -> list[dict[str, Any]]:
+             link: Link | None = None, quiet_s: float = 60.0, collective: str = "allreduce"
+             ) -> list[dict[str, Any]]:
     """Run each case here and simulate it with this machine's measured step times, link and
     ``cores=os.cpu_count()``; one row per case: predicted and measured samples/s, their
     ratio, and each stage's busy fraction both ways. ``epochs`` scales every case's epochs.
 
     Before each run it waits (``quiet_s`` at most) for other jobs to leave the cores; the CPU
     they used during the run (``other_cores``) is recorded, and a second prediction
-    (``predicted_loaded``) lets that much background work share the cores."""
+    (``predicted_loaded``) lets that much background work share the cores. ``collective``:
+    how the engine under test syncs BSP replicas (``p2p`` before the collectives)."""
     link = link or measure_link()
     cores = os.cpu_count()
     rows: list[dict[str, Any]] = []
@@ -214,7 +216,8 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
             if spec is None:
                 work = [s + z for s, z in zip(step, sleep, strict=True)]
                 spec = solve(problem_for(cfg, shape[0], case.nproc, work)).plan.spec()
-            times, machine = StepTimes(step, fwd, sleep), Machine(link, cores)
+            times = StepTimes(step, fwd, sleep)
+            machine = Machine(link, cores, collective=collective)
             pred = from_config(cfg, spec, case.nproc, times, machine, shape)
             wait_quiet(timeout=quiet_s)
             b0, c0, t0 = cpu_busy(), _children_cpu(), time.monotonic()
@@ -225,7 +228,7 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
             loaded = from_config(cfg, spec, case.nproc, times,
                                  dataclasses.replace(machine, background=others), shape)
             rows.append({
-                "case": case.name, "ranks": case.nproc, "plan": spec,
+                "case": case.name, "ranks": case.nproc, "plan": spec, "collective": collective,
                 "predicted": pred.samples_per_s, "measured": meas["samples_per_s"],
                 "ratio": pred.samples_per_s / meas["samples_per_s"],
                 "predicted_loaded": loaded.samples_per_s,
@@ -273,6 +276,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--epochs", type=float, default=1.0, help="scale every case's epochs")
     ap.add_argument("--write-docs", action="store_true",
                     help="write the table into docs/benchmarks.md (bench_simulate)")
+    ap.add_argument("--collective", choices=("allreduce", "p2p"), default="allreduce",
+                    help="how the engine under test syncs BSP replicas (p2p: before the "
+                         "collectives)")
+    ap.add_argument("--cases", help="comma-separated case numbers (0-based) to run")
+    ap.add_argument("--link", metavar="LATENCY,BANDWIDTH",
+                    help="the link (s, bytes/s) instead of measuring it by ping-pong")
     ap.add_argument("--pingpong", nargs=6, metavar=("RANK", "INIT", "OUT", "SMALL", "LARGE",
                                                     "ROUNDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -280,7 +289,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         rank, init, out, small, large, rounds = args.pingpong
         _pingpong(int(rank), init, out, int(small), int(large), int(rounds))
         return
-    rows = validate(epochs=args.epochs)
+    cases = CASES if args.cases is None else [CASES[int(c)] for c in args.cases.split(",")]
+    link = None
+    if args.link:
+        latency, bandwidth = (float(x) for x in args.link.split(","))
+        link = Link(latency, bandwidth, cpu=True)
+    rows = validate(cases, epochs=args.epochs, link=link, collective=args.collective)
     text = section(rows, args.epochs)
     print(text)
     out = ROOT / "tools" / "out" / "simulate_validation.json"

@@ -12,7 +12,9 @@ from pipedbn.balancer.planner import (
     describe,
     evaluate,
     solve,
+    solve_blocks,
     stage_time,
+    sync_s,
 )
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "one_per_layer",
     "param_count",
     "solve",
+    "solve_blocks",
     "stage_time",
     "state_bytes",
+    "sync_s",
 ]

@@ -2,24 +2,35 @@
 
 Model. A stage is a contiguous group G of layers on a set R of r ranks. Micro-batch m of the
 stream goes to replica ``m mod r``, so each replica sees every r-th micro-batch and the stage's
-period (seconds per micro-batch through the stage) is
+period (seconds per micro-batch through the stage) is, with ``w`` the slowest member's
+``speed[k] * sum(costs[G]) + extra[k]`` and ``s = sync(G, R) / sync_every``,
 
-    max over k in R of (speed[k] * sum(costs[G]) + extra[k] + sync(G, r) / sync_every) / r
+    (w + s) / r            for ``bsp``, ``ssp`` and ``adaptive``
+    max(w, s) / r          for ``bsp_delayed`` (tick c's all-reduce runs behind tick c + 1's work)
 
-with ``sync(G, r) = 0`` for r = 1 and ``(r - 1) * (latency + sum(sync_bytes[G]) / bandwidth)``
-otherwise: at a sync every replica sends its update to each of the r - 1 others. The slowest
-replica sets the pace because replicas take micro-batches in turn. The pipeline's period is the
-largest stage period (the bottleneck). A rank holding G needs ``sum(memory[G]) <= memory_cap``.
-Ranks may stay idle.
+``sync(G, R)`` is 0 for r = 1. For ``bsp`` and ``bsp_delayed`` it is the all-reduce of the
+layers' update (``cost.hierarchical_allreduce_s``): the ring ``2 (r - 1) (latency + n / (r
+bandwidth))`` when R lies in one node, and the two-level all-reduce (reduce-scatter inside each
+node, one ring per local rank across the nodes, all-gather) when it spans nodes. For ``ssp`` and
+``adaptive`` it is the point-to-point exchange ``(r - 1) (latency + n / bandwidth)`` on the
+slowest link among R. Rank k is on node ``k // node_size`` (no ``node_size``: one node). The
+slowest replica sets the pace because replicas take micro-batches in turn. The pipeline's period
+is the largest stage period (the bottleneck). A rank holding G needs ``sum(memory[G]) <=
+memory_cap``. Ranks may stay idle.
 
-Search. Ranks with equal (speed, extra) are interchangeable, so they form a *class* and a stage
-is described by how many ranks it takes from each class. A dynamic programme over (first layer of
-the next stage, ranks still unused per class) tries every contiguous grouping, every replica
-count and every mix of classes, so its answer is exact. A second pass over the same states,
-allowed only stages within a relative ``TIE`` of the optimum, breaks ties: (1) the fewest extra
-replicas (sum of r - 1), (2) the most stages, (3) the lowest ranks earliest (stage 0 gets the
-lowest-numbered ranks that fit, then stage 1, ...), (4) the earlier cut. Within a class the
-lowest-numbered unused ranks go to the earliest stage.
+Search. Ranks with equal (speed, extra, node) are interchangeable, so they form a *class* and a
+stage is described by how many ranks it takes from each class. A dynamic programme over (first
+layer of the next stage, ranks still unused per class) tries every contiguous grouping, every
+replica count, every mix of classes and so every placement on the nodes, so its answer is exact.
+A second pass over the same states, allowed only stages within a relative ``TIE`` of the
+optimum, breaks ties: (1) the fewest extra replicas (sum of r - 1), (2) the fewest node
+crossings (sum over stages of the nodes each spans, less one: a stage's replicas stay inside a
+node when that is as fast), (3) the most stages, (4) the lowest ranks earliest (stage 0 gets the
+lowest-numbered ranks that fit, then stage 1, ...), (5) the earlier cut. Within a class the
+lowest-numbered unused ranks go to the earliest stage. When that search would exceed
+``MAX_STEPS`` on a world of several nodes, ``solve_blocks`` (``blocks.py``) searches the plans whose
+stages hold contiguous blocks of ranks instead (exact among those; ``Solution.search`` says
+which search answered).
 """
 
 from __future__ import annotations
@@ -29,11 +40,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pipedbn.balancer.blocks import search_blocks
+from pipedbn.balancer.cost import alltoall_s, hierarchical_allreduce_s, leaders_allreduce_s
 from pipedbn.balancer.plan import Plan, Stage, _list, _span
 
 TIE = 1e-9  # plans within this relative margin of the optimal bottleneck count as equally fast
 MAX_STEPS = 20_000_000  # a few seconds of pure Python; beyond it the search refuses to start
 MiB = 2.0**20
+SYNCS = ("bsp", "bsp_delayed", "ssp", "adaptive")
+HIERARCHIES = ("shards", "leaders")
 
 
 @dataclass
@@ -49,11 +64,11 @@ class Problem:
     extra: list[float] | None = None
     """Per-rank seconds added to every micro-batch (e.g. a rank that sleeps). Default 0."""
     sync_bytes: list[float] | None = None
-    """Per layer, bytes a replica sends to each peer at one sync. Default 0."""
+    """Per layer, bytes of its update (what a replica contributes to one sync). Default 0."""
     bandwidth: float = 1e9
-    """Bytes per second of one link."""
+    """Bytes per second of a link inside a node (of every link without ``node_size``)."""
     latency: float = 1e-4
-    """Seconds per sync message."""
+    """Seconds per message on a link inside a node (every link without ``node_size``)."""
     sync_every: int = 1
     """A replica syncs once every ``sync_every`` of its own micro-batches."""
     memory: list[float] | None = None
@@ -62,6 +77,28 @@ class Problem:
     """Bytes one rank can hold; None = unlimited."""
     max_replicas: int | None = None
     """Most ranks one stage may use; 1 = no replicas; None = no limit."""
+    sync: str = "bsp"
+    """How replicas sync (``SYNCS``), which sets the sync's price (module docstring)."""
+    node_size: int | None = None
+    """Ranks per node: rank k is on node ``k // node_size``; None: every rank on one node."""
+    inter_bandwidth: float | None = None
+    """Bytes per second of a link between nodes; None: ``bandwidth``."""
+    inter_latency: float | None = None
+    """Seconds per message on a link between nodes; None: ``latency``."""
+    hierarchy: str = "shards"
+    """The all-reduce of a stage spanning nodes: ``shards`` (one ring per local rank across the
+    nodes, ``cost.hierarchical_allreduce_s``) or ``leaders`` (the nodes' first replicas only,
+    ``cost.leaders_allreduce_s``)."""
+
+    def node(self, rank: int) -> int:
+        """The node of ``rank``."""
+        return 0 if self.node_size is None else rank // self.node_size
+
+    @property
+    def inter(self) -> tuple[float, float]:
+        """(latency, bandwidth) between nodes."""
+        return (self.latency if self.inter_latency is None else self.inter_latency,
+                self.bandwidth if self.inter_bandwidth is None else self.inter_bandwidth)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -74,6 +111,8 @@ class Solution:
     """Each stage's period, seconds per micro-batch."""
     bottleneck: float
     """The largest stage period: the pipeline's seconds per micro-batch."""
+    search: str = "exact"
+    """``exact`` (every placement) or ``blocks`` (stages on contiguous blocks of ranks)."""
 
     def samples_per_s(self, batch_size: int) -> float:
         """Predicted throughput with micro-batches of ``batch_size`` samples."""
@@ -91,7 +130,7 @@ def stage_time(problem: Problem, layers: Sequence[int], ranks: Sequence[int]) ->
     speed, extra = _speeds(p), _extras(p)
     cost = sum(p.costs[i] for i in layers)
     worst = max(speed[k] * cost + extra[k] for k in ranks)
-    return _period(worst, _sync(p, layers, len(ranks)), len(ranks), p.sync_every)
+    return _period(p, worst, sync_s(p, layers, _per_node(p, ranks)), len(ranks))
 
 
 def evaluate(problem: Problem, plan: Plan) -> list[float]:
@@ -113,15 +152,18 @@ def solve(problem: Problem) -> Solution:
     _check_memory(p)
     L, world = len(p.costs), p.world
     speed, extra = _speeds(p), _extras(p)
-    kinds: dict[tuple[float, float], list[int]] = {}
+    kinds: dict[tuple[float, float, int], list[int]] = {}
     for k in range(world):
-        kinds.setdefault((speed[k], extra[k]), []).append(k)
+        kinds.setdefault((speed[k], extra[k], p.node(k)), []).append(k)
     classes = list(kinds.values())  # ordered by their lowest rank; ranks ascending within
     sizes = [len(c) for c in classes]
+    nodes = p.node(world - 1) + 1
     # Every (state, take) pair for each (first, last) layer of a later stage, and every take of
     # all ranks for each last layer of stage 0.
     steps = math.prod((n + 1) * (n + 2) // 2 for n in sizes) * L * (L - 1) // 2 \
         + math.prod(n + 1 for n in sizes) * L
+    if steps > MAX_STEPS and nodes > 1:
+        return solve_blocks(p)
     if steps > MAX_STEPS:
         raise ValueError(
             f"{world} ranks of {len(classes)} different (speed, extra) kinds and {L} layers: the "
@@ -135,6 +177,9 @@ def solve(problem: Problem) -> Solution:
     counts = [[v // s % (n + 1) for n, s in zip(sizes, strides, strict=True)]
               for v in range(nstates)]
     size = [sum(c) for c in counts]
+    home = [p.node(c[0]) for c in classes]
+    per_node = [tuple(sum(x for x, h in zip(cnt, home, strict=True) if h == n)
+                      for n in range(nodes)) for cnt in counts]
     subs = []  # subs[state]: (take, state - take) for every non-empty take the state can give
     for state, cnt in enumerate(counts):
         takes = (sum(x * s for x, s in zip(take, strides, strict=True))
@@ -153,10 +198,14 @@ def solve(problem: Problem) -> Solution:
                 break
             cost = sum(p.costs[i:j + 1])
             work = [speed[c[0]] * cost + extra[c[0]] for c in classes]
-            sync = [_sync(p, range(i, j + 1), r) for r in range(world + 1)]
+            sync: dict[tuple[int, ...], float] = {}
+            for where in per_node:
+                if where not in sync:
+                    sync[where] = sync_s(p, range(i, j + 1), where)
             spans[i].append((j, [
-                _period(max(work[c] for c, x in enumerate(cnt) if x), sync[r], r, p.sync_every)
-                if 0 < r <= most else math.inf for cnt, r in zip(counts, size, strict=True)]))
+                _period(p, max(work[c] for c, x in enumerate(cnt) if x), sync[where], r)
+                if 0 < r <= most else math.inf
+                for cnt, r, where in zip(counts, size, per_node, strict=True)]))
 
     # Pass 1: best[i][state] = smallest bottleneck of layers i.. with the ranks of `state`.
     best = [[math.inf] * nstates for _ in range(L)] + [[0.0] * nstates]
@@ -173,10 +222,12 @@ def solve(problem: Problem) -> Solution:
     optimum = best[0][full]
     assert optimum < math.inf, "memory was checked to fit"
 
-    # Pass 2: fewest[i][state] = least (extra replicas, -stages) of layers i.. among stages within
-    # the tie margin, as one integer: stages <= L, so (L + 1) per extra replica dominates them.
+    # Pass 2: fewest[i][state] = least (extra replicas, node crossings, -stages) of layers i..
+    # among stages within the tie margin, as one integer: stages <= L and crossings < world, so
+    # (L + 1) per crossing dominates the stages and (world + 1) crossings per extra replica.
     limit = optimum * (1 + TIE)
-    score = [(r - 1) * (L + 1) - 1 for r in size]
+    score = [((r - 1) * (world + 1) + sum(1 for g in where if g) - 1) * (L + 1) - 1
+             for r, where in zip(size, per_node, strict=True)]
     fewest = [[math.inf] * nstates for _ in range(L)] + [[0.0] * nstates]
     for i in reversed(range(L)):
         for state in range(nstates) if i else [full]:
@@ -210,6 +261,48 @@ def solve(problem: Problem) -> Solution:
     return Solution(plan, times, max(times))
 
 
+def solve_blocks(problem: Problem) -> Solution:
+    """The best plan whose stages hold contiguous blocks of ranks (``blocks``); what ``solve``
+    answers when its exact search is too large for a world of several nodes."""
+    p = problem
+    _check(p)
+    _check_memory(p)
+    L = len(p.costs)
+    speed, extra = _speeds(p), _extras(p)
+    cap = math.inf if p.memory_cap is None else p.memory_cap
+    memory = p.memory or [0.0] * L
+    size = p.node_size or p.world
+    syncs: dict[tuple[int, int, int, int, int, int], float] = {}
+
+    def sync(i: int, j: int, a: int, r: int) -> float:
+        """The sync of layers i..j on ranks a..a + r - 1: a partial node, whole ones, a partial."""
+        first = min(r, size - a % size)
+        m = 1 + -(-(r - first) // size)
+        last = r - first - (m - 2) * size if m > 1 else first
+        key = (i, j, r, m, max(first, last, size if m > 2 else 0), min(first, last))
+        if key not in syncs:
+            where = [first, *[size] * max(m - 2, 0), last][:m]
+            syncs[key] = sync_s(p, range(i, j + 1), where)
+        return syncs[key]
+
+    def periods(i: int, j: int, a: int, n: int) -> list[float]:
+        cost = sum(p.costs[i:j + 1])
+        out, worst = [], 0.0
+        for r in range(1, n + 1):
+            k = a + r - 1
+            worst = max(worst, speed[k] * cost + extra[k])
+            out.append(_period(p, worst, sync(i, j, a, r), r))
+        return out
+
+    stages, optimum = search_blocks(
+        L, p.world, periods, lambda i, j: sum(memory[i:j + 1]) <= cap,
+        p.max_replicas or p.world, lambda a, r: p.node(a + r - 1) - p.node(a), TIE)
+    plan = Plan(tuple(stages), p.world).validate()
+    times = evaluate(p, plan)
+    assert max(times) <= optimum * (1 + TIE), (times, optimum)
+    return Solution(plan, times, max(times), "blocks")
+
+
 def describe(solution: Solution, batch_size: int) -> str:
     """A table for the CLI: one row per stage, then the bottleneck, throughput and idle ranks."""
     if batch_size < 1:
@@ -229,17 +322,32 @@ def describe(solution: Solution, batch_size: int) -> str:
     return "\n".join(lines)
 
 
-def _period(worst: float, sync: float, r: int, sync_every: int) -> float:
-    """Seconds per micro-batch of a stage whose slowest of r replicas needs ``worst`` seconds."""
-    return (worst + sync / sync_every) / r
-
-
-def _sync(p: Problem, layers: Sequence[int], r: int) -> float:
-    """Seconds one replica spends on one sync with r - 1 peers."""
-    if r <= 1:
-        return 0.0
+def sync_s(p: Problem, layers: Sequence[int], per_node: Sequence[int]) -> float:
+    """Seconds of one sync of a stage holding ``layers`` with ``per_node[n]`` replicas on node n
+    (the collective of ``p.sync``; module docstring)."""
     nbytes = sum(p.sync_bytes[i] for i in layers) if p.sync_bytes else 0.0
-    return (r - 1) * (p.latency + nbytes / p.bandwidth)
+    if p.sync in ("bsp", "bsp_delayed"):
+        price = leaders_allreduce_s if p.hierarchy == "leaders" else hierarchical_allreduce_s
+        return price(nbytes, per_node, (p.latency, p.bandwidth), p.inter)
+    spans = sum(1 for g in per_node if g) > 1
+    latency, bandwidth = p.inter if spans else (p.latency, p.bandwidth)
+    return alltoall_s(nbytes, sum(per_node), latency, bandwidth)
+
+
+def _per_node(p: Problem, ranks: Sequence[int]) -> list[int]:
+    """How many of ``ranks`` each node holds."""
+    counts = [0] * (p.node(p.world - 1) + 1)
+    for k in ranks:
+        counts[p.node(k)] += 1
+    return counts
+
+
+def _period(p: Problem, worst: float, sync: float, r: int) -> float:
+    """Seconds per micro-batch of a stage whose slowest of r replicas needs ``worst`` seconds
+    and whose sync takes ``sync`` seconds once every ``p.sync_every`` micro-batches."""
+    if p.sync == "bsp_delayed":
+        return max(worst, sync / p.sync_every) / r
+    return (worst + sync / p.sync_every) / r
 
 
 def _speeds(p: Problem) -> list[float]:
@@ -270,9 +378,20 @@ def _check(p: Problem) -> None:
         for i, x in enumerate(values):
             if not math.isfinite(x) or not (x > 0 if low == "> 0" else x >= 0):
                 raise ValueError(f"{name}[{i}] is {x!r}; each must be a finite number {low}")
-    for name, x, low in [("bandwidth", p.bandwidth, "> 0"), ("latency", p.latency, ">= 0")]:
+    inter_latency, inter_bandwidth = p.inter
+    for name, x, low in [("bandwidth", p.bandwidth, "> 0"), ("latency", p.latency, ">= 0"),
+                         ("inter_bandwidth", inter_bandwidth, "> 0"),
+                         ("inter_latency", inter_latency, ">= 0")]:
         if not math.isfinite(x) or not (x > 0 if low == "> 0" else x >= 0):
             raise ValueError(f"{name} is {x!r}; it must be a finite number {low}")
+    if p.hierarchy not in HIERARCHIES:
+        raise ValueError(f"hierarchy is {p.hierarchy!r}; choose one of {', '.join(HIERARCHIES)}")
+    if p.sync not in SYNCS:
+        raise ValueError(f"sync is {p.sync!r}; choose one of {', '.join(SYNCS)}")
+    if p.node_size is not None and (isinstance(p.node_size, bool)
+                                    or not isinstance(p.node_size, int) or p.node_size < 1):
+        raise ValueError(f"node_size is {p.node_size!r}; give ranks per node >= 1 (None: one "
+                         "node)")
     if p.sync_every < 1:
         raise ValueError(f"sync_every is {p.sync_every}; replicas sync every n >= 1 micro-batches")
     if p.max_replicas is not None and p.max_replicas < 1:

@@ -46,11 +46,22 @@ REPLAN_S = 0.2
 loopback gloo for small layers."""
 
 
+def node_size(cfg: Config, world: int) -> int | None:
+    """Ranks per node: ``balancer.ranks_per_node``, else torchrun's ``LOCAL_WORLD_SIZE`` when
+    the world spans several nodes; None: one node."""
+    if cfg.balancer.ranks_per_node is not None:
+        return cfg.balancer.ranks_per_node
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(local) if local.isdigit() and 0 < int(local) < world else None
+
+
 def problem_for(cfg: Config, features: int, world: int,
                 costs: Sequence[float] | None = None,
-                speed: Sequence[float] | None = None) -> Problem:
+                speed: Sequence[float] | None = None, ranks_per_node: int | None = None
+                ) -> Problem:
     """The planning problem of this config on ``world`` ranks; ``costs`` (seconds per
-    micro-batch) default to the FLOP model at ``balancer.flops``."""
+    micro-batch) default to the FLOP model at ``balancer.flops``; ``ranks_per_node`` to
+    ``node_size``."""
     b = cfg.balancer
     sizes = [features] + cfg.sizes
     width = 8 if cfg.train.dtype == "float64" else 4
@@ -65,7 +76,9 @@ def problem_for(cfg: Config, features: int, world: int,
         memory=[state_bytes(n, h, cfg.train.batch_size, lc.chain_rows(), width)
                 for (n, h), lc in zip(pairs, cfg.layers, strict=True)],
         memory_cap=b.memory_mb * 2**20 if b.memory_mb is not None else None,
-        max_replicas=b.max_replicas)
+        max_replicas=b.max_replicas, sync=b.sync,
+        node_size=ranks_per_node or node_size(cfg, world), inter_bandwidth=b.inter_bandwidth,
+        inter_latency=b.inter_latency, hierarchy="leaders")  # what collectives.py runs
 
 
 def machine_memory(device: str) -> tuple[int, str]:

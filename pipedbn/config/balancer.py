@@ -72,6 +72,14 @@ class BalancerConfig:
     """Record a CRC-32 of each replica's parameters after every sync (``replica/crc32`` in
     ``metrics.jsonl``), to check that BSP replicas stay bit-identical; one pass over the
     parameters per sync."""
+    ranks_per_node: int | None = None
+    """Ranks on each node, numbered node by node, for placing replicas and pricing their sync
+    (``bandwidth``/``latency`` inside a node, ``inter_*`` between nodes); ``null``: torchrun's
+    ``LOCAL_WORLD_SIZE`` at run time (one node outside torchrun)."""
+    inter_bandwidth: float | None = None
+    """Bytes per second of a link between nodes (per rank); ``null``: ``bandwidth``."""
+    inter_latency: float | None = None
+    """Seconds per message between nodes; ``null``: ``latency``."""
 
     def problems(self, layers: int) -> list[str]:
         """``layers``: how many layers an explicit plan must cover."""
@@ -91,4 +99,7 @@ class BalancerConfig:
         p += positive("balancer.bandwidth", self.bandwidth)
         p += positive("balancer.latency", self.latency, strict=False)
         p += positive("balancer.memory_mb", self.memory_mb)
+        p += positive("balancer.ranks_per_node", self.ranks_per_node)
+        p += positive("balancer.inter_bandwidth", self.inter_bandwidth)
+        p += positive("balancer.inter_latency", self.inter_latency, strict=False)
         return p

@@ -17,8 +17,11 @@ simulator calls it):
   only once its receiver has posted a buffer for it (gloo's rendezvous), and a receiver keeps
   two posted, re-posting one when it asks for the next message;
 - the end of the stream: two END messages per link, each stage closes after its input ended;
-- replicas tick at ``pipedbn.pipeline.replicas.round_boundaries`` (no checkpoints); a tick sends
-  each peer ``messages`` messages with the parameter delta; ``bsp`` waits for each peer's tick,
+- replicas tick at ``pipedbn.pipeline.replicas.round_boundaries`` (no checkpoints); ``bsp`` and
+  ``bsp_delayed`` all-reduce the stage's update (``collective``: a ring inside a node, two-level
+  across nodes; ``bsp_delayed`` waits for tick c's at tick c + 1); ``ssp`` (and ``bsp`` with
+  ``collective="p2p"``) sends each peer ``messages`` messages with the parameter delta; p2p
+  ``bsp`` waits for each peer's tick,
   ``ssp`` only for peers more than ``staleness`` ticks behind; ``adaptive`` is modelled as
   ``ssp`` at its maximum staleness, without its barriers (an optimistic bound); the last update
   goes out marked FINAL;
@@ -28,7 +31,8 @@ Not modelled: monitoring (probes, metrics), heartbeats, checkpoints, re-planning
 before the stream starts and after it ends (setup, final save), the sync's own arithmetic.
 
 Modules: ``engine`` (processes, shared cores, transfers), ``inputs`` (costs, links, policy,
-checks), ``wires`` (the channels), ``sync`` (a replica's sync), ``stream`` (the runner's loop,
+checks), ``wires`` (the channels), ``sync`` (a replica's point-to-point sync), ``collective``
+(its all-reduce), ``stream`` (the runner's loop,
 ``simulate``), ``result``, ``fromconfig`` (a config's run).
 """
 
@@ -42,6 +46,7 @@ from pipedbn.sim.fromconfig import (
     plan_world,
 )
 from pipedbn.sim.inputs import (
+    COLLECTIVES,
     SYNC_KINDS,
     LayerCost,
     Link,
@@ -54,6 +59,6 @@ from pipedbn.sim.inputs import (
 from pipedbn.sim.result import RankResult, SimResult
 from pipedbn.sim.stream import simulate
 
-__all__ = ["SYNC_KINDS", "LayerCost", "Link", "Machine", "Network", "Options", "RankResult",
-           "SimResult", "SimStage", "StepTimes", "SyncPolicy", "data_shape", "flops_step_s",
-           "from_config", "load", "plan_world", "simulate", "stages_of"]
+__all__ = ["COLLECTIVES", "SYNC_KINDS", "LayerCost", "Link", "Machine", "Network", "Options",
+           "RankResult", "SimResult", "SimStage", "StepTimes", "SyncPolicy", "data_shape",
+           "flops_step_s", "from_config", "load", "plan_world", "simulate", "stages_of"]

@@ -72,6 +72,8 @@ class Transfer:
     posted: Signal = field(default_factory=Signal)
     """The receiver has posted a buffer for it."""
     done: Signal = field(default_factory=Signal)
+    seq: int = -1
+    """Its place in the order of sends (-1: not sent yet or started)."""
 
 
 def _call(f: Callable[[Transfer], None], t: Transfer) -> Callable[[], None]:
@@ -91,7 +93,9 @@ class Engine:
         self._delays: list[tuple[float, int, Callable[[], None]]] = []  # (real end, seq, then)
         self._cpu: list[tuple[float, int, Callable[[], None]]] = []  # (virtual end, seq, then)
         self._virtual = 0.0  # CPU seconds each running CPU activity has received so far
-        self._pending: list[Transfer] = []  # posted transfers not yet started, in post order
+        # sent transfers not yet started, per sender and per receiver, each in order of sending
+        self._by_src: dict[int, list[Transfer]] = {}
+        self._by_dst: dict[int, list[Transfer]] = {}
         self._busy_out: set[int] = set()
         self._busy_in: set[int] = set()
         self._live = 0
@@ -118,18 +122,27 @@ class Engine:
 
     def send(self, t: Transfer) -> None:
         """Post a transfer; it starts as soon as its receiver and both ports allow."""
-        self._pending.append(t)
-        self._try_transfers()
+        t.seq = next(self._seq)
+        self._by_src.setdefault(t.src, []).append(t)
+        self._by_dst.setdefault(t.dst, []).append(t)
+        self._try_transfers([t])
 
     def post(self, t: Transfer) -> None:
         """The receiver has a buffer ready for ``t``."""
         self.fire(t.posted)
-        self._try_transfers()
+        if t.seq >= 0:
+            self._try_transfers([t])
 
-    def _try_transfers(self) -> None:
-        for t in list(self._pending):
-            if t.posted.fired and t.src not in self._busy_out and t.dst not in self._busy_in:
-                self._pending.remove(t)
+    def _try_transfers(self, candidates: list[Transfer]) -> None:
+        """Start, in order of sending, those of ``candidates`` that can start. Only a send, a
+        post or freed ports let a transfer start, and each call names the transfers that event
+        concerns, so the result is that of trying every waiting transfer in order."""
+        for t in candidates:
+            if (t.seq >= 0 and t.posted.fired and t.src not in self._busy_out
+                    and t.dst not in self._busy_in):
+                self._by_src[t.src].remove(t)
+                self._by_dst[t.dst].remove(t)
+                t.seq = -1
                 self._busy_out.add(t.src)
                 self._busy_in.add(t.dst)
                 self.start(t.occupy, t.cpu, _call(self._sent, t))
@@ -138,7 +151,8 @@ class Engine:
         self._busy_out.discard(t.src)
         self._busy_in.discard(t.dst)
         self.start(t.delay, t.cpu, lambda: self.fire(t.done))
-        self._try_transfers()
+        waiting = self._by_src.get(t.src, []) + self._by_dst.get(t.dst, [])
+        self._try_transfers(sorted(waiting, key=lambda w: w.seq))
 
     def _rate(self) -> float:
         n = len(self._cpu) + self.background

@@ -14,7 +14,7 @@ from pipedbn.config import Config, load_config, resolve_defaults
 from pipedbn.data.loader import open_data
 from pipedbn.pipeline.layers import make_schedule
 from pipedbn.run.local import default_nproc
-from pipedbn.sim.inputs import LayerCost, Link, Options, SyncPolicy, stages_of
+from pipedbn.sim.inputs import LayerCost, Link, Network, Options, SyncPolicy, stages_of
 from pipedbn.sim.result import SimResult
 from pipedbn.sim.stream import simulate
 from stages import registry
@@ -73,6 +73,13 @@ class Machine:
     """Messages per peer per replica tick."""
     background: float = 0.0
     """Other jobs' CPU-bound load on the ``cores``."""
+    collective: str = "allreduce"
+    """How ``bsp`` replicas sync (``SyncPolicy.collective``): ``p2p`` for the engine before the
+    collectives."""
+    inter: Link | None = None
+    """The link between nodes; None: ``link`` everywhere."""
+    ranks_per_node: int | None = None
+    """Ranks per node with ``inter`` (rank k on node k // ranks_per_node)."""
 
 
 def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int, times: StepTimes,
@@ -111,15 +118,18 @@ def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int, tim
     spec = plan_spec or cfg.balancer.plan
     if spec == "auto":
         work = [c.step_s + c.sleep_s for c in costs]
-        plan = solve(problem_for(cfg, features, world, work)).plan
+        plan = solve(problem_for(cfg, features, world, work,
+                                 ranks_per_node=machine.ranks_per_node)).plan
     else:
         plan = Plan.parse(spec, world, n)
     b = cfg.balancer
     opt = Options(window=cfg.pipeline.window, batch=cfg.train.batch_size, rows=rows,
                   cores=machine.cores,
-                  sync=SyncPolicy(b.sync, b.sync_every, b.staleness, machine.sync_messages),
+                  sync=SyncPolicy(b.sync, b.sync_every, b.staleness, machine.sync_messages,
+                                  machine.collective),
                   dtype_bytes=8 if cfg.train.dtype == "float64" else 4, read_s=machine.read_s,
                   prefetch=cfg.data.prefetch, background=machine.background)
-    result = simulate(make_schedule(cfg, per_epoch), stages_of(plan), costs, machine.link, opt)
+    net = Network(machine.link, machine.inter, machine.ranks_per_node)
+    result = simulate(make_schedule(cfg, per_epoch), stages_of(plan), costs, net, opt)
     result.plan = plan.spec()
     return result

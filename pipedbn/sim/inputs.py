@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pipedbn.balancer import Plan, Stage
 from pipedbn.pipeline.schedule import Schedule
 
-SYNC_KINDS = ("bsp", "ssp", "adaptive")
+SYNC_KINDS = ("bsp", "bsp_delayed", "ssp", "adaptive")
+COLLECTIVES = ("allreduce", "p2p")
 
 SimStage = Stage
 """A stage of the simulated plan: the planner's ``Stage`` (contiguous layers; replica j runs
@@ -66,13 +67,18 @@ class Network:
 @dataclass(frozen=True)
 class SyncPolicy:
     kind: str = "bsp"
-    """``bsp``, ``ssp`` or ``adaptive`` (simulated as ``ssp``)."""
+    """``bsp``, ``bsp_delayed`` (tick c's all-reduce overlaps the next round, applied at tick
+    c + 1), ``ssp`` or ``adaptive`` (simulated as ``ssp``)."""
     every: int = 1
     """``balancer.sync_every``: a round is ``every * r`` micro-batches the stage trains on."""
     staleness: int = 1
     """``balancer.staleness``: ticks a replica may run ahead (ssp, adaptive)."""
     messages: int = 1
-    """Messages per peer per tick (header and delta in one message: 1)."""
+    """Messages per peer per tick of the point-to-point exchange (header and delta: 1)."""
+    collective: str = "allreduce"
+    """How ``bsp`` syncs: ``allreduce`` (ring, two-level across nodes: ``sim.collective``) or
+    ``p2p`` (every replica sends its update to every peer, the engine before the collectives).
+    ``bsp_delayed`` is always an all-reduce, ``ssp`` and ``adaptive`` always point-to-point."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,12 @@ def check(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[Layer
         bad.append(f"cores is {opt.cores!r}; give a number > 0, or None for a device per rank")
     if sync.kind not in SYNC_KINDS:
         bad.append(f"sync.kind is {sync.kind!r}; choose one of {', '.join(SYNC_KINDS)}")
+    if sync.collective not in COLLECTIVES:
+        bad.append(f"sync.collective is {sync.collective!r}; choose one of "
+                   f"{', '.join(COLLECTIVES)}")
+    elif sync.kind == "bsp_delayed" and sync.collective != "allreduce":
+        bad.append("sync.kind 'bsp_delayed' overlaps an all-reduce; give collective "
+                   "'allreduce'")
     if sync.staleness < 0:
         bad.append(f"sync.staleness is {sync.staleness}; it must be >= 0")
     if not (math.isfinite(opt.read_s) and opt.read_s >= 0):

@@ -16,6 +16,7 @@ from pipedbn.pipeline.links import feeds
 from pipedbn.pipeline.replicas import round_boundaries
 from pipedbn.pipeline.runner import Role
 from pipedbn.pipeline.schedule import Schedule
+from pipedbn.sim.collective import AllReduce
 from pipedbn.sim.engine import Engine, Process, Signal, Wait, Work
 from pipedbn.sim.inputs import LayerCost, Link, Network, Options, SimStage, check
 from pipedbn.sim.result import RankResult, SimResult, summarise
@@ -67,10 +68,12 @@ class Run:
         r, rank, first, last = len(stage.ranks), stage.ranks[j], stage.layers[0], stage.layers[-1]
         mine = Role(self.plan, s, j, segment=0, begin=0).micro_batches(sch, first)
         ticks = self.ticks(stage) if r > 1 else []
-        sync = None
+        sync: Replicas | AllReduce | None = None
         if r > 1:
             nbytes = sum(self.layers[i].params for i in stage.layers) * opt.dtype_bytes
-            sync = Replicas(self.wires, stage.ranks, j, nbytes, opt.sync)
+            kind = AllReduce if opt.sync.kind == "bsp_delayed" or (
+                opt.sync.kind == "bsp" and opt.sync.collective == "allreduce") else Replicas
+            sync = kind(self.wires, stage.ranks, j, nbytes, opt.sync)
         below = self.stages[s - 1] if s else None
         above = self.stages[s + 1] if s + 1 < len(self.stages) else None
         taken: dict[int, int] = {}  # messages taken per rank below
