@@ -9,12 +9,14 @@ from typing import Any
 
 import torch
 
-from pipedbn.model.rbm import RBM, bernoulli
+from pipedbn.model.rbm import RBM, Params, bernoulli
 
 
 class BernoulliRBM(RBM):
     kind = "bernoulli"
     default_lr = 0.1
+    exact_likelihood = "either"
+    ais = True
 
     def init_visible_bias(self, mean: torch.Tensor | None, n: int, **kw: Any) -> torch.Tensor:
         # Hinton's guide: log(p / (1 - p)) with p the fraction of the time unit i is on.
@@ -34,3 +36,8 @@ class BernoulliRBM(RBM):
     @staticmethod
     def visible_energy(v: torch.Tensor, visible_bias: torch.Tensor) -> torch.Tensor:
         return -(v @ visible_bias)
+
+    @classmethod
+    def log_hidden_marginal(cls, p: Params, h: torch.Tensor) -> torch.Tensor:
+        pre = torch.addmm(p["visible_bias"], h, p["weight"].T)
+        return h @ p["hidden_bias"] + torch.nn.functional.softplus(pre).sum(1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pipedbn.model.rbm import RBM
 from stages.bernoulli import BernoulliRBM
 from stages.gaussian import GaussianRBM
+from stages.gaussian_var import GaussianVarRBM
 
 _KINDS: dict[str, type[RBM]] = {}
 
@@ -20,6 +21,7 @@ def register(cls: type[RBM]) -> type[RBM]:
 
 register(BernoulliRBM)
 register(GaussianRBM)
+register(GaussianVarRBM)
 
 
 def kinds() -> list[str]:

@@ -1,17 +1,16 @@
 """Exact log-likelihood of a small RBM, and its exact gradient, by enumerating one side.
 
 Enumeration is over the smaller layer: 2^n states for n <= ``MAX_ENUMERATED`` units, in chunks.
-Bernoulli-Bernoulli only when enumerating the visible side; Gaussian-Bernoulli (unit variance)
-is handled through its hidden side, where the Gaussian integral over v is closed-form.
+Which side a kind allows is its ``exact_likelihood`` (``RBM``): Bernoulli-Bernoulli either side;
+the Gaussian kinds the hidden side only, where the integral over v is closed-form (the kind's
+``log_hidden_marginal``).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from pipedbn.model.rbm import free_energy
+from pipedbn.model.rbm import RBM, Params, free_energy_of
 from stages import registry
 
 MAX_ENUMERATED = 24
@@ -33,24 +32,31 @@ def _check(n: int) -> None:
 def _hidden_side_terms(kind: str, w: torch.Tensor, vb: torch.Tensor, hb: torch.Tensor,
                        h: torch.Tensor) -> torch.Tensor:
     """log sum_v exp(-E(v, h)) for each row of h (the unnormalised log p(h))."""
-    pre = torch.addmm(vb, h, w.T)  # (states, n_visible)
-    if kind == "bernoulli":
-        return h @ hb + torch.nn.functional.softplus(pre).sum(1)
-    if kind == "gaussian":
-        return (h @ hb + 0.5 * (pre.square().sum(1) - vb.square().sum())
-                + 0.5 * w.shape[0] * math.log(2 * math.pi))
-    raise ValueError(f"exact likelihood: unsupported layer kind {kind!r}")
+    return registry.get(kind).log_hidden_marginal(
+        {"weight": w, "visible_bias": vb, "hidden_bias": hb}, h)
 
 
-def log_partition(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
-                  kind: str = "bernoulli") -> torch.Tensor:
-    """log Z, enumerating the smaller side (float64)."""
-    w, vb, hb = (t.double() for t in (weight, visible_bias, hidden_bias))
+def enumerable_units(kind: type[RBM], n_visible: int, n_hidden: int) -> int | None:
+    """How many binary units exact evaluation of a ``kind`` layer enumerates (2^n states), or
+    None when the kind has no exact likelihood (``RBM.exact_likelihood``)."""
+    if kind.exact_likelihood == "either":
+        return min(n_visible, n_hidden)
+    return n_hidden if kind.exact_likelihood == "hidden" else None
+
+
+def log_partition_of(kind: type[RBM], p: Params) -> torch.Tensor:
+    """log Z of a ``kind`` layer with parameters ``p`` (any of its kind's), enumerating the
+    side ``enumerable_units`` names (float64)."""
+    q = {name: t.double() for name, t in p.items()}
+    w, vb, hb = q["weight"], q["visible_bias"], q["hidden_bias"]
     n_v, n_h = w.shape
-    if n_h <= n_v or kind != "bernoulli":
+    units = enumerable_units(kind, n_v, n_h)
+    if units is None:
+        raise ValueError(f"exact likelihood: not available for layer kind {kind.kind!r}")
+    if units == n_h:
         _check(n_h)
-        parts = [_hidden_side_terms(kind, w, vb, hb, _states(n_h, lo, min(lo + _CHUNK, 2**n_h),
-                                                             w.dtype))
+        parts = [kind.log_hidden_marginal(q, _states(n_h, lo, min(lo + _CHUNK, 2**n_h),
+                                                     w.dtype))
                  for lo in range(0, 2**n_h, _CHUNK)]
     else:
         _check(n_v)
@@ -61,12 +67,25 @@ def log_partition(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias:
     return torch.logsumexp(torch.cat(parts), 0)
 
 
+def log_partition(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
+                  kind: str = "bernoulli") -> torch.Tensor:
+    """log Z, enumerating the smaller side (float64), for a kind of the three PARAMETERS."""
+    return log_partition_of(registry.get(kind), {"weight": weight, "visible_bias": visible_bias,
+                                                 "hidden_bias": hidden_bias})
+
+
+def log_likelihood_of(kind: type[RBM], p: Params, v: torch.Tensor) -> torch.Tensor:
+    """Mean log p(v) over the rows of v, exactly (float64, differentiable), for any kind with
+    an exact likelihood."""
+    q = {name: t.double() for name, t in p.items()}
+    return -free_energy_of(kind, q, v.double()).mean() - log_partition_of(kind, q)
+
+
 def log_likelihood(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
                    v: torch.Tensor, kind: str = "bernoulli") -> torch.Tensor:
     """Mean log p(v) over the rows of v, exactly (float64, differentiable)."""
-    w, vb, hb = (t.double() for t in (weight, visible_bias, hidden_bias))
-    log_z = log_partition(w, vb, hb, kind)
-    return -free_energy(registry.get(kind), v.double(), w, vb, hb).mean() - log_z
+    return log_likelihood_of(registry.get(kind), {"weight": weight, "visible_bias": visible_bias,
+                                                  "hidden_bias": hidden_bias}, v)
 
 
 def exact_gradient(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,

@@ -3,7 +3,8 @@
 The export is one safetensors file (loads without executing code):
 
 - ``layers.{i}.weight`` (n_visible, n_hidden), ``layers.{i}.visible_bias``,
-  ``layers.{i}.hidden_bias`` for every layer i, bottom first;
+  ``layers.{i}.hidden_bias`` for every layer i, bottom first, and the kind's own parameters
+  (``RBM.extra_parameters``: ``layers.{i}.log_var`` of a ``gaussian-var`` layer);
 - ``preprocess.mean`` / ``preprocess.std`` when the data was standardised;
 - metadata (strings): ``format``, ``kinds`` (JSON list), ``scale``, ``binarize``,
   ``stochastic_binarize`` (a seed, or empty) and ``config`` (the resolved YAML config of the
@@ -31,7 +32,7 @@ from safetensors.torch import load_file, safe_open, save
 from pipedbn.config import TextError, load_yaml, read_text
 from pipedbn.data.binarize import stochastic_binarize
 from pipedbn.errors import ModelError, UserError
-from pipedbn.model.rbm import PARAMETERS, RBM, free_energy
+from pipedbn.model.rbm import PARAMETERS, RBM, free_energy_of
 from pipedbn.run.rundir import atomic_write, layer_state_path
 from stages import registry
 
@@ -41,6 +42,11 @@ MODEL_FILE = "model.safetensors"
 
 def _kind(name: str) -> type[RBM]:
     return registry.get(name)
+
+
+def _names(kind: str) -> tuple[str, ...]:
+    """The parameters a layer of ``kind`` holds: PARAMETERS, then its kind's own."""
+    return PARAMETERS + _kind(kind).extra_parameters
 
 
 class Model:
@@ -85,8 +91,8 @@ class Model:
         """Hidden probabilities of ``layer`` (0-based; -1 = top) for preprocessed input ``x``."""
         top = layer % len(self.params)
         h = self._as_input(x)
-        for p in self.params[: top + 1]:
-            h = torch.addmm(p["hidden_bias"], h, p["weight"]).sigmoid_()
+        for kind, p in zip(self.kinds[: top + 1], self.params[: top + 1], strict=True):
+            h = _kind(kind).hidden_pre_of(p, h).sigmoid_()
         return h
 
     @torch.no_grad()
@@ -115,17 +121,17 @@ class Model:
         g = torch.Generator().manual_seed(seed)
         top = self.params[-1]
         kind = _kind(self.kinds[-1])
-        w, vb, hb = top["weight"], top["visible_bias"], top["hidden_bias"]
+        w, vb = top["weight"], top["visible_bias"]
         if start is None:
-            v = kind.draw_visible(torch.full((n, w.shape[0]), 0.5, dtype=w.dtype), g)
+            v = kind.draw_of(top, torch.full((n, w.shape[0]), 0.5, dtype=w.dtype), g)
         else:
             x = self._as_input(start)[:n]
             up = x if len(self.params) == 1 else self.transform(x, len(self.params) - 2)
-            v = kind.draw_visible(up.to(w.dtype), g) if len(self.params) > 1 else up.to(w.dtype)
+            v = kind.draw_of(top, up.to(w.dtype), g) if len(self.params) > 1 else up.to(w.dtype)
         for _ in range(steps):
-            h = torch.bernoulli(torch.addmm(hb, v, w).sigmoid_(), generator=g)
-            v = kind.draw_visible(kind.visible_link(torch.addmm(vb, h, w.T)), g)
-        h = torch.addmm(hb, v, w).sigmoid_()
+            h = torch.bernoulli(kind.hidden_pre_of(top, v).sigmoid_(), generator=g)
+            v = kind.draw_of(top, kind.visible_link(torch.addmm(vb, h, w.T)), g)
+        h = kind.hidden_pre_of(top, v).sigmoid_()
         return self._down(kind.visible_link(torch.addmm(vb, h, w.T)), len(self.params) - 1)
 
     @torch.no_grad()
@@ -133,16 +139,15 @@ class Model:
         """F(v) per row of layer ``layer`` for its input (preprocessed data for layer 0)."""
         p = self.params[layer]
         v = self._as_input(x) if layer == 0 else self.transform(x, layer - 1)
-        return free_energy(_kind(self.kinds[layer]), v, p["weight"], p["visible_bias"],
-                           p["hidden_bias"])
+        return free_energy_of(_kind(self.kinds[layer]), p, v)
 
     def to_module(self) -> torch.nn.Sequential:
         """A plain ``nn.Sequential``: Linear + Sigmoid per layer (the up pass), for fine-tuning."""
         mods: list[torch.nn.Module] = []
-        for p in self.params:
+        for kind, p in zip(self.kinds, self.params, strict=True):
             lin = torch.nn.Linear(*p["weight"].shape)
             with torch.no_grad():
-                lin.weight.copy_(p["weight"].T)
+                lin.weight.copy_(_up_weight(kind, p).T)
                 lin.bias.copy_(p["hidden_bias"])
             mods += [lin, torch.nn.Sigmoid()]
         return torch.nn.Sequential(*mods)
@@ -151,7 +156,7 @@ class Model:
         """Write the export file (atomically)."""
         tensors: dict[str, torch.Tensor] = {}
         for i, p in enumerate(self.params):
-            for name in PARAMETERS:
+            for name in _names(self.kinds[i]):
                 tensors[f"layers.{i}.{name}"] = p[name].detach().cpu().contiguous()
         if self.mean is not None and self.std is not None:
             tensors["preprocess.mean"] = self.mean.cpu().contiguous()
@@ -162,6 +167,17 @@ class Model:
                 else str(self.stochastic_seed),
                 "config": self.config}
         atomic_write(Path(path), save(tensors, metadata=meta))
+
+
+def _up_weight(kind: str, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The up pass's weight (n_visible, n_hidden): W, or for a kind with parameters of its own
+    its pre-activation of each unit vector of v with no bias (diag(1 / sigma^2) W for
+    ``gaussian-var``)."""
+    if not _kind(kind).extra_parameters:
+        return p["weight"]
+    w = p["weight"]
+    no_bias = {**p, "hidden_bias": torch.zeros_like(p["hidden_bias"])}
+    return _kind(kind).hidden_pre_of(no_bias, torch.eye(w.shape[0], dtype=w.dtype))
 
 
 EXPORT_FIX = "export the run again (pipedbn export RUN_DIR -o FILE)"
@@ -226,20 +242,24 @@ def _seed(path: Path, field: str, value: Any, fix: str) -> int | None:
         raise _bad(path, field, f"{value!r} is not a whole number (a seed)", fix) from None
 
 
-def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: str
-            ) -> list[dict[str, torch.Tensor]]:
-    """Each layer's weight (n_visible, n_hidden) and biases: floating, finite, of one dtype,
-    and chaining (layer i's hidden units are layer i+1's visible ones). ``where[i]``: the file
-    that holds layer i and the prefix of its fields there, for the messages."""
+def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: str,
+            kinds: list[str]) -> list[dict[str, torch.Tensor]]:
+    """Each layer's weight (n_visible, n_hidden), biases and its kind's own parameters:
+    floating, finite, of one dtype, of their shapes, and chaining (layer i's hidden units are
+    layer i+1's visible ones). ``where[i]``: the file that holds layer i and the prefix of its
+    fields there, for the messages."""
     params: list[dict[str, torch.Tensor]] = []
     for i, raw in enumerate(layers):
         path, prefix = where[i]
         p = {}
-        for name in PARAMETERS:
+        for name in _names(kinds[i]):
             t = raw.get(name)
             if not isinstance(t, torch.Tensor):
                 raise _bad(path, prefix + name, "missing" if t is None else
                            f"not a tensor ({type(t).__name__})", fix)
+            if name not in PARAMETERS:
+                p[name] = t  # (its shape and dtype are checked below, against the weight's)
+                continue
             if not t.is_floating_point() or t.dim() != (2 if name == "weight" else 1):
                 raise _bad(path, prefix + name, f"a {t.dtype} tensor of shape "
                            f"{tuple(t.shape)}, expected a {'2' if name == 'weight' else '1'}-D "
@@ -252,6 +272,13 @@ def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: st
             if p[name].shape[0] != size or p[name].dtype != w.dtype:
                 raise _bad(path, prefix + name, f"{p[name].dtype} of {p[name].shape[0]} units, "
                            f"but {prefix}weight is {w.dtype} {tuple(w.shape)}", fix)
+        shapes = _kind(kinds[i]).extra_shapes(*w.shape)
+        for name, shape in shapes.items():
+            t = p[name]
+            if tuple(t.shape) != shape or t.dtype != w.dtype or not torch.isfinite(t).all():
+                raise _bad(path, prefix + name, f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+                           f", expected {w.dtype} {shape} of finite values for a "
+                           f"{kinds[i]!r} layer of weight {tuple(w.shape)}", fix)
         if params and (params[-1]["weight"].shape[1] != w.shape[0]
                        or params[-1]["weight"].dtype != w.dtype):
             up = params[-1]["weight"]
@@ -306,15 +333,15 @@ def load(path: str | Path) -> Model:
     except ValueError:
         raise _bad(path, "metadata kinds", f"{meta['kinds'][:80]!r} is not JSON",
                    EXPORT_FIX) from None
-    expected = {f"layers.{i}.{name}" for i in range(len(kinds)) for name in PARAMETERS}
+    expected = {f"layers.{i}.{name}" for i, k in enumerate(kinds) for name in _names(k)}
     expected |= {"preprocess.mean", "preprocess.std"}
     extra = sorted(set(tensors) - expected)
     if extra:
         raise _bad(path, extra[0], f"not part of a {len(kinds)}-layer model (metadata kinds "
                    f"names {len(kinds)} layers)", EXPORT_FIX)
-    params = _layers([{name: tensors.get(f"layers.{i}.{name}") for name in PARAMETERS}
-                      for i in range(len(kinds))],
-                     [(path, f"layers.{i}.") for i in range(len(kinds))], EXPORT_FIX)
+    params = _layers([{name: tensors.get(f"layers.{i}.{name}") for name in _names(k)}
+                      for i, k in enumerate(kinds)],
+                     [(path, f"layers.{i}.") for i in range(len(kinds))], EXPORT_FIX, kinds)
     binarize = meta.get("binarize", "")
     mean, std = _standardisation(path, tensors.get("preprocess.mean"),
                                  tensors.get("preprocess.std"), params[0]["weight"].shape[0],
@@ -382,7 +409,7 @@ def from_run(run_dir: str | Path, tag: str = "final") -> Model:
                             "missing): the run did not finish")
         states.append(_tensor_dict(path, "a layer state", fix))
         where.append((path, ""))
-    params = _layers(states, where, fix)
+    params = _layers(states, where, fix, kinds)
     pre = _preprocessing(run_dir, params[0]["weight"].shape[0])
     return Model(kinds, params, scale=pre["scale"], binarize=pre["binarize"], mean=pre["mean"],
                  std=pre["std"], config=config, stochastic_seed=pre["stochastic_seed"])

@@ -35,14 +35,14 @@ def probe_layer(layer: RBM, held: torch.Tensor, train: torch.Tensor | None,
                 ) -> tuple[dict[str, float], torch.Tensor]:
     """The layer's measures on the held-out inputs ``held`` (and the training micro-batch
     ``train``, for the gap), and what the layer passes up for ``held``."""
-    pre = torch.addmm(layer.hidden_bias, held, layer.weight)
+    pre = torch.addmm(layer.hidden_bias, layer.visible_input(held), layer.weight)
     ph = pre.sigmoid()
     out: dict[str, float] = {}
     if measure:
         n = held.shape[0]
         recon = layer.visible_mean(ph)
         out["heldout_recon_error"] = float((held - recon).square_().sum() / n)
-        f_held = layer.visible_energy(held, layer.visible_bias) - F.softplus(pre).sum(1)
+        f_held = layer.visible_terms(held) - F.softplus(pre).sum(1)
         if train is not None:
             out["free_energy_gap"] = float(f_held.mean() - layer.free_energy(train).mean())
         if layer.kind == "bernoulli":
@@ -97,7 +97,7 @@ def gibbs_samples(layers: list[RBM], n: int, steps: int, generator: torch.Genera
                   generator)
     v = top.visible_mean(h)
     for _ in range(steps):
-        h = bernoulli(top.hidden_probs(top.draw_visible(v, generator)), generator)
+        h = bernoulli(top.hidden_probs(top.draw(v, generator)), generator)
         v = top.visible_mean(h)
     for layer in reversed(layers[:-1]):
         v = layer.visible_mean(v)
