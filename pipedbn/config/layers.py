@@ -22,8 +22,10 @@ from stages import registry
 @dataclass
 class RBMConfig:
     kind: str = "bernoulli"
-    """Layer kind from the ``stages`` registry: ``bernoulli`` or ``gaussian`` (real-valued
-    visible units with unit variance; first layer only, on standardised data)."""
+    """Layer kind from the ``stages`` registry: ``bernoulli``, ``gaussian`` (real-valued
+    visible units with unit variance; first layer only, on standardised data) or
+    ``gaussian-var`` (the same with a learned variance per visible unit, bounded to
+    [0.01, 10]; docs/training.md)."""
     method: Literal["cd", "pcd"] = "cd"
     """Contrastive divergence (``cd``) or persistent CD (``pcd``)."""
     k: int = 1
@@ -31,7 +33,8 @@ class RBMConfig:
     epochs: float = 10.0
     """Epochs of the data stream this layer trains for (fractions allowed)."""
     lr: float | None = None
-    """Learning rate on batch-mean gradients. Default: the kind's (0.1 bernoulli, 0.01 gaussian)."""
+    """Learning rate on batch-mean gradients. Default: the kind's (0.1 bernoulli, 0.01 gaussian
+    and gaussian-var)."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """How the learning rate moves from ``lr`` to ``lr * lr_final`` over the layer's updates."""
     lr_final: float = 0.0
