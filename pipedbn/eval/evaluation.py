@@ -239,8 +239,8 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
                                               None if ais.lower is None
                                               else mean_neg_f - ais.lower]
             row["ais"] = asdict(ais)
-        elif i == 0 and opts.ais:
-            notes.append(f"layer 0 ({kind_name}): log-likelihood not available: {method}")
+        elif (i == 0 and (opts.ais or not kind.ais)) or kind.exact_likelihood == "none":
+            notes.append(f"layer {i} ({kind_name}): log-likelihood not available: {method}")
         if probing and px is not None:
             assert probe_train is not None and held_labels is not None
             # one layer's features at a time, in float32 (a float64 copy of 60,000 x 2,000
