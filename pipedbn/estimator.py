@@ -120,12 +120,12 @@ class DBN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]  # the weights' type (train.dtype)
-        # binary visible units take X in [0, 1] unless it is binarized; a gaussian first layer
-        # takes any real X
+        # binary visible units take X in [0, 1] unless it is binarized; a gaussian or
+        # gaussian-var first layer takes any real X
         options = {option_key(str(k)) if "." not in str(k) else str(k): v
                    for k, v in (self.options or {}).items()}
         tags.input_tags.positive_only = options.get("data.binarize") is None and options.get(
-            "layers.0.kind", options.get("rbm.kind")) != "gaussian"
+            "layers.0.kind", options.get("rbm.kind")) not in ("gaussian", "gaussian-var")
         return tags
 
     def _items(self) -> tuple[dict[str, Any], dict[str, str]]:

@@ -20,12 +20,12 @@ the features' mean. A test row is classified by the label of least free energy,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from pipedbn.model.rbm import VELOCITY, RBMSettings, bernoulli, replica_rates
+from pipedbn.model.rbm import VELOCITY, Enumeration, RBMSettings, bernoulli, replica_rates
 from stages.bernoulli import BernoulliRBM
 
 LABEL_PARAMETERS = ("label_weight", "label_bias")
@@ -58,6 +58,9 @@ class LabelRBM(BernoulliRBM):
     kind = "label"
     default_lr = 0.1
     temperable = False
+    # the label units join the visible side, which the bernoulli formulas leave out
+    exact_likelihood: ClassVar[Enumeration] = "none"
+    ais = False
 
     label_weight: torch.nn.Parameter
     label_bias: torch.nn.Parameter

@@ -22,11 +22,12 @@ take real-valued input (``gaussian-nrelu`` or ``gaussian``; ``stages.registry.ch
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from pipedbn.model.rbm import RBM
+from pipedbn.model.rbm import RBM, Enumeration
 from stages.bernoulli import BernoulliRBM
 from stages.gaussian import GaussianRBM
 
@@ -51,6 +52,9 @@ def ssu_mean(pre: torch.Tensor) -> torch.Tensor:
 class NReLUHidden(RBM):
     """The hidden side of an nrelu kind (combined with a visible kind below)."""
 
+    # real-valued hidden units: only a binary visible side enumerates (bernoulli-nrelu)
+    exact_likelihood: ClassVar[Enumeration] = "none"
+    ais = False  # AIS needs exact hidden samples, which nrelu units approximate
     binary_hidden = False
     hidden_activation = torch.nn.Softplus
 
@@ -78,6 +82,7 @@ class BernoulliNReLURBM(NReLUHidden, BernoulliRBM):
     kind = "bernoulli-nrelu"
     default_lr = 0.01
     temperable = False
+    exact_likelihood: ClassVar[Enumeration] = "visible"
 
 
 class GaussianNReLURBM(NReLUHidden, GaussianRBM):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pipedbn.model.rbm import RBM
 from stages.bernoulli import BernoulliRBM
 from stages.gaussian import GaussianRBM
+from stages.gaussian_var import GaussianVarRBM
 from stages.label import LabelRBM
 from stages.nrelu import BernoulliNReLURBM, GaussianNReLURBM
 
@@ -25,6 +26,8 @@ register(GaussianRBM)
 register(LabelRBM)
 register(BernoulliNReLURBM)
 register(GaussianNReLURBM)
+
+register(GaussianVarRBM)
 
 
 def kinds() -> list[str]:

@@ -22,10 +22,11 @@ from stages import registry
 @dataclass
 class RBMConfig:
     kind: str = "bernoulli"
-    """Layer kind from the ``stages`` registry: ``bernoulli`` or ``gaussian`` (real-valued
-    visible units with unit variance; first layer only, on standardised data);
-    ``bernoulli-nrelu`` / ``gaussian-nrelu``: the same visible units under noisy rectified
-    hidden units (docs/training.md)."""
+    """Layer kind from the ``stages`` registry: ``bernoulli``, ``gaussian`` (real-valued
+    visible units with unit variance; first layer only, on standardised data) or
+    ``gaussian-var`` (the same with a learned variance per visible unit, bounded to
+    [0.01, 10]); ``bernoulli-nrelu`` / ``gaussian-nrelu``: those visible units under noisy
+    rectified hidden units (docs/training.md)."""
     method: Literal["cd", "pcd", "pt"] = "cd"
     """Contrastive divergence (``cd``), persistent CD (``pcd``) or parallel tempering (``pt``:
     persistent chains at ``pt_temperatures`` temperatures; bernoulli layers)."""
@@ -34,7 +35,8 @@ class RBMConfig:
     epochs: float = 10.0
     """Epochs of the data stream this layer trains for (fractions allowed)."""
     lr: float | None = None
-    """Learning rate on batch-mean gradients. Default: the kind's (0.1 bernoulli, 0.01 gaussian)."""
+    """Learning rate on batch-mean gradients. Default: the kind's (0.1 bernoulli, 0.01 gaussian
+    and gaussian-var)."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """How the learning rate moves from ``lr`` to ``lr * lr_final`` over the layer's updates."""
     lr_final: float = 0.0
@@ -98,6 +100,11 @@ class LayerConfig(RBMConfig):
                      f"layers; layer kind {self.kind!r} needs 'cd' or 'pcd'")
         if self.method == "pt" and self.pt_temperatures < 2:
             p.append(f"{w}.pt_temperatures: at least 2 temperatures, got {self.pt_temperatures}")
+        if (self.centering and self.kind in registry.kinds()
+                and registry.get(self.kind).extra_parameters):
+            p.append(f"{w}.centering: not implemented for layer kind {self.kind!r} (its update "
+                     "is preconditioned by the learned variances); set rbm.centering=false or "
+                     "use kind 'gaussian'")
         if not 0 < self.centering_rate <= 1:
             p.append(f"{w}.centering_rate: must be in (0, 1], got {self.centering_rate}")
         if self.k < 1:

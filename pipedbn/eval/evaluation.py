@@ -36,9 +36,9 @@ from tqdm import tqdm
 from pipedbn.config import config_from_text, load_config, resolve_defaults
 from pipedbn.data.loader import open_data
 from pipedbn.errors import UserError
-from pipedbn.eval.likelihood import enumerable, log_partition
+from pipedbn.eval.likelihood import enumerable_units, log_partition_of
 from pipedbn.model.dbn import MODEL_FILE, Model, load
-from pipedbn.model.rbm import free_energy
+from pipedbn.model.rbm import RBM, free_energy, free_energy_of
 from pipedbn.run.rundir import atomic_write
 from stages import registry
 
@@ -220,27 +220,27 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
     for i, (kind_name, p) in enumerate(zip(dbn.kinds, dbn.params, strict=True)):
         kind = registry.get(kind_name)
         w, vb, hb = p["weight"], p["visible_bias"], p["hidden_bias"]
-        ph = kind.hidden_link(torch.addmm(hb, x, w))
-        f_held = free_energy(kind, x, w, vb, hb)
+        ph = kind.hidden_link(kind.hidden_pre_of(p, x))
+        f_held = free_energy_of(kind, p, x)
         row: dict[str, Any] = {
             "layer": i, "kind": kind_name, "visible": w.shape[0], "hidden": w.shape[1],
             "recon_error": float((x - kind.visible_link(torch.addmm(vb, ph, w.T)))
                                  .square().sum() / len(x)),
-            "free_energy_gap": float(f_held.mean() - free_energy(kind, ref, w, vb, hb).mean()),
+            "free_energy_gap": float(f_held.mean() - free_energy_of(kind, p, ref).mean()),
         }
         if kind.unit_visible:
             pll = pseudo_log_likelihood(kind, x, w, vb, hb, opts.seed)
             row["pseudo_log_likelihood"] = float(pll.mean())
-        # bernoulli: enumerate the smaller side; gaussian: the hidden side; nrelu: the visible
+        method = likelihood_method(kind, i, tuple(w.shape), opts)
         if kind_name == "label":
             notes.append(f"layer {i} (label units): log-likelihood not available (exact and "
-                         "AIS estimates are implemented for bernoulli and gaussian layers); "
+                         "AIS estimates are implemented for layers without label units); "
                          "its test error is the classification figure")
-        elif enumerable(kind_name, w.shape[0], w.shape[1], opts.exact_max):
-            log_z = float(log_partition(w, vb, hb, kind_name))
+        elif method == "exact":
+            log_z = float(log_partition_of(kind, p))
             row["log_z"], row["log_likelihood_method"] = log_z, "exact"
             row["log_likelihood"] = float(-f_held.double().mean()) - log_z
-        elif i == 0 and opts.ais and kind_name == "bernoulli":
+        elif method == "ais":
             ais = ais_log_partition(w, vb, hb, opts.ais_chains, opts.ais_temperatures,
                                     ref.mean(0), opts.seed, opts.ais_schedule, opts.progress)
             mean_neg_f = float(-f_held.double().mean())
@@ -251,23 +251,18 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
                                               None if ais.lower is None
                                               else mean_neg_f - ais.lower]
             row["ais"] = asdict(ais)
-        elif i == 0 and opts.ais and not kind.binary_hidden:
-            notes.append(f"layer 0 ({kind_name}): log-likelihood not available: AIS needs "
-                         "exact sampling of the hidden units, which nrelu units approximate; "
-                         "exact only with at most exact_max binary visible units")
-        elif i == 0 and opts.ais:
-            notes.append(f"layer 0 ({kind_name} visible units): AIS is implemented for "
-                         "bernoulli layers only; log-likelihood not estimated")
+        elif (i == 0 and (opts.ais or not kind.ais)) or kind.exact_likelihood == "none":
+            notes.append(f"layer {i} ({kind_name}): log-likelihood not available: {method}")
         if probing and px is not None:
             assert probe_train is not None and held_labels is not None
             # one layer's features at a time, in float32 (a float64 copy of 60,000 x 2,000
             # features is 1 GB; scikit-learn's lbfgs fits float32 as it is)
-            px = kind.hidden_link(torch.addmm(hb, px, w))
+            px = kind.hidden_link(kind.hidden_pre_of(p, px))
             row["probe_accuracy"] = linear_probe(px.float().cpu().numpy(), probe_train[1],
                                                  ph.float().cpu().numpy(), held_labels,
                                                  opts.seed)
         out["layers"].append(row)
-        x, ref = ph, kind.hidden_link(torch.addmm(hb, ref, w))
+        x, ref = ph, kind.hidden_link(kind.hidden_pre_of(p, ref))
     if dbn.labels is not None:
         if held_labels is None:
             notes.append("test error not measured: no labels or no held-out split")
@@ -275,6 +270,27 @@ def evaluate_dbn(dbn: Model, held: torch.Tensor, train: torch.Tensor,
             wrong = dbn.classify(held) != torch.as_tensor(np.asarray(held_labels))
             out["test_error"] = float(wrong.double().mean())
     return out
+
+
+def likelihood_method(kind: type[RBM], layer: int, shape: tuple[int, ...], opts: EvalOptions
+                      ) -> str:
+    """How ``evaluate_dbn`` gets layer ``layer``'s log-likelihood from what its kind declares
+    (``RBM.exact_likelihood``, ``RBM.ais``): ``exact`` when the units to enumerate are at most
+    ``opts.exact_max``, ``ais`` on layer 0 (binary data) when the kind allows it and AIS is on,
+    else why neither is available (one line for the result's notes)."""
+    n_v, n_h = shape
+    units = enumerable_units(kind, n_v, n_h)
+    if units is not None and units <= opts.exact_max:
+        return "exact"
+    if kind.ais and layer == 0 and opts.ais:
+        return "ais"
+    exact = ("the kind has no exact likelihood" if units is None else
+             f"exact enumeration needs at most exact_max={opts.exact_max} "
+             f"{kind.exact_likelihood if kind.exact_likelihood != 'either' else 'smaller-side'}"
+             " units, "
+             f"it has {units}")
+    ais = "AIS is off" if kind.ais else f"AIS is not implemented for {kind.kind!r} layers"
+    return f"{exact}, and {ais}"
 
 
 def pseudo_log_likelihood(kind: Any, v: torch.Tensor, w: torch.Tensor, vb: torch.Tensor,

@@ -1,19 +1,17 @@
 """Exact log-likelihood of a small RBM, and its exact gradient, by enumerating one side.
 
 Enumeration is over the smaller layer: 2^n states for n <= ``MAX_ENUMERATED`` units, in chunks.
-Bernoulli-Bernoulli only when enumerating the visible side; Gaussian-Bernoulli (unit variance)
-is handled through its hidden side, where the Gaussian integral over v is closed-form. Kinds with
-real-valued hidden units (nrelu) enumerate their binary visible side through the free energy;
-``enumerable`` says whether a layer can be enumerated at all.
+Which side a kind allows is its ``exact_likelihood`` (``RBM``): Bernoulli-Bernoulli either side;
+the Gaussian kinds the hidden side only, where the integral over v is closed-form (the kind's
+``log_hidden_marginal``); binary visible units under real-valued (nrelu) hidden units the visible
+side, through the kind's free energy.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from pipedbn.model.rbm import free_energy
+from pipedbn.model.rbm import RBM, Params, free_energy_of
 from stages import registry
 
 MAX_ENUMERATED = 24
@@ -36,58 +34,69 @@ def _check(n: int) -> None:
 def _hidden_side_terms(kind: str, w: torch.Tensor, vb: torch.Tensor, hb: torch.Tensor,
                        h: torch.Tensor) -> torch.Tensor:
     """log sum_v exp(-E(v, h)) for each row of h (the unnormalised log p(h))."""
-    pre = torch.addmm(vb, h, w.T)  # (states, n_visible)
-    if kind == "bernoulli":
-        return h @ hb + torch.nn.functional.softplus(pre).sum(1)
-    if kind == "gaussian":
-        return (h @ hb + 0.5 * (pre.square().sum(1) - vb.square().sum())
-                + 0.5 * w.shape[0] * math.log(2 * math.pi))
-    raise ValueError(f"exact likelihood: unsupported layer kind {kind!r}")
+    return registry.get(kind).log_hidden_marginal(
+        {"weight": w, "visible_bias": vb, "hidden_bias": hb}, h)
+
+
+def enumerable_units(kind: type[RBM], n_visible: int, n_hidden: int) -> int | None:
+    """How many binary units exact evaluation of a ``kind`` layer enumerates (2^n states), or
+    None when the kind has no exact likelihood (``RBM.exact_likelihood``)."""
+    if kind.exact_likelihood == "either":
+        return min(n_visible, n_hidden)
+    if kind.exact_likelihood == "visible":
+        return n_visible
+    return n_hidden if kind.exact_likelihood == "hidden" else None
 
 
 def enumerable(kind: str, n_visible: int, n_hidden: int, limit: int = MAX_ENUMERATED) -> bool:
     """Whether ``log_partition`` enumerates a layer of ``kind`` and this shape within
     ``limit`` units."""
-    cls = registry.get(kind)
-    if not cls.binary_hidden:
-        return cls.unit_visible and n_visible <= limit
-    return (min(n_visible, n_hidden) if cls.unit_visible else n_hidden) <= limit
+    units = enumerable_units(registry.get(kind), n_visible, n_hidden)
+    return units is not None and units <= limit
 
 
-def log_partition(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
-                  kind: str = "bernoulli") -> torch.Tensor:
-    """log Z, enumerating the smaller side (float64)."""
-    w, vb, hb = (t.double() for t in (weight, visible_bias, hidden_bias))
+def log_partition_of(kind: type[RBM], p: Params) -> torch.Tensor:
+    """log Z of a ``kind`` layer with parameters ``p`` (any of its kind's), enumerating the
+    side ``enumerable_units`` names (float64)."""
+    q = {name: t.double() for name, t in p.items()}
+    w = q["weight"]
     n_v, n_h = w.shape
-    cls = registry.get(kind)
-    if not cls.binary_hidden:
-        if not cls.unit_visible:
-            raise ValueError(f"exact likelihood: a {kind!r} layer has real-valued units on both "
-                             "sides; nothing to enumerate")
-        _check(n_v)
-        return torch.logsumexp(torch.cat([
-            -free_energy(cls, _states(n_v, lo, min(lo + _CHUNK, 2**n_v), w.dtype), w, vb, hb)
-            for lo in range(0, 2**n_v, _CHUNK)]), 0)
-    if n_h <= n_v or kind != "bernoulli":
+    units = enumerable_units(kind, n_v, n_h)
+    if units is None:
+        raise ValueError(f"exact likelihood: not available for layer kind {kind.kind!r}")
+    if units == n_h and kind.exact_likelihood != "visible":
         _check(n_h)
-        parts = [_hidden_side_terms(kind, w, vb, hb, _states(n_h, lo, min(lo + _CHUNK, 2**n_h),
-                                                             w.dtype, w.device))
+        parts = [kind.log_hidden_marginal(q, _states(n_h, lo, min(lo + _CHUNK, 2**n_h),
+                                                     w.dtype, w.device))
                  for lo in range(0, 2**n_h, _CHUNK)]
     else:
         _check(n_v)
         parts = []
         for lo in range(0, 2**n_v, _CHUNK):
             v = _states(n_v, lo, min(lo + _CHUNK, 2**n_v), w.dtype, w.device)
-            parts.append(v @ vb + torch.nn.functional.softplus(torch.addmm(hb, v, w)).sum(1))
+            parts.append(-free_energy_of(kind, q, v))
     return torch.logsumexp(torch.cat(parts), 0)
+
+
+def log_partition(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
+                  kind: str = "bernoulli") -> torch.Tensor:
+    """log Z, enumerating the smaller side (float64), for a kind of the three PARAMETERS."""
+    return log_partition_of(registry.get(kind), {"weight": weight, "visible_bias": visible_bias,
+                                                 "hidden_bias": hidden_bias})
+
+
+def log_likelihood_of(kind: type[RBM], p: Params, v: torch.Tensor) -> torch.Tensor:
+    """Mean log p(v) over the rows of v, exactly (float64, differentiable), for any kind with
+    an exact likelihood."""
+    q = {name: t.double() for name, t in p.items()}
+    return -free_energy_of(kind, q, v.double()).mean() - log_partition_of(kind, q)
 
 
 def log_likelihood(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
                    v: torch.Tensor, kind: str = "bernoulli") -> torch.Tensor:
     """Mean log p(v) over the rows of v, exactly (float64, differentiable)."""
-    w, vb, hb = (t.double() for t in (weight, visible_bias, hidden_bias))
-    log_z = log_partition(w, vb, hb, kind)
-    return -free_energy(registry.get(kind), v.double(), w, vb, hb).mean() - log_z
+    return log_likelihood_of(registry.get(kind), {"weight": weight, "visible_bias": visible_bias,
+                                                  "hidden_bias": hidden_bias}, v)
 
 
 def exact_gradient(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
@@ -98,7 +107,7 @@ def exact_gradient(weight: torch.Tensor, visible_bias: torch.Tensor, hidden_bias
     n_v, n_h = w.shape
     _check(n_h)
     ph = torch.addmm(hb, v, w).sigmoid()
-    h = _states(n_h, 0, 2**n_h, w.dtype)
+    h = _states(n_h, 0, 2**n_h, w.dtype, w.device)
     log_p = _hidden_side_terms("bernoulli", w, vb, hb, h)
     p = torch.softmax(log_p, 0)  # p(h) under the model
     ev_h = torch.addmm(vb, h, w.T).sigmoid()  # E[v | h]

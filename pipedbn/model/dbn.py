@@ -3,7 +3,8 @@
 The export is one safetensors file (loads without executing code):
 
 - ``layers.{i}.weight`` (n_visible, n_hidden), ``layers.{i}.visible_bias``,
-  ``layers.{i}.hidden_bias`` for every layer i, bottom first;
+  ``layers.{i}.hidden_bias`` for every layer i, bottom first, and the kind's own parameters
+  (``RBM.extra_parameters``: ``layers.{i}.log_var`` of a ``gaussian-var`` layer);
 - a ``label`` top layer (``stages/label.py``) adds ``layers.{i}.label_weight`` (K, n_hidden) and
   ``layers.{i}.label_bias`` (K); after up-down fine-tuning (``pipedbn/updown.py``) a layer
   below the top may hold ``layers.{i}.generative_weight`` (n_visible, n_hidden), its top-down
@@ -36,7 +37,7 @@ from safetensors.torch import load_file, safe_open, save
 from pipedbn.config import TextError, load_yaml, read_text
 from pipedbn.data.binarize import stochastic_binarize
 from pipedbn.errors import ModelError, UserError
-from pipedbn.model.rbm import PARAMETERS, RBM, free_energy
+from pipedbn.model.rbm import PARAMETERS, RBM, free_energy_of
 from pipedbn.run.rundir import atomic_write, layer_state_path
 from stages import registry
 from stages.label import LABEL_PARAMETERS, label_free_energies
@@ -49,6 +50,11 @@ GENERATIVE = "generative_weight"
 
 def _kind(name: str) -> type[RBM]:
     return registry.get(name)
+
+
+def _names(kind: str) -> tuple[str, ...]:
+    """The parameters a layer of ``kind`` holds: PARAMETERS, then its kind's own."""
+    return PARAMETERS + _kind(kind).extra_parameters
 
 
 class Model:
@@ -134,7 +140,7 @@ class Model:
         top = layer % len(self.params)
         h = self._as_input(x)
         for name, p in zip(self.kinds[: top + 1], self.params[: top + 1], strict=True):
-            h = _kind(name).hidden_link(torch.addmm(p["hidden_bias"], h, p["weight"]))
+            h = _kind(name).hidden_link(_kind(name).hidden_pre_of(p, h))
         return h
 
     @torch.no_grad()
@@ -164,20 +170,20 @@ class Model:
         g = torch.Generator(self.device).manual_seed(seed)  # on CUDA: CUDA's stream of numbers
         top = self.params[-1]
         kind = _kind(self.kinds[-1])
-        w, vb, hb = top["weight"], top["visible_bias"], top["hidden_bias"]
+        w, vb = top["weight"], top["visible_bias"]
         if start is None:
-            v = kind.draw_visible(torch.full((n, w.shape[0]), 0.5, dtype=w.dtype,
+            v = kind.draw_of(top, torch.full((n, w.shape[0]), 0.5, dtype=w.dtype,
                                              device=w.device), g)
         else:
             x = self._as_input(start)[:n]
             up = x if len(self.params) == 1 else self.transform(x, len(self.params) - 2)
-            v = kind.draw_visible(up.to(w.dtype), g) if len(self.params) > 1 else up.to(w.dtype)
+            v = kind.draw_of(top, up.to(w.dtype), g) if len(self.params) > 1 else up.to(w.dtype)
         for _ in range(steps):
-            pre = torch.addmm(hb, v, w)
+            pre = kind.hidden_pre_of(top, v)
             h = (torch.bernoulli(pre.sigmoid_(), generator=g) if kind.binary_hidden
                  else kind.draw_hidden(pre, kind.hidden_link(pre), g))
-            v = kind.draw_visible(kind.visible_link(torch.addmm(vb, h, w.T)), g)
-        h = kind.hidden_link(torch.addmm(hb, v, w))
+            v = kind.draw_of(top, kind.visible_link(torch.addmm(vb, h, w.T)), g)
+        h = kind.hidden_link(kind.hidden_pre_of(top, v))
         return self._down(kind.visible_link(torch.addmm(vb, h, w.T)), len(self.params) - 1)
 
     @torch.no_grad()
@@ -185,8 +191,7 @@ class Model:
         """F(v) per row of layer ``layer`` for its input (preprocessed data for layer 0)."""
         p = self.params[layer]
         v = self._as_input(x) if layer == 0 else self.transform(x, layer - 1)
-        return free_energy(_kind(self.kinds[layer]), v, p["weight"], p["visible_bias"],
-                           p["hidden_bias"])
+        return free_energy_of(_kind(self.kinds[layer]), p, v)
 
     def to_module(self) -> torch.nn.Sequential:
         """A plain ``nn.Sequential``: Linear + the kind's hidden link (Sigmoid; Softplus for
@@ -195,7 +200,7 @@ class Model:
         for name, p in zip(self.kinds, self.params, strict=True):
             lin = torch.nn.Linear(*p["weight"].shape)
             with torch.no_grad():
-                lin.weight.copy_(p["weight"].T)
+                lin.weight.copy_(_up_weight(name, p).T)
                 lin.bias.copy_(p["hidden_bias"])
             mods += [lin, _kind(name).hidden_activation()]
         return torch.nn.Sequential(*mods)
@@ -204,7 +209,7 @@ class Model:
         """Write the export file (atomically)."""
         tensors: dict[str, torch.Tensor] = {}
         for i, p in enumerate(self.params):
-            for name in (*PARAMETERS, *(k for k in p if k not in PARAMETERS)):
+            for name in (*_names(self.kinds[i]), *(k for k in p if k not in _names(self.kinds[i]))):
                 tensors[f"layers.{i}.{name}"] = p[name].detach().cpu().contiguous()
         if self.mean is not None and self.std is not None:
             tensors["preprocess.mean"] = self.mean.cpu().contiguous()
@@ -215,6 +220,17 @@ class Model:
                 else str(self.stochastic_seed),
                 "config": self.config}
         atomic_write(Path(path), save(tensors, metadata=meta))
+
+
+def _up_weight(kind: str, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The up pass's weight (n_visible, n_hidden): W, or for a kind with parameters of its own
+    its pre-activation of each unit vector of v with no bias (diag(1 / sigma^2) W for
+    ``gaussian-var``)."""
+    if not _kind(kind).extra_parameters:
+        return p["weight"]
+    w = p["weight"]
+    no_bias = {**p, "hidden_bias": torch.zeros_like(p["hidden_bias"])}
+    return _kind(kind).hidden_pre_of(no_bias, torch.eye(w.shape[0], dtype=w.dtype))
 
 
 EXPORT_FIX = "export the run again (pipedbn export RUN_DIR -o FILE)"
@@ -301,15 +317,22 @@ def _extras(kind: str, top: bool) -> tuple[list[str], list[str]]:
 
 def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: str,
             kinds: list[str]) -> list[dict[str, torch.Tensor]]:
-    """Each layer's weight (n_visible, n_hidden) and biases: floating, finite, of one dtype,
-    and chaining (layer i's hidden units are layer i+1's visible ones); a label layer's label
-    units, a fine-tuned layer's generative weights (``_extras``). ``where[i]``: the file
-    that holds layer i and the prefix of its fields there, for the messages."""
+    """Each layer's weight (n_visible, n_hidden), biases and its kind's own parameters:
+    floating, finite, of one dtype, of their shapes, and chaining (layer i's hidden units are
+    layer i+1's visible ones); a label layer's label units, a fine-tuned layer's generative
+    weights (``_extras``). ``where[i]``: the file that holds layer i and the prefix of its
+    fields there, for the messages."""
     params: list[dict[str, torch.Tensor]] = []
     for i, raw in enumerate(layers):
         path, prefix = where[i]
         p = {name: _tensor(path, prefix + name, raw.get(name), 2 if name == "weight" else 1, fix)
              for name in PARAMETERS}
+        for name in _kind(kinds[i]).extra_parameters:
+            t = raw.get(name)
+            if not isinstance(t, torch.Tensor):
+                raise _bad(path, prefix + name, "missing" if t is None else
+                           f"not a tensor ({type(t).__name__})", fix)
+            p[name] = t  # (its shape and dtype are checked below, against the weight's)
         w = p["weight"]
         required, optional = _extras(kinds[i], i == len(layers) - 1)
         for name in [*required, *(k for k in optional if raw.get(k) is not None)]:
@@ -327,6 +350,13 @@ def _layers(layers: list[dict[str, Any]], where: list[tuple[Path, str]], fix: st
             if p[name].shape[0] != size or p[name].dtype != w.dtype:
                 raise _bad(path, prefix + name, f"{p[name].dtype} of {p[name].shape[0]} units, "
                            f"but {prefix}weight is {w.dtype} {tuple(w.shape)}", fix)
+        shapes = _kind(kinds[i]).extra_shapes(*w.shape)
+        for name, shape in shapes.items():
+            t = p[name]
+            if tuple(t.shape) != shape or t.dtype != w.dtype or not torch.isfinite(t).all():
+                raise _bad(path, prefix + name, f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+                           f", expected {w.dtype} {shape} of finite values for a "
+                           f"{kinds[i]!r} layer of weight {tuple(w.shape)}", fix)
         if params and (params[-1]["weight"].shape[1] != w.shape[0]
                        or params[-1]["weight"].dtype != w.dtype):
             up = params[-1]["weight"]
@@ -382,7 +412,7 @@ def load(path: str | Path) -> Model:
         raise _bad(path, "metadata kinds", f"{meta['kinds'][:80]!r} is not JSON",
                    EXPORT_FIX) from None
     expected = {f"layers.{i}.{name}" for i, kind in enumerate(kinds)
-                for name in (*PARAMETERS, *sum(_extras(kind, i == len(kinds) - 1), []))}
+                for name in (*_names(kind), *sum(_extras(kind, i == len(kinds) - 1), []))}
     expected |= {"preprocess.mean", "preprocess.std"}
     extra = sorted(set(tensors) - expected)
     if extra:

@@ -21,6 +21,12 @@ RNG stream of a layer is consumed in exactly this order):
 ``method: pt`` step 2 by parallel tempering (``_tempered_negative``); docs/training.md gives
 both updates. ``ph0 = p(h | v0)`` is the kind's ``hidden_link`` of ``v0 W + hb`` (sigmoid for
 binary hidden units) and ``h ~ ph0`` its ``draw_hidden``.
+
+A kind whose hidden units see a scaled ``v`` (``visible_input``, e.g. ``v / sigma^2``) computes
+``ph0`` and ``ph`` from it; the gradients of W and vb keep the products with ``v`` itself (for
+``gaussian-var`` the gradient preconditioned by sigma^2 per visible unit: its module doc says
+why). A kind with parameters of its own updates them in ``extra_update``, after step 3 and
+before the parameters move in step 4, from the same phases.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -114,6 +121,22 @@ def tempering(temperatures: int) -> torch.Tensor:
     return torch.linspace(1.0, 0.0, temperatures, dtype=torch.float64)
 
 
+Params = Mapping[str, torch.Tensor]
+"""A layer's parameters by name (``PARAMETERS`` and its kind's ``extra_parameters``): an export
+file's layer, a ``Model``'s ``params[i]``, ``dict(rbm.named_parameters())``."""
+
+
+def free_energy_of(kind: type[RBM], p: Params, v: torch.Tensor) -> torch.Tensor:
+    """F(v) per row for a layer of ``kind`` with parameters ``p``, whatever its kind-specific
+    parameters (``free_energy`` is the same for the kinds without any)."""
+    pre = kind.hidden_pre_of(p, v)
+    return kind.visible_terms_of(p, v) - kind.hidden_log_sum(pre)
+
+
+Enumeration = Literal["either", "hidden", "visible", "none"]
+"""Which side of a layer exact evaluation may enumerate (``RBM.exact_likelihood``)."""
+
+
 class RBM(torch.nn.Module, abc.ABC):
     """A restricted Boltzmann machine layer as a module: its parameters (the model), its
     training state as buffers (a velocity per parameter, the persistent chains, the sparsity
@@ -137,6 +160,18 @@ class RBM(torch.nn.Module, abc.ABC):
     """True when ``method: pt`` is implemented for the kind (tempered conditionals)."""
     hidden_activation: ClassVar[type[torch.nn.Module]] = torch.nn.Sigmoid
     """The module of ``hidden_link`` for ``Model.to_module``."""
+    extra_parameters: ClassVar[tuple[str, ...]] = ()
+    """Kind-specific parameters beyond ``PARAMETERS`` (registered by the kind after
+    ``RBM.__init__``, each with its velocity): exported as ``layers.{i}.<name>``, shaped as
+    ``extra_shapes`` says."""
+    # What ``pipedbn eval`` can do for the kind (docs/evaluation.md):
+    exact_likelihood: ClassVar[Enumeration] = "none"
+    """Exact log-likelihood by enumeration: ``either`` side (binary visible and hidden units:
+    the smaller one is enumerated), the ``hidden`` side only (the visible units integrate out in
+    closed form: ``log_hidden_marginal``), the binary ``visible`` side only (real-valued hidden
+    units: through ``free_energy_of``), or ``none`` (not available)."""
+    ais: ClassVar[bool] = False
+    """Whether AIS may estimate log Z (its base-rate model and sweeps are Bernoulli ones)."""
 
     # (for the type checker: nn.Module keeps these in its registries, not in the instance)
     weight: torch.nn.Parameter
@@ -224,7 +259,54 @@ class RBM(torch.nn.Module, abc.ABC):
     def visible_energy(v: torch.Tensor, visible_bias: torch.Tensor) -> torch.Tensor:
         """The visible-only terms of the free energy, per row."""
 
-    # -- what a kind may redefine (binary hidden units here) ---------------------------------
+    # -- what a kind may override: defaults for kinds whose parameters are PARAMETERS only ----
+    @classmethod
+    def extra_shapes(cls, n_visible: int, n_hidden: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each of ``extra_parameters`` (what ``load`` checks an export against)."""
+        return {}
+
+    @classmethod
+    def hidden_pre_of(cls, p: Params, v: torch.Tensor) -> torch.Tensor:
+        """The hidden pre-activation for visible rows ``v`` (the hidden units' input)."""
+        return torch.addmm(p["hidden_bias"], v, p["weight"])
+
+    @classmethod
+    def visible_terms_of(cls, p: Params, v: torch.Tensor) -> torch.Tensor:
+        """The visible-only terms of the free energy per row, from the parameters ``p``."""
+        return cls.visible_energy(v, p["visible_bias"])
+
+    @classmethod
+    def draw_of(cls, p: Params, mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A sample of v given its conditional mean, from the parameters ``p``."""
+        return cls.draw_visible(mean, generator)
+
+    @classmethod
+    def log_hidden_marginal(cls, p: Params, h: torch.Tensor) -> torch.Tensor:
+        """log sum_v exp(-E(v, h)) per row of binary hidden states ``h`` (the unnormalised
+        log p(h); float64 ``p``): what exact evaluation enumerates, for kinds whose
+        ``exact_likelihood`` is not ``none``."""
+        raise NotImplementedError(f"{cls.kind}: no closed-form marginal of the hidden units")
+
+    def visible_input(self, v: torch.Tensor) -> torch.Tensor:
+        """What the hidden units see of ``v`` (``hidden_pre = visible_input(v) W + hb``); the
+        update's gradients of W and vb use it too. ``v`` itself for most kinds."""
+        return v
+
+    def draw(self, mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A sample of v given its conditional mean (``draw_visible`` for most kinds)."""
+        return self.draw_visible(mean, generator)
+
+    def extra_update(self, v0: torch.Tensor, ph0: torch.Tensor, v: torch.Tensor,
+                     ph: torch.Tensor, lr: float, momentum: float, v_is_mean: bool) -> None:
+        """Update ``extra_parameters`` from the phases of ``train_step`` (called before W and
+        the biases move, so it sees the parameters the phases were computed with). ``v_is_mean``:
+        the negative phase's ``v`` is CD's noise-free reconstruction, not a sample."""
+
+    def histogram_values(self) -> dict[str, torch.Tensor]:
+        """Derived quantities to show as TensorBoard histograms beside the parameters."""
+        return {}
+
+    # -- the hidden side a kind may redefine (binary hidden units here) ---------------------
     def init_visible_offset(self, mean: torch.Tensor | None, n: int, **kw: Any) -> torch.Tensor:
         """Centering's initial visible offset: the data mean (layer 0), else 0.5."""
         return mean.clone() if mean is not None else torch.full((n,), 0.5, **kw)
@@ -248,7 +330,8 @@ class RBM(torch.nn.Module, abc.ABC):
 
     # -- shared -----------------------------------------------------------------------------
     def hidden_probs(self, v: torch.Tensor) -> torch.Tensor:
-        return self.hidden_link(torch.addmm(self.hidden_bias, v, self.weight))
+        return self.hidden_link(torch.addmm(self.hidden_bias, self.visible_input(v),
+                                             self.weight))
 
     def sample_hidden(self, p: torch.Tensor) -> torch.Tensor:
         """A sample of binary hidden units given their probabilities (``draw_hidden`` for
@@ -259,11 +342,19 @@ class RBM(torch.nn.Module, abc.ABC):
         return self.visible_link(torch.addmm(self.visible_bias, h, self.weight.T))
 
     def sample_visible(self, mean: torch.Tensor) -> torch.Tensor:
-        return self.draw_visible(mean, self.generator)
+        return self.draw(mean, self.generator)
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """F(v) per row; softplus keeps it finite for large inputs."""
-        return free_energy(type(self), v, self.weight, self.visible_bias, self.hidden_bias)
+        if not self.extra_parameters:
+            return free_energy(type(self), v, self.weight, self.visible_bias, self.hidden_bias)
+        return free_energy_of(type(self), dict(self.named_parameters()), v)
+
+    def visible_terms(self, v: torch.Tensor) -> torch.Tensor:
+        """The visible-only terms of the free energy per row."""
+        if not self.extra_parameters:
+            return self.visible_energy(v, self.visible_bias)
+        return self.visible_terms_of(dict(self.named_parameters()), v)
 
     def reconstruction_error(self, v: torch.Tensor) -> float:
         """Mean over rows of the squared error of the one-step mean-field reconstruction."""
@@ -311,7 +402,7 @@ class RBM(torch.nn.Module, abc.ABC):
         w_inc, vb_inc, hb_inc = self.weight_inc, self.visible_bias_inc, self.hidden_bias_inc
         g = self.generator
 
-        pre0 = torch.addmm(hb, v0, w)
+        pre0 = torch.addmm(hb, self.visible_input(v0), w)
         ph0 = self.hidden_link(pre0)  # hidden_probs (pre0 is ph0 after an in-place link)
         self._check(ph0, micro_batch)
         cd = c.method == "cd"
@@ -324,8 +415,8 @@ class RBM(torch.nn.Module, abc.ABC):
             assert h is not None
             for s in range(c.k):
                 vm = self.visible_link(torch.addmm(vb, h, w.T))  # visible_mean
-                v = self.draw_visible(vm, g) if (pcd or s < c.k - 1) else vm
-                pre = torch.addmm(hb, v, w)
+                v = self.draw(vm, g) if (pcd or s < c.k - 1) else vm
+                pre = torch.addmm(hb, self.visible_input(v), w)
                 ph = self.hidden_link(pre)
                 if pcd or s < c.k - 1:
                     h = self.draw_hidden(pre, ph, g)
@@ -358,6 +449,8 @@ class RBM(torch.nn.Module, abc.ABC):
             w_inc.addr_(v0_mean, push, alpha=lr)
         vb_inc.mul_(mom).add_(dvb, alpha=lr)
         hb_inc.mul_(mom).add_(dhb, alpha=lr)
+        if self.extra_parameters:
+            self.extra_update(v0, ph0, v, ph, lr, mom, v_is_mean=not pcd)
         w.add_(w_inc)
         vb.add_(vb_inc)
         hb.add_(hb_inc)

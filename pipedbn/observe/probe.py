@@ -35,14 +35,14 @@ def probe_layer(layer: RBM, held: torch.Tensor, train: torch.Tensor | None,
                 ) -> tuple[dict[str, float], torch.Tensor]:
     """The layer's measures on the held-out inputs ``held`` (and the training micro-batch
     ``train``, for the gap), and what the layer passes up for ``held``."""
-    pre = torch.addmm(layer.hidden_bias, held, layer.weight)
+    pre = torch.addmm(layer.hidden_bias, layer.visible_input(held), layer.weight)
     ph = layer.hidden_link(pre.clone())
     out: dict[str, float] = {}
     if measure:
         n = held.shape[0]
         recon = layer.visible_mean(ph)
         out["heldout_recon_error"] = float((held - recon).square_().sum() / n)
-        f_held = layer.visible_energy(held, layer.visible_bias) - layer.hidden_log_sum(pre)
+        f_held = layer.visible_terms(held) - layer.hidden_log_sum(pre)
         if train is not None:
             out["free_energy_gap"] = float(f_held.mean() - layer.free_energy(train).mean())
         if layer.unit_visible:
@@ -99,7 +99,8 @@ def gibbs_samples(layers: list[RBM], n: int, steps: int, generator: torch.Genera
                   generator)
     v = top.visible_mean(h)
     for _ in range(steps):
-        pre = torch.addmm(top.hidden_bias, top.draw_visible(v, generator), top.weight)
+        pre = torch.addmm(top.hidden_bias, top.visible_input(top.draw(v, generator)),
+                          top.weight)
         h = top.draw_hidden(pre, top.hidden_link(pre), generator)
         v = top.visible_mean(h)
     for layer in reversed(layers[:-1]):

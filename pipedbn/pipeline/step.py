@@ -95,6 +95,8 @@ def layer_step(layer: RBM, batch: MicroBatch, schedule: Schedule, watch: Watch,
 def histograms(metrics: Metrics, step: int, layer: RBM) -> None:
     for name, t in layer.named_parameters():
         metrics.histogram(step, layer.index, f"weights/{name}", t)
+    for name, derived in layer.histogram_values().items():
+        metrics.histogram(step, layer.index, f"weights/{name}", derived)
 
 
 class Straggler:
