@@ -75,7 +75,7 @@ CASES = [
     Case("wrong-type", ("train", T, "train.batch_size=x"),
          "train.batch_size: expected an integer, got 'x'"),
     Case("not-a-choice", ("train", T, "rbm.method=cdd"),
-         "rbm.method: 'cdd' is not one of 'cd', 'pcd' (did you mean 'cd'?)"),
+         "rbm.method: 'cdd' is not one of 'cd', 'pcd', 'pt' (did you mean 'cd'?)"),
     Case("not-finite", ("train", T, "rbm.lr=.nan"), "rbm.lr: must be a finite number"),
     Case("duplicate-key", ("train", "{d}/twice.yaml"),
          "key 'rbm' is given twice, on lines 2 and 4"),
