@@ -74,8 +74,8 @@ def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path) ->
 def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pipedbn", "train", TINY, f"run.dir={run_dir}", "rbm.epochs=200",
-         ONE_PER_LAYER, *overrides], cwd=ROOT, env=env1(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+         ONE_PER_LAYER, "train.threads=1", *overrides], cwd=ROOT, env=env1(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _streaming(run_dir: Path, n: int = 3) -> dict[int, int]:
