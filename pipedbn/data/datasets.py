@@ -9,6 +9,7 @@ its path and header, never as its data.
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
 import importlib.util
@@ -125,8 +126,18 @@ def _package_file(package: str, *parts: str) -> str:
 
 
 def _csv_with_labels(path: str, name: str, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    return _parsed_csv(path, os.stat(path).st_mtime_ns, dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_csv(path: str, mtime_ns: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    # parsed once per process: `train` asks the data's shape before it opens the data (the
+    # threads planner, ``run/resources.py``), and parsing mnist5k's CSV takes most of a second;
+    # read-only, since every caller shares the arrays
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
-    return table[:, :-1].astype(dtype), table[:, -1].astype(np.int64)
+    x, y = table[:, :-1].astype(dtype), table[:, -1].astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
 
 
 def mnist5k() -> Source:
