@@ -10,9 +10,9 @@ process each, ``Machine.start_s``) plus the stream's micro-batches times the pla
 Time multiplier of ``t`` threads (a rank's step time over its time on one thread):
 
 - **modelled**: Amdahl's law, ``serial + (1 - serial) / t``. ``SERIAL`` was fitted on this
-  project's 2-core machine: the quickstart's three CD steps (batch 100) took 32.1 ms on one
-  thread and 20.9 ms on two (fastest of 9 interleaved rounds, load average ~1), a ratio of 0.65,
-  so ``serial = 2 * 0.65 - 1 = 0.30`` (docs/balancer.md);
+  project's 2-core machine, quiet: the quickstart's three CD steps (batch 100) took 25.2 ms on
+  one thread and 15.0 ms on two (median ratio 0.60 of 7 interleaved rounds), so
+  ``serial = 2 * 0.60 - 1 = 0.20`` (docs/balancer.md);
 - **profiled** (``balancer.costs: profile``): the same law with ``serial`` fitted from the
   steps timed on one thread and on every core (``fit_serial``).
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from pipedbn.balancer.planner import Problem, Solution, solve
 
-SERIAL = 0.30
+SERIAL = 0.20
 """Modelled serial fraction of a CD step (Amdahl), fitted as the module docstring says."""
 START_S = 2.5
 """Seconds to start a pipeline of local processes beyond training in this one (rendezvous,
