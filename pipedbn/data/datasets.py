@@ -135,7 +135,8 @@ def _parsed_csv(path: str, mtime_ns: int, dtype: type) -> tuple[np.ndarray, np.n
     # threads planner, ``run/resources.py``), and parsing mnist5k's CSV takes most of a second;
     # read-only, since every caller shares the arrays
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
-    x, y = table[:, :-1].astype(dtype), table[:, -1].astype(np.int64)
+    x: np.ndarray = table[:, :-1].astype(dtype)
+    y: np.ndarray = table[:, -1].astype(np.int64)
     x.flags.writeable = y.flags.writeable = False
     return x, y
 
