@@ -375,7 +375,24 @@ def test_prefetcher_yields_batches_in_order(tmp_path):
     assert not reader._thread.is_alive()
 
 
-def test_prefetcher_passes_reader_errors_on(tmp_path):
+def test_depth_0_reads_the_same_batches_on_the_callers_thread(tmp_path):
+    data = _prefetch_data(tmp_path)
+    positions = [(m, m // data.batches_per_epoch, m % data.batches_per_epoch) for m in range(17)]
+    ahead = Prefetcher(data, positions, depth=3, dtype=torch.float32)
+    inline = Prefetcher(data, positions, depth=0, dtype=torch.float32)
+    try:
+        assert not inline._thread.is_alive()  # never started
+        got, want = list(inline), list(ahead)
+    finally:
+        ahead.close()
+        inline.close()
+    assert [m for m, _ in got] == list(range(17))
+    for (_, a), (_, b) in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("depth", [0, 4])
+def test_prefetcher_passes_reader_errors_on(tmp_path, depth):
     data = _prefetch_data(tmp_path)
     real = data.micro_batch
 
@@ -385,7 +402,7 @@ def test_prefetcher_passes_reader_errors_on(tmp_path):
         return real(epoch, j)
 
     data.micro_batch = failing  # type: ignore[method-assign]
-    reader = Prefetcher(data, [(m, 0, m) for m in range(5)], depth=4, dtype=torch.float32)
+    reader = Prefetcher(data, [(m, 0, m) for m in range(5)], depth=depth, dtype=torch.float32)
     got = []
     with pytest.raises(DataError, match="disk went away"):
         for m, _ in reader:

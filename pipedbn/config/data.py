@@ -54,8 +54,11 @@ class DataConfig:
     """Side of the square image for ``bars`` (visible units = bars_size ** 2)."""
     bars_samples: int = 1000
     """Number of samples drawn for ``bars``."""
-    prefetch: int = 4
-    """Micro-batches the background reader prepares ahead of layer 0."""
+    prefetch: int = 0
+    """Micro-batches a background thread reads ahead of layer 0; 0: layer 0's stage reads each
+    micro-batch itself when it needs it. The thread pays only where a read waits on a slow disk:
+    a read from memory or the page cache takes ~0.1 ms of Python, and the thread contends with
+    the stages for the cores and the GIL (docs/data.md, "Reading ahead")."""
     stats_samples: int = 60000
     """Training samples read before the run starts, to check them and take the statistics
     (layer 0's visible biases start from their mean; ``standardize`` needs mean and deviation):
@@ -71,7 +74,7 @@ class DataConfig:
         p += positive("data.scale", self.scale)
         if self.scale is not None and self.scale > 3.4e38:
             p.append(f"data.scale: {self.scale:g} is beyond the largest float32 (3.4e38)")
-        p += positive("data.prefetch", self.prefetch)
+        p += positive("data.prefetch", self.prefetch, strict=False)
         p += positive("data.stats_samples", self.stats_samples)
         if not 0 <= self.validation < 1:
             p.append(f"data.validation: a fraction in [0, 1), got {self.validation}")

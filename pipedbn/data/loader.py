@@ -326,20 +326,23 @@ def _stats_rows(data: Data, cfg: Config) -> tuple[np.ndarray, np.ndarray | None]
 
 
 class Prefetcher:
-    """Reads micro-batches on a background thread, ``depth`` ahead of the consumer."""
+    """Reads micro-batches on a background thread, ``depth`` ahead of the consumer; with
+    ``depth`` 0, on the consumer's own thread as it asks for them."""
 
     _END = object()
 
     def __init__(self, data: Data, schedule_positions: Iterable[tuple[int, int, int]],
                  depth: int, dtype: torch.dtype, timeout: float = 600.0) -> None:
-        self._q: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._q: queue.Queue[object] = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
         self._timeout = timeout
+        self._inline = (data, schedule_positions, dtype) if depth == 0 else None
         self._thread = threading.Thread(
             target=self._run, args=(data, schedule_positions, dtype), daemon=True,
             name="pipedbn-prefetch",
         )
-        self._thread.start()
+        if self._inline is None:
+            self._thread.start()
 
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():
@@ -353,10 +356,8 @@ class Prefetcher:
     def _run(self, data: Data, positions: Iterable[tuple[int, int, int]],
              dtype: torch.dtype) -> None:
         try:
-            for m, epoch, j in positions:
-                x = torch.from_numpy(data.micro_batch(epoch, j)).to(dtype)
-                y = data.micro_batch_labels(epoch, j)
-                if not self._put((m, x) if y is None else (m, x, torch.from_numpy(y))):
+            for item in _read(data, positions, dtype):
+                if not self._put(item):
                     return
             self._put(self._END)
         except BaseException as e:  # handed to the consumer, which raises it
@@ -364,6 +365,9 @@ class Prefetcher:
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """``(m, x)``, or ``(m, x, labels)`` when the data has ``classes``."""
+        if self._inline is not None:
+            yield from _read(*self._inline)
+            return
         while True:
             try:
                 item = self._q.get(timeout=self._timeout)
@@ -378,4 +382,13 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._inline is None:
+            self._thread.join(timeout=5)
+
+
+def _read(data: Data, positions: Iterable[tuple[int, int, int]], dtype: torch.dtype
+          ) -> Iterator[tuple[Any, ...]]:
+    for m, epoch, j in positions:
+        x = torch.from_numpy(data.micro_batch(epoch, j)).to(dtype)
+        y = data.micro_batch_labels(epoch, j)
+        yield (m, x) if y is None else (m, x, torch.from_numpy(y))

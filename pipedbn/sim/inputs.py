@@ -98,7 +98,7 @@ class Options:
     read_s: float = 0.0
     """Seconds of stage 0's prefetch thread per micro-batch."""
     prefetch: int = 4
-    """Micro-batches stage 0's prefetch thread reads ahead."""
+    """Micro-batches stage 0's prefetch thread reads ahead (0: stage 0 reads each itself)."""
     buffers: int = 2
     """Receives a stage keeps posted per link."""
     background: float = 0.0
@@ -144,7 +144,9 @@ def check(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[Layer
     if net.inter is not None and (net.node_size is None or net.node_size < 1):
         bad.append(f"node_size is {net.node_size!r}; an inter-node link needs ranks per node")
     sync = opt.sync
-    for name, x in (("window", opt.window), ("batch", opt.batch), ("prefetch", opt.prefetch),
+    if isinstance(opt.prefetch, bool) or not isinstance(opt.prefetch, int) or opt.prefetch < 0:
+        bad.append(f"prefetch is {opt.prefetch!r}; it must be an integer >= 0")
+    for name, x in (("window", opt.window), ("batch", opt.batch),
                     ("buffers", opt.buffers), ("dtype_bytes", opt.dtype_bytes),
                     ("sync.every", sync.every), ("sync.messages", sync.messages)):
         if isinstance(x, bool) or not isinstance(x, int) or x < 1:

@@ -85,7 +85,8 @@ class Run:
                     for n in range(opt.buffers):
                         engine.post(ch.message(n))
                     taken[src] = 0
-        reader = self.reader(mine) if s == 0 and opt.read_s > 0 else None
+        reads = s == 0 and opt.read_s > 0
+        reader = self.reader(mine) if reads and opt.prefetch else None
         for idx, m in enumerate(mine):
             t0 = engine.now
             while sync is not None and ticks and ticks[0] <= m:
@@ -97,6 +98,8 @@ class Run:
                 got, taken_sig = reader
                 yield Wait(got[idx])
                 engine.fire(taken_sig[idx])
+            elif reads:  # prefetch 0: the stage reads the micro-batch itself
+                yield Work(opt.read_s)
             elif below is not None:
                 yield from self.take(below.ranks[m % len(below.ranks)], rank, taken)
             if res.micro_batches == 0:
