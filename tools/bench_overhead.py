@@ -125,9 +125,9 @@ def table(r: dict[str, Any], command: str) -> str:
     return "\n".join([
         f"configs/tiny.yaml, `train.batch_size={BATCH}`, `monitor.enabled=false`, "
         f"`rbm.epochs={r['epochs']:g}` ({r['micro_batches']} micro-batches); medians of "
-        f"{r['rounds']} interleaved rounds, measured by `{command}` on this 2-core machine "
-        f"shared with other work (load average {r['load'][0]:.1f} / {r['load'][1]:.1f} / "
-        f"{r['load'][2]:.1f} at the end).",
+        f"{r['rounds']} interleaved rounds, measured {time.strftime('%Y-%m-%d')} by `{command}` "
+        f"on this {os.cpu_count()}-core machine (load average {r['load'][0]:.1f} / "
+        f"{r['load'][1]:.1f} / {r['load'][2]:.1f} at the end).",
         "",
         "| per micro-batch | µs |",
         "|---|---|",

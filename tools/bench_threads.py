@@ -4,6 +4,7 @@ counts and against scikit-learn, side by side in one run.
 Run from the repository root::
 
     python -m tools.bench_threads [--epochs 20] [--rounds 1] [--json tools/out/bench_threads.json]
+        [--no-doc]                   # (without it the table goes to docs/benchmarks.md too)
 
 Contenders, each a fresh process, on configs/quickstart.yaml (784-500-500-2000, mnist5k) with
 ``rbm.epochs=EPOCHS`` and monitoring off, in turn within each round (the order rotating):
@@ -40,6 +41,7 @@ import numpy as np
 from pipedbn.config import load_config, resolve_defaults
 from pipedbn.data.loader import open_data
 from pipedbn.run.resources import data_shape, resolve, usable_cores
+from tools.benchdocs import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/quickstart.yaml"
@@ -157,12 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--json", type=Path, default=Path("tools/out/bench_threads.json"))
+    ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     args = ap.parse_args(argv)
     report = measure(args.epochs, args.rounds)
-    print(table(report))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    command = (f"python -m tools.bench_threads --epochs {args.epochs} --rounds {args.rounds}")
+    text = (f"Measured {time.strftime('%Y-%m-%d')} by `{command}` on this "
+            f"{report['cores']}-core machine.\n\n{table(report)}")
+    publish(report, args.json, text, None if args.no_doc else "bench_threads")
 
 
 if __name__ == "__main__":
