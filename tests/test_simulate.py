@@ -224,6 +224,26 @@ def test_delayed_all_reduce_hides_behind_the_next_round() -> None:
             expect, rel=1e-9)
 
 
+def test_replicas_with_uneven_shares_meet_every_all_reduce() -> None:
+    """r not dividing the stream: replicas without a micro-batch in the last, partial round
+    still tick at its boundary before the final all-reduce (``AllReduceSync.drain``), so
+    they join the same all-reduces as those with one; the partial round costs a full one."""
+    link, n, step, ticks = Link(20e-6, 10e9), 4_000_000, 1 * MS, 10
+    for r in (2, 3):
+        ring = ring_allreduce_s(4 * n, r, link.latency, link.bandwidth)
+        for extra in range(1, r):
+            costs = [LayerCost(step, width=1, params=n)]
+            stages = [SimStage((0,), tuple(range(r)))]
+            bsp = simulate(streaming(1, r * ticks + extra), stages, costs, link,
+                           Options(batch=1))
+            assert bsp.seconds == pytest.approx((ticks + 1) * (step + ring), rel=1e-9)
+            assert sum(x.micro_batches for x in bsp.ranks) == r * ticks + extra
+            delayed = simulate(streaming(1, r * ticks + extra), stages, costs, link,
+                               Options(batch=1, sync=SyncPolicy("bsp_delayed")))
+            assert delayed.seconds == pytest.approx(step + ticks * max(step, ring) + ring,
+                                                    rel=1e-9)
+
+
 def test_greedy_schedule_takes_the_sum_of_its_phases() -> None:
     M, steps = 50, [1 * MS, 2 * MS, 3 * MS]
     schedule = build_schedule("greedy", M, [1.0, 1.0, 1.0], 0.0)

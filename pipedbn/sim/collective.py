@@ -86,6 +86,8 @@ class AllReduce:
         self.wires.engine.spawn(self.allreduce(self.pending))
 
     def finish(self) -> Process:
+        """``AllReduceSync.finish``: final rounds until every replica has flagged its end;
+        after the drain every replica flags the first (no re-plan here), so one."""
         if self.pending is not None:
             yield Wait(self.pending)
         yield from self.allreduce()

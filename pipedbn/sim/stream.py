@@ -126,6 +126,15 @@ class Run:
             res.micro_batches += 1
             res.samples += self.rows_of(m)
         t0 = engine.now
+        if isinstance(sync, AllReduce):
+            # ``AllReduceSync.drain``: a replica whose last micro-batch comes before a round
+            # boundary still ticks there (with uneven shares, r not dividing the stream), so
+            # every replica joins the same all-reduces before the final one. The point-to-point
+            # ``PeerSync`` drains only up to a checkpoint (none here); its peers skip a
+            # finished replica instead.
+            while ticks:
+                ticks.pop(0)
+                yield from sync.tick()
         if sync is not None:
             yield from sync.finish()
         res.sync_wait_s += engine.now - t0
