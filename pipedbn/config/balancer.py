@@ -80,6 +80,13 @@ class BalancerConfig:
     """Bytes per second of a link between nodes (per rank); ``null``: ``bandwidth``."""
     inter_latency: float | None = None
     """Seconds per message between nodes; ``null``: ``latency``."""
+    links: Literal["probe", "config"] = "probe"
+    """Where ``auto`` with ``costs: profile`` gets the link figures: ``probe`` times a few
+    all-reduces at start-up inside a node and between nodes (well under a second) and uses the
+    measured figures instead of ``bandwidth``/``latency`` and ``inter_*``; the run's
+    ``config.yaml`` then holds them with ``links: config``, so a re-run plans with the same
+    figures. ``config``: the configured figures. A class that cannot be measured (one rank, one
+    rank per node, one node) keeps its configured figures."""
 
     def problems(self, layers: int) -> list[str]:
         """``layers``: how many layers an explicit plan must cover."""
