@@ -8,8 +8,9 @@ timed on one group: the ranks of the fullest node (intra), and the first rank of
 figures. On each group every member times ``REPEATS`` sum all-reduces of a ``SMALL`` and of a
 ``LARGE`` tensor after one warm-up of each (a barrier before each, the median of each), and the
 ring model the planner uses, ``t(n) = 2 (r - 1) latency + 2 (r - 1) / r x n / bandwidth``, is
-inverted through the two sizes (``invert``). Rank 0 takes the median over the members and
-broadcasts the figures, so every rank plans with the same ones.
+inverted through the two sizes (``invert``). Rank 0 takes the median over the members, rounds
+the figures to 3 significant digits and broadcasts them, so every rank plans with the same ones
+(and ``config.yaml`` holds exactly those).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def probe_links(nodes: list[str], device: torch.device, timeout: float,
                 continue
             small = statistics.median(t[0] for t in got)
             large = statistics.median(t[1] for t in got)
-            lat, bw = invert(len(members), (SMALL, small), (LARGE, large))
+            lat, bw = (float(f"{x:.3g}")  # as config.yaml will hold them
+                       for x in invert(len(members), (SMALL, small), (LARGE, large)))
             links[name] = Link(len(members), lat, bw, small, large)
         box = [Links(links["intra"], links["inter"], time.perf_counter() - start)]
     dist.broadcast_object_list(box, src=0)
