@@ -15,10 +15,12 @@ import torch.distributed as dist
 
 from pipedbn.balancer import Plan, Problem
 from pipedbn.balancer.plan import Stage as PlanStage
+from pipedbn.balancer.probe import probe_links
 from pipedbn.balancer.runtime import first_plan, profile_layers
 from pipedbn.config import Config
 from pipedbn.data.loader import Data
 from pipedbn.errors import UserError
+from pipedbn.pipeline.collectives import node_ids
 from pipedbn.pipeline.layers import make_schedule
 from pipedbn.run.checkpoint import Checkpoint, latest
 from pipedbn.run.resume import (
@@ -28,7 +30,7 @@ from pipedbn.run.resume import (
     torchrun_resume_dir,
     write_pointer,
 )
-from pipedbn.run.rundir import discard_run_dir, start_run
+from pipedbn.run.rundir import discard_run_dir, start_run, write_config
 
 log = logging.getLogger("pipedbn")
 
@@ -112,6 +114,9 @@ def set_up(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
     if cfg.balancer.plan == "auto" and cfg.balancer.costs == "profile":
         profile = [None] * world
         dist.all_gather_object(profile, profile_layers(cfg, setup.features, device))
+        if cfg.balancer.links == "probe" and world > 1:
+            cfg = _probe(cfg, rank, run_dir, device)
+            setup.config = cfg
     planned: list[object] = [None]
     if rank == 0:
         try:
@@ -132,6 +137,20 @@ def set_up(cfg: Config, rank: int, world: int, prepared: bool, device: torch.dev
                  data.features)
         log.info("run directory: %s", run_dir)
     return setup, data
+
+
+def _probe(cfg: Config, rank: int, run_dir: Path, device: torch.device) -> Config:
+    """``cfg`` with the links' measured figures (``balancer.probe``), every rank's the same;
+    rank 0 logs them and writes them into the run's ``config.yaml``, which then reproduces the
+    figures (as ``train.threads: auto`` is resolved there)."""
+    links = probe_links(node_ids(), device, cfg.pipeline.timeout)
+    if links.intra is None and links.inter is None:
+        return cfg
+    cfg = links.into(cfg)
+    if rank == 0:
+        log.info("%s", links.describe())
+        write_config(run_dir, cfg)
+    return cfg
 
 
 def _prepare(cfg: Config, prepared: bool, resume: Path | None) -> tuple[Setup, Data]:
