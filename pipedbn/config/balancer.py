@@ -23,7 +23,7 @@ class BalancerConfig:
     """What ``auto`` plans with: ``model`` counts FLOPs (``(6 + 4k) n_in n_out`` per sample of a
     CD-k step), so the plan is a pure function of config and world size; ``profile`` times a few
     real steps of every layer on every rank first (unequal devices get speed factors; the plan
-    then depends on the timings)."""
+    then depends on the timings), and measures the links (``links``)."""
     max_replicas: int | None = 1
     """Most ranks one stage may use; ``null`` = no limit. The default, 1, keeps the weights
     bit-for-bit the same whatever the world size. Replicas speed up a slow layer but train on
