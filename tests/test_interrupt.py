@@ -19,9 +19,17 @@ from conftest import ROOT, env1
 pytestmark = pytest.mark.slow  # every test here starts processes
 
 
+EPOCHS = {3: 10, 1: 20}
+"""Epochs of the interrupted run, by process count: enough that, after the first checkpoint
+(micro-batch 20 of 33 per epoch), the run has seconds of training left for the signal to land in
+(~5 s on 3 processes, ~4 s in one, on an idle 2-core machine; a loaded one only stretches
+them), and no more, as the command it prints trains the rest (60 epochs took 20 s of it)."""
+
+
 def _interrupt(run_dir: Path, nproc: int, sig: signal.Signals) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipedbn", "train", "configs/tiny.yaml", "rbm.epochs=60",
+        [sys.executable, "-m", "pipedbn", "train", "configs/tiny.yaml",
+         f"rbm.epochs={EPOCHS[nproc]}",
          "checkpoint.every=20", f"run.dir={run_dir}", "--nproc", str(nproc)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env1(),
         start_new_session=True)

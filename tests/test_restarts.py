@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, env1, free_port, wait_for, workers
-from test_resume import TINY, assert_same, train
+from test_resume import TINY, assert_same, in_process, trained_run
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
 ONE_PER_LAYER = ["balancer.max_replicas=1"]
+
+
+@pytest.fixture
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted in-process run the torchrun runs must end equal to: trained once per
+    session and shared with test_resume's tests of the same training fields."""
+    return trained_run(tmp_path_factory, *in_process(ONE_PER_LAYER))
 
 
 def torchrun(run_dir: Path, *args: str, restarts: int = 1) -> subprocess.Popen[str]:
@@ -44,7 +51,8 @@ def test_joining_is_bounded_by_connect_timeout(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()  # nothing was claimed before the group was whole
 
 
-def test_a_claim_cut_short_is_taken_up_by_the_restart(tmp_path: Path) -> None:
+def test_a_claim_cut_short_is_taken_up_by_the_restart(
+        tmp_path: Path, reference: Path) -> None:
     """What a kill during the claim leaves: the half-filled temporary directory beside the run
     directory, and (when run.dir is a mount point, filled in place) a run directory holding
     only this job's launcher.json. The job's next attempt starts the run there."""
@@ -61,11 +69,11 @@ def test_a_claim_cut_short_is_taken_up_by_the_restart(tmp_path: Path) -> None:
     assert p.returncode == 0, err
     assert "was stopped while creating" in err
     assert [q.name for q in tmp_path.iterdir()] == ["run"]  # the torn claim is gone
-    train(tmp_path / "reference", *ONE_PER_LAYER)
-    assert_same(run_dir, tmp_path / "reference")
+    assert_same(run_dir, reference)
 
 
-def test_rank_0_killed_as_it_claims_the_run_directory_resumes(tmp_path: Path) -> None:
+def test_rank_0_killed_as_it_claims_the_run_directory_resumes(
+        tmp_path: Path, reference: Path) -> None:
     run_dir = tmp_path / "run"
     p = torchrun(run_dir, "--standalone")
     try:
@@ -78,8 +86,7 @@ def test_rank_0_killed_as_it_claims_the_run_directory_resumes(tmp_path: Path) ->
     assert "exists and is not empty" not in err
     assert [q.name for q in tmp_path.iterdir()] == ["run"]  # no temporary directory left
     assert not list(run_dir.glob(".*.tmp"))
-    train(tmp_path / "reference", *ONE_PER_LAYER)
-    assert_same(run_dir, tmp_path / "reference")
+    assert_same(run_dir, reference)
 
 
 def local_run(run_dir: Path) -> subprocess.Popen[str]:

@@ -4,6 +4,7 @@ resumed is refused with one message."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -11,13 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, cli, env1, wait_for, workers
+from conftest import ONE_THREAD, ROOT, cli, env1, wait_for, workers
 from safetensors.torch import load_file
+from warm_cli import WarmCLI
 
 from pipedbn.run.checkpoint import part_path
 
@@ -59,16 +62,47 @@ def resume(run_dir: Path, *overrides: str, nproc: int = 1) -> subprocess.Complet
                str(nproc), "-q")
 
 
+_TRAINED: dict[tuple[str, ...], Path] = {}
+
+
+def trained_run(factory: pytest.TempPathFactory, *overrides: str) -> Path:
+    """The run directory of ``train(dir, *overrides)`` (in one process, uninterrupted), trained
+    once per session for each set of overrides and shared by every test that compares against
+    it or resumes a cut-back copy of it (here and in test_restarts). Read only: copy it to
+    change it."""
+    if overrides not in _TRAINED:
+        run_dir = factory.mktemp("trained") / "run"
+        train(run_dir, *overrides)
+        _TRAINED[overrides] = run_dir
+    return _TRAINED[overrides]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``trained(*overrides)``: ``trained_run``."""
+    return functools.partial(trained_run, tmp_path_factory)
+
+
+def in_process(overrides: list[str]) -> list[str]:
+    """The overrides of the in-process reference of a distributed run: without its ``balancer``
+    fields. In one process the balancer has a single rank to place the layers on (no replica,
+    no plan to choose), and the balancer is not among the fields that decide the weights
+    (``checkpoint._IGNORED``), so the reference is the same run with or without them, and one
+    shared ``trained`` run serves every distributed run of the same training fields."""
+    return [o for o in overrides if not o.startswith("balancer.")]
+
+
 @pytest.mark.parametrize("overrides", [
     [],
     ["train.schedule=greedy", "rbm.method=pcd", "rbm.epochs=1"],
 ], ids=["streaming-cd", "greedy-pcd"])
-def test_in_process_resume_is_exact(tmp_path: Path, overrides: list[str]) -> None:
-    train(tmp_path / "full", *overrides)
-    cut_back(tmp_path / "full", tmp_path / "resumed", 40)
+def test_in_process_resume_is_exact(tmp_path: Path, overrides: list[str],
+                                    trained: Callable[..., Path]) -> None:
+    full = trained(*overrides)
+    cut_back(full, tmp_path / "resumed", 40)
     proc = resume(tmp_path / "resumed", *overrides)
     assert proc.returncode == 0, proc.stderr
-    assert_same(tmp_path / "full", tmp_path / "resumed")
+    assert_same(full, tmp_path / "resumed")
     # metrics.jsonl holds each record once: the resumed part replaced the cut one
     recs = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").open()]
     keys = [(r["layer"], r["tag"], r["step"]) for r in recs if r["tag"].startswith("eval/")]
@@ -79,29 +113,48 @@ def test_in_process_resume_is_exact(tmp_path: Path, overrides: list[str]) -> Non
     (["balancer.max_replicas=1"], 3, 2),  # another world size on resume
     (["train.schedule=greedy", "rbm.method=pcd", "rbm.epochs=1", "balancer.max_replicas=1"],
      3, 3),
-    (["balancer.plan=0|1x2|2"], 4, 4),  # BSP replicas meet at each checkpoint
-], ids=["streaming-3-then-2", "greedy-pcd-3", "replicated-4"])
+], ids=["streaming-3-then-2", "greedy-pcd-3"])
 def test_distributed_resume_is_exact(tmp_path: Path, overrides: list[str], nproc: int,
-                                     again: int) -> None:
+                                     again: int, trained: Callable[..., Path]) -> None:
     train(tmp_path / "full", *overrides, nproc=nproc)
     cut_back(tmp_path / "full", tmp_path / "resumed", 40)
-    plan = [o for o in overrides if o.startswith("balancer.plan")] if again == nproc else []
-    proc = resume(tmp_path / "resumed", *plan, *[o for o in overrides if "plan" not in o],
-                  nproc=again)
+    proc = resume(tmp_path / "resumed", *overrides, nproc=again)
     assert proc.returncode == 0, proc.stderr
     assert_same(tmp_path / "full", tmp_path / "resumed")
-    if "balancer.plan=0|1x2|2" not in overrides:  # and equal to the in-process reference
-        train(tmp_path / "reference", *overrides)
-        assert_same(tmp_path / "full", tmp_path / "reference")
+    # and equal to the in-process reference
+    assert_same(tmp_path / "full", trained(*in_process(overrides)))
 
 
-def test_replicas_resumed_on_another_world_size_agree_and_repeat(tmp_path: Path) -> None:
+REPLICATED = "balancer.plan=0|1x2|2"
+"""2 BSP replicas of layer 1 on 4 ranks."""
+
+
+@pytest.fixture(scope="module")
+def replicated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of ``REPLICATED`` on 4 ranks, resumed (from cut-back copies) by
+    the two tests below. Read only."""
+    run_dir = tmp_path_factory.mktemp("replicated") / "run"
+    train(run_dir, REPLICATED, nproc=4)
+    return run_dir
+
+
+def test_replicated_resume_is_exact(tmp_path: Path, replicated_run: Path) -> None:
+    # BSP replicas meet at each checkpoint: resumed with the same plan, the same weights
+    cut_back(replicated_run, tmp_path / "resumed", 40)
+    proc = resume(tmp_path / "resumed", REPLICATED, nproc=4)
+    assert proc.returncode == 0, proc.stderr
+    assert_same(replicated_run, tmp_path / "resumed")
+
+
+def test_replicas_resumed_on_another_world_size_agree_and_repeat(tmp_path: Path,
+                                                                 replicated_run: Path) -> None:
     # 2 replicas of layer 1 on 4 ranks, resumed as 3 replicas on 5: new groups, a new sum
-    # order; every tick after the checkpoint bit-identical on the 3, and the resume repeatable
+    # order; every tick after the checkpoint bit-identical on the 3, and the resume repeatable.
+    # The checksums are asked of the resumes (the balancer may change on resume): only the
+    # ticks after the checkpoint are checked, and those are the resumes' own
     first = ["balancer.check_replicas=true"]
-    train(tmp_path / "full", *first, "balancer.plan=0|1x2|2", nproc=4)
     for name in ("a", "b"):
-        cut_back(tmp_path / "full", tmp_path / name, 40)
+        cut_back(replicated_run, tmp_path / name, 40)
         proc = resume(tmp_path / name, *first, "balancer.plan=0|1x3|2", nproc=5)
         assert proc.returncode == 0, proc.stderr
     assert_same(tmp_path / "a", tmp_path / "b")
@@ -143,11 +196,14 @@ def test_sigkill_under_torchrun_restarts_and_ends_equal(tmp_path: Path) -> None:
     assert steps == sorted(set(steps))  # the attempt's points past the checkpoint were purged
 
 
-def test_resume_refuses_what_it_cannot_continue(tmp_path: Path) -> None:
+def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, trained: Callable[..., Path],
+                                               warm: WarmCLI) -> None:
+    # the refusals come before any training: the warm CLI's forks run them (what cli would
+    # run, one thread pinned as cli pins it, without paying for `import torch` three times)
     run_dir = tmp_path / "run"
-    train(run_dir)
-    other = cli("train", TINY, "--resume", str(run_dir), "train.batch_size=64",
-                "layers.1.hidden=20", "--nproc", "1")
+    shutil.copytree(trained(), run_dir)
+    other = warm.cli("train", TINY, ONE_THREAD, "--resume", str(run_dir), "train.batch_size=64",
+                     "layers.1.hidden=20", "--nproc", "1")
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert "train.batch_size: 50 in the run, 64 now" in other.stderr
     assert "layers.1.hidden: 24 in the run, 20 now" in other.stderr
@@ -158,11 +214,13 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path: Path) -> None:
     path.write_bytes(bytes(blob))
     shutil.rmtree(run_dir / "checkpoints/final")
     before = sorted(p.name for p in run_dir.rglob("*"))
-    bad = resume(run_dir)
+    bad = warm.cli("train", TINY, ONE_THREAD, "--resume", str(run_dir), *EVERY, "--nproc", "1",
+                   "-q")  # resume(run_dir), forked
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "checksum mismatch" in bad.stderr and "step-80" in bad.stderr
     assert sorted(p.name for p in run_dir.rglob("*")) == before  # nothing touched
-    nowhere = cli("train", TINY, "--resume", str(tmp_path / "missing"), "--nproc", "1")
+    nowhere = warm.cli("train", TINY, ONE_THREAD, "--resume", str(tmp_path / "missing"),
+                       "--nproc", "1")
     assert nowhere.returncode == 2 and "not a run directory" in nowhere.stderr
 
 
