@@ -1,5 +1,8 @@
 """tools/faults.py on tiny: torchrun jobs killed at random moments (one worker; one of two
-nodes, replaced) resume from their checkpoints and end with the uninterrupted run's weights."""
+nodes, replaced) resume from their checkpoints and end with the uninterrupted run's weights.
+
+Process and early mode kill jobs of the same config on the same ranks, so they compare against
+one uninterrupted run, made once for the module (``--trials 0``) and reused (``--reference``)."""
 
 from __future__ import annotations
 
@@ -37,6 +40,17 @@ def _run(tmp_path: Path, *args: str) -> dict[str, Any]:
     return result
 
 
+@pytest.fixture(scope="module")
+def three_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted 3-rank run of tiny that process and early mode compare against: the
+    ``--out`` of a ``--trials 0`` invocation, for ``--reference``."""
+    tmp = tmp_path_factory.mktemp("faults-reference")
+    result = _run(tmp, "--trials", "0")
+    assert result["trials"] == [] and not result["reference"]["reused"]
+    assert result["reference"]["window_s"] > 0 and result["reference"]["startup_s"] > 0
+    return tmp / "out"
+
+
 def _check(trial: dict[str, Any], killed: int) -> None:
     assert not trial["lost"] and trial["identical"], trial
     assert not trial["missed"] and len(trial["killed"]) == killed, trial
@@ -47,12 +61,15 @@ def _check(trial: dict[str, Any], killed: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    result = _run(tmp_path, "--trials", "2", "--seed", "1")
-    assert len(result["trials"]) == 2
-    for trial in result["trials"]:
-        _check(trial, killed=1)
-    assert result["summary"].startswith("trials 2, resumed on first restart 2, identical 2, "
+def test_a_killed_worker_resumes_to_the_same_weights(tmp_path: Path, three_ranks: Path) -> None:
+    # seed 1: rank 0 mid-training (the other ranks die too: in start-up in the early test,
+    # two at once mid-training in the node test; torchrun restarts every worker either way)
+    result = _run(tmp_path, "--trials", "1", "--seed", "1", "--reference", str(three_ranks))
+    assert result["reference"]["reused"]
+    (trial,) = result["trials"]
+    _check(trial, killed=1)
+    assert trial["killed"] == [0], trial
+    assert result["summary"].startswith("trials 1, resumed on first restart 1, identical 1, "
                                         "lost 0;")
 
 
@@ -68,9 +85,10 @@ def test_a_lost_node_replaced_resumes_to_the_same_weights(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_early_kills_resume_to_the_same_weights(tmp_path: Path) -> None:
+def test_early_kills_resume_to_the_same_weights(tmp_path: Path, three_ranks: Path) -> None:
     # trial 0: a random rank in the start-up; trial 1: rank 0 as it claims the run directory
-    result = _run(tmp_path, "--mode", "early", "--trials", "2")
+    result = _run(tmp_path, "--mode", "early", "--trials", "2", "--reference", str(three_ranks))
+    assert result["reference"]["reused"]
     up, claim = result["trials"]
     assert (up["trigger"], claim["trigger"]) == ("up", "claim")
     for trial in (up, claim):
@@ -111,3 +129,27 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
         '{"step": 0, "tag": "eval/recon_error", "wall_time": 7.0}\n'
         '{"step": 4, "tag": "pipeline/busy_frac", "wall_time": 9.0}\n{"step": 5, "ta')
     assert faults.first_training_record(a, 6.0) == 9.0
+
+
+def test_a_reused_reference_must_match(tmp_path: Path) -> None:
+    """``--reference`` takes the figures of an earlier reference made with the same config,
+    overrides and ranks, and refuses one made otherwise or not finished."""
+    import torch
+    from safetensors.torch import save_file
+
+    prev = tmp_path / "prev"
+    (prev / "reference").mkdir(parents=True)
+    args = faults.parse_args(["--trials", "0", "--out", str(tmp_path / "new"),
+                              "--reference", str(prev)])
+    with pytest.raises(SystemExit, match="no finished reference"):
+        faults.reference(args)
+    save_file({"w": torch.zeros(1)}, prev / "reference" / "model.safetensors")
+    figures = {"layers": 3, "window_s": 2.0, "wall_s": 9.0, "startup_s": 1.5}
+    (prev / "reference.json").write_text(json.dumps({**faults.made_with(args), **figures}))
+    ref = faults.reference(args)
+    assert (ref.layers, ref.window_s, ref.wall_s, ref.startup_s) == (3, 2.0, 9.0, 1.5)
+    assert ref.run_dir == (prev / "reference").resolve()
+    node = faults.parse_args(["--mode", "node", "--out", str(tmp_path / "node"),
+                              "--reference", str(prev)])
+    with pytest.raises(SystemExit, match="made otherwise: nproc: 3 there, 4 here; overrides"):
+        faults.reference(node)

@@ -1,8 +1,13 @@
 """Starting and stopping the local pipeline: process counts, and a stage that fails, dies or
-hangs makes every process exit non-zero with a message naming it, within the timeout."""
+hangs makes every process exit non-zero with a message naming it, within the timeout.
+
+``pipedbn`` itself runs forked from the warm interpreter (``warm_cli``: a real process with its
+own exit status and stderr, the package already imported); the stages it starts are fresh
+interpreters as always. Only the torchrun test starts ``python -m torch.distributed.run``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,10 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ONE_PER_LAYER, ROOT, cli, env1, kill_workers, wait_for, workers
+from conftest import ONE_PER_LAYER, ONE_THREAD, ROOT, env1, kill_workers, wait_for, workers
+from warm_cli import WarmCLI
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -27,17 +34,18 @@ def last_error(stderr: str) -> str:
 
 
 def test_nproc_that_does_not_fit_the_plan_is_refused_before_anything_starts(
-        tmp_path: Path) -> None:
-    proc = cli("train", TINY, f"run.dir={tmp_path / 'run'}", "--nproc", "2",
-               "balancer.plan=0|1|2")
+        tmp_path: Path, warm: WarmCLI) -> None:
+    proc = warm.cli("train", TINY, ONE_THREAD, f"run.dir={tmp_path / 'run'}", "--nproc", "2",
+                    "balancer.plan=0|1|2")
     assert proc.returncode == 2, proc.stderr
     assert "--nproc 2 starts 2 processes" in proc.stderr and "needs 3 ranks" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_nproc_1_trains_in_this_process(tmp_path: Path) -> None:
-    proc = cli("train", TINY, f"run.dir={tmp_path / 'run'}", "--nproc", "1", "rbm.epochs=0.5")
+def test_nproc_1_trains_in_this_process(tmp_path: Path, warm: WarmCLI) -> None:
+    proc = warm.cli("train", TINY, ONE_THREAD, f"run.dir={tmp_path / 'run'}", "--nproc", "1",
+                    "rbm.epochs=0.5")
     assert proc.returncode == 0, proc.stderr
     assert "stage" not in proc.stderr  # no pipeline, no per-stage table
     assert not (tmp_path / "run" / "stages.json").exists()
@@ -54,11 +62,12 @@ def test_torchrun_with_the_wrong_process_count_reports_once(tmp_path: Path) -> N
     assert len(mine) == 1 and "launcher starts 2 processes" in proc.stderr, proc.stderr
 
 
-def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path) -> None:
+def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path,
+                                                             warm: WarmCLI) -> None:
     run_dir = tmp_path / "run"
     t0 = time.monotonic()
-    proc = cli("train", TINY, f"run.dir={run_dir}", "layers.2.lr=1e38", ONE_PER_LAYER,
-               timeout=120)
+    proc = warm.cli("train", TINY, ONE_THREAD, f"run.dir={run_dir}", "layers.2.lr=1e38",
+                    ONE_PER_LAYER, timeout=120)
     assert proc.returncode == 3, proc.stderr  # the stage's own status: training diverged
     assert "Traceback" not in proc.stderr, proc.stderr
     assert last_error(proc.stderr).startswith(
@@ -71,11 +80,47 @@ def test_a_stage_that_diverges_stops_every_stage_and_is_named(tmp_path: Path) ->
     assert time.monotonic() - t0 < 60
 
 
-def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipedbn", "train", TINY, f"run.dir={run_dir}", "rbm.epochs=200",
-         ONE_PER_LAYER, "train.threads=1", *overrides], cwd=ROOT, env=env1(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class _Launcher:
+    """``pipedbn train`` of a long run, forked from the warm interpreter and waited for in a
+    thread: ``communicate`` and ``kill`` as a ``subprocess.Popen``'s."""
+
+    def __init__(self, warm: WarmCLI, run_dir: Path, *overrides: str) -> None:
+        self.warm = warm
+        self.returncode: int | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        # the child's alarm bounds it even if nothing here gets to kill it
+        self.done: Future[subprocess.CompletedProcess] = self.pool.submit(
+            warm.cli, "train", TINY, f"run.dir={run_dir}", "rbm.epochs=200", ONE_PER_LAYER,
+            ONE_THREAD, *overrides, timeout=240)
+
+    def communicate(self, timeout: float) -> tuple[str, str]:
+        proc = self.done.result(timeout=timeout)
+        self.returncode = proc.returncode
+        return proc.stdout, proc.stderr
+
+    def kill(self) -> None:
+        """SIGKILL the command if it still runs (a test here runs one at a time), and reap it."""
+        if not self.done.done():
+            for pid in _children(self.warm.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.done.result(timeout=60)
+        self.pool.shutdown(wait=False)
+
+
+def _children(ppid: int) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) \
+                    == ppid:
+                found.append(int(d.name))
+    return found
+
+
+def _start(warm: WarmCLI, run_dir: Path, *overrides: str) -> _Launcher:
+    return _Launcher(warm, run_dir, *overrides)
 
 
 def _streaming(run_dir: Path, n: int = 3) -> dict[int, int]:
@@ -93,9 +138,10 @@ def _streaming(run_dir: Path, n: int = 3) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2])
-def test_a_killed_stage_stops_every_stage_and_is_named(tmp_path: Path, rank: int) -> None:
+def test_a_killed_stage_stops_every_stage_and_is_named(tmp_path: Path, rank: int,
+                                                      warm: WarmCLI) -> None:
     run_dir = tmp_path / "run"
-    p = _start(run_dir)
+    p = _start(warm, run_dir)
     try:
         pids = _streaming(run_dir)
         t0 = time.monotonic()
@@ -115,13 +161,13 @@ def test_a_killed_stage_stops_every_stage_and_is_named(tmp_path: Path, rank: int
 
 
 @pytest.mark.parametrize(("layers", "hung"), [("[32,24,16]", 1), ("[32,24,16,12]", 3)])
-def test_a_hung_stage_is_named_within_the_timeout(tmp_path: Path, layers: str, hung: int
-                                                  ) -> None:
+def test_a_hung_stage_is_named_within_the_timeout(tmp_path: Path, layers: str, hung: int,
+                                                  warm: WarmCLI) -> None:
     # stage 1 of 3: both neighbours wait on it; the last of 4: the three stages below all block
     # on their sends (back-pressure), and the one next to it must be the first to give up
     run_dir = tmp_path / "run"
     n = layers.count(",") + 1
-    p = _start(run_dir, "pipeline.timeout=2", f"layers={layers}")
+    p = _start(warm, run_dir, "pipeline.timeout=2", f"layers={layers}")
     try:
         pids = _streaming(run_dir, n)
         os.kill(pids[hung], signal.SIGSTOP)  # alive but silent

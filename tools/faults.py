@@ -9,7 +9,9 @@ Run from the repository root::
 1. *Reference*: one uninterrupted run, ``pipedbn train CONFIG run.dir=REF --nproc N`` with the
    trials' overrides. Its training window (from its first complete checkpoint, a
    ``checkpoints/step-<c>`` with every layer's part, to ``model.safetensors``) bounds the
-   moments at which the trials kill.
+   moments at which the trials kill. Its figures go to ``OUT/reference.json``; ``--reference
+   OUT`` reuses that run (and its figures) in a later invocation with the same config,
+   overrides and ranks (process and early mode share one), and ``--trials 0`` makes only it.
 2. *Trials*, each a fresh torchrun job with ``--max-restarts 1`` and ``run.dir=RUN``:
 
    - ``process``: one agent (``--standalone``, N workers). Once the job's first complete
@@ -74,10 +76,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-import yaml
 from safetensors.torch import load_file
 from torch.distributed import TCPStore
 
+from pipedbn.config import load_config, resolve_defaults
+from pipedbn.errors import UserError
 from tools.benchdocs import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="torchrun's environment: its defaults (TORCH_DISABLE_SHARE_RDZV_TCP_STORE "
                          "unset, as a user following torchrun's documentation has it), or that "
                          "variable set to 1")
-    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--trials", type=int, default=20,
+                    help="jobs to kill, one after another (0: only the reference, for "
+                         "--reference)")
     ap.add_argument("--config", default="configs/tiny.yaml")
     ap.add_argument("--nproc", type=int, default=None,
                     help="ranks in all, one per layer (default 3, node mode 4: 2 per node)")
@@ -133,6 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(torchrun's own way: it is started first and binds the endpoint)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per job, at most")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", type=Path, default=None, metavar="OUT",
+                    help="reuse the uninterrupted run in OUT/reference (the --out of an "
+                         "earlier invocation with the same config, overrides and ranks; its "
+                         "figures are in OUT/reference.json) instead of running one")
     ap.add_argument("--out", type=Path, default=None,
                     help="directory for the runs and logs (default tools/out/faults/<time>)")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
@@ -144,8 +153,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.overrides = args.overrides or list(mode["overrides"])
     if args.mode == "node" and args.nproc % 2:
         ap.error("--mode node splits the ranks over 2 nodes: --nproc must be even")
-    if args.trials < 1 or args.every < 1:
-        ap.error("--trials and --every must be >= 1 (a kill needs a checkpoint to resume from)")
+    if args.trials < 0:
+        ap.error("--trials must be >= 0 (0: only the reference)")
+    if args.every < 1:
+        ap.error("--every must be >= 1 (a kill needs a checkpoint to resume from)")
     if args.out is None:
         args.out = ROOT / "tools" / "out" / "faults" / (
             f"{args.mode}-{datetime.now():%Y%m%d-%H%M%S}")
@@ -330,17 +341,55 @@ class Reference:
 
 
 def count_layers(args: argparse.Namespace) -> int:
-    """Layers of the resolved config (``pipedbn train --print-config``; checks the overrides)."""
-    proc = subprocess.run([sys.executable, "-m", "pipedbn", "train", args.config,
-                           *train_overrides(args, args.out / "unused"), "--print-config"],
-                          cwd=ROOT, env=args.env_vars, capture_output=True, text=True,
-                          timeout=120)
-    if proc.returncode != 0:
-        raise SystemExit(f"faults: the config does not resolve:\n{proc.stderr}")
-    return len(yaml.safe_load(proc.stdout)["layers"])
+    """Layers of the resolved config (as ``pipedbn train --print-config`` resolves it, here
+    rather than in a process of its own; checks the overrides)."""
+    path = Path(args.config)
+    try:
+        cfg = resolve_defaults(load_config(path if path.is_absolute() else ROOT / path,
+                                           train_overrides(args, args.out / "unused")))
+    except UserError as e:
+        raise SystemExit(f"faults: the config does not resolve:\n{e}") from None
+    return len(cfg.layers)
+
+
+REFERENCE_FILE = "reference.json"
+"""Beside the reference's run directory: its figures and what it was made with."""
+
+
+def made_with(args: argparse.Namespace) -> dict[str, Any]:
+    """What decides the reference's weights and windows: equal for every reuse of it."""
+    return {"config": args.config, "nproc": args.nproc,
+            "overrides": train_overrides(args, Path("RUN"))[1:]}
 
 
 def reference(args: argparse.Namespace) -> Reference:
+    """The uninterrupted run: made here, or reused from ``--reference`` (checked to match)."""
+    if args.reference is not None:
+        return reuse_reference(args)
+    ref = run_reference(args)
+    (args.out / REFERENCE_FILE).write_text(json.dumps(
+        {**made_with(args), "layers": ref.layers, "window_s": ref.window_s,
+         "wall_s": ref.wall_s, "startup_s": ref.startup_s}, indent=1))
+    return ref
+
+
+def reuse_reference(args: argparse.Namespace) -> Reference:
+    path = args.reference / REFERENCE_FILE
+    run_dir = args.reference / "reference"
+    if not path.is_file() or not (run_dir / "model.safetensors").is_file():
+        raise SystemExit(f"faults: --reference {args.reference}: no finished reference there "
+                         f"(want {path} and {run_dir / 'model.safetensors'})")
+    saved = json.loads(path.read_text())
+    differ = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in made_with(args).items()
+              if saved.get(k) != v]
+    if differ:
+        raise SystemExit(f"faults: --reference {args.reference} was made otherwise: "
+                         + "; ".join(differ))
+    return Reference(run_dir.resolve(), int(saved["layers"]), float(saved["window_s"]),
+                     float(saved["wall_s"]), float(saved["startup_s"]))
+
+
+def run_reference(args: argparse.Namespace) -> Reference:
     run_dir = args.out / "reference"
     layers = count_layers(args)
     cmd = [sys.executable, "-m", "pipedbn", "train", args.config,
@@ -680,8 +729,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"faults: {args.out} is not empty")
     rng = random.Random(args.seed)
     ref = reference(args)
-    print(f"reference: {ref.wall_s:.1f} s, training window {ref.window_s:.2f} s ({ref.run_dir})",
-          flush=True)
+    print(f"reference{' (reused)' if args.reference else ''}: {ref.wall_s:.1f} s, training "
+          f"window {ref.window_s:.2f} s ({ref.run_dir})", flush=True)
     trials = []
     for i in range(args.trials):
         trial = run_trial(args, i, rng, ref)
@@ -697,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": train_overrides(args, Path("RUN"))[1:], "config": args.config,
             "nproc": args.nproc, "seed": args.seed, "env": args.env, "reference": {
                 "window_s": ref.window_s, "wall_s": ref.wall_s, "startup_s": ref.startup_s,
-                "run_dir": str(ref.run_dir)},
+                "run_dir": str(ref.run_dir), "reused": args.reference is not None},
             "summary": summary(trials), "trials": [asdict(t) for t in trials]}, indent=1))
     if args.write_docs:
         name = f"faults_{args.mode}" + ("_agent_store" if args.mode == "node"
