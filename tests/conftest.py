@@ -18,6 +18,10 @@ import torch
 from warm_cli import WarmCLI
 
 torch.set_num_threads(1)  # one thread per process in tests, as in the subprocesses below
+# The suite starts about a thousand interpreters; with PYTHONDONTWRITEBYTECODE set (as on our
+# CI machines) each compiled pipedbn's sources again (0.1-0.6 s a process here). Without it the
+# first process writes __pycache__ (git-ignored) and the rest read it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 PROCESS_FIXTURES = {"tiny_run", "warm"}
 """Fixtures that start processes: a test that uses one belongs to the slow tier."""
