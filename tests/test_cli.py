@@ -38,9 +38,9 @@ def test_train_writes_a_complete_run_directory(tiny_run: Path) -> None:
     assert not list(tiny_run.rglob("*.tmp"))
 
 
-def test_export_and_load(tiny_run: Path, tmp_path: Path) -> None:
+def test_export_and_load(tiny_run: Path, tmp_path: Path, warm: WarmCLI) -> None:
     out = tmp_path / "dbn.safetensors"
-    proc = cli("export", str(tiny_run), "-o", str(out))
+    proc = warm.cli("export", str(tiny_run), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     with safe_open(str(out), framework="pt") as f:  # loads without executing code
         meta = f.metadata()
@@ -67,12 +67,13 @@ def test_export_and_load(tiny_run: Path, tmp_path: Path) -> None:
                                dbn.params[0]["weight"])
 
 
-def test_default_run_directory_and_print_config(tmp_path: Path) -> None:
+def test_default_run_directory_and_print_config(tmp_path: Path, warm: WarmCLI) -> None:
     proc = cli("train", "configs/tiny.yaml", f"run.out={tmp_path}", "rbm.epochs=0.2", "-q")
     assert proc.returncode == 0, proc.stderr
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
     assert run_dir.parent == tmp_path / "tiny" and re.fullmatch(r"\d{8}-\d{6}", run_dir.name)
-    proc = cli("train", "configs/tiny.yaml", "--print-config", "layers.1.hidden=7")
+    # (no process starts for it: the warm interpreter's child, see conftest.warm)
+    proc = warm.cli("train", "configs/tiny.yaml", "--print-config", "layers.1.hidden=7")
     assert proc.returncode == 0
     printed = yaml.safe_load(proc.stdout)
     assert printed["layers"][1]["hidden"] == 7 and printed["layers"][1]["momentum"] == 0.5
@@ -95,9 +96,10 @@ def test_users_mistakes_exit_2_with_one_message(tmp_path: Path, warm: WarmCLI) -
                       "not a run directory")
 
 
-def test_existing_run_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("keep me")
-    assert_user_error(cli("train", "configs/tiny.yaml", f"run.dir={tmp_path}"),
+def test_existing_run_directory_is_refused_and_left_alone(tmp_path: Path,
+                                                         warm: WarmCLI) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")  # refused before any worker would start
+    assert_user_error(warm.cli("train", "configs/tiny.yaml", f"run.dir={tmp_path}"),
                       "exists and is not empty")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     assert (tmp_path / "notes.txt").read_text() == "keep me"
@@ -116,7 +118,11 @@ def test_python_m_and_version() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("pipedbn ")
 
 
-def test_plan_prints_the_balancers_plan_and_its_prediction() -> None:
+# `pipedbn plan` starts no worker: the warm interpreter's children run it (conftest.warm),
+# without importing torch again for each command line
+
+def test_plan_prints_the_balancers_plan_and_its_prediction(warm: WarmCLI) -> None:
+    cli = warm.cli
     proc = cli("plan", "configs/quickstart.yaml", "--world-size", "5")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -126,7 +132,8 @@ def test_plan_prints_the_balancers_plan_and_its_prediction() -> None:
     assert proc.returncode == 0 and "0-1" in proc.stdout
 
 
-def test_plan_refuses_what_cannot_run() -> None:
+def test_plan_refuses_what_cannot_run(warm: WarmCLI) -> None:
+    cli = warm.cli
     assert_user_error(cli("plan", "configs/tiny.yaml", "--world-size", "0"), "--world-size 0")
     assert_user_error(cli("plan", "configs/tiny.yaml", "--world-size", "2",
                           "balancer.plan=0|1|2"), "needs 3 ranks")

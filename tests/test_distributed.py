@@ -126,11 +126,15 @@ def test_a_slow_last_stage_never_lets_more_than_the_window_pile_up(tmp_path: Pat
 
 
 def test_heartbeats_keep_a_long_wait_for_the_first_micro_batch_alive(tmp_path: Path) -> None:
-    # greedy: stage 2 gets nothing until layers 0 and 1 are trained (> 3.3 s with the sleep),
-    # longer than the 2 s timeout; heartbeats from below show it the pipeline is alive.
+    # greedy: stage 1 gets nothing until layer 0 is trained (33 micro-batches, > 3.3 s with
+    # the sleep after each), stage 2 nothing until layers 0 and 1 are (43, > 4.3 s): both
+    # longer than the 2 s timeout; heartbeats from below show them the pipeline is alive.
+    # Layers 1 and 2 train 0.3 epochs (10 micro-batches): layer 0 sleeps after every
+    # micro-batch of the stream, and the waits above need no more of it.
     run_dir = tmp_path / "run"
-    overrides = ["train.schedule=greedy", "rbm.epochs=1", "straggler.layer=0",
-                 "straggler.sleep_s=0.1", "pipeline.timeout=2", ONE_PER_LAYER]
+    overrides = ["train.schedule=greedy", "rbm.epochs=1", "layers.1.epochs=0.3",
+                 "layers.2.epochs=0.3", "straggler.layer=0", "straggler.sleep_s=0.1",
+                 "pipeline.timeout=2", ONE_PER_LAYER]
     proc = cli("train", TINY, f"run.dir={run_dir}", *overrides)
     assert proc.returncode == 0, proc.stderr
     assert_run_equals(run_dir, reference(overrides))

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import ONE_THREAD, cli
 from test_distributed import TINY, assert_run_equals, reference
 from test_resume import EVERY, assert_same, cut_back
+from warm_cli import WarmCLI
 
 from pipedbn import load
 from pipedbn.eval.evaluation import EvalOptions, run_eval
@@ -27,16 +28,17 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("overrides", [v[1] for v in VARIANTS], ids=[v[0] for v in VARIANTS])
-def test_new_kinds_and_methods_keep_the_pipeline_contract(tmp_path: Path,
-                                                          overrides: list[str]) -> None:
+def test_new_kinds_and_methods_keep_the_pipeline_contract(tmp_path: Path, overrides: list[str],
+                                                          warm: WarmCLI) -> None:
     full = tmp_path / "full"
     proc = cli("train", TINY, f"run.dir={full}", *EVERY, *overrides, "balancer.plan=0|1",
                "--nproc", "2", "-q")
     assert proc.returncode == 0, proc.stderr
     assert_run_equals(full, reference(overrides))
     cut_back(full, tmp_path / "resumed", 40)
-    proc = cli("train", TINY, "--resume", str(tmp_path / "resumed"), *EVERY, *overrides,
-               "--nproc", "1", "-q")
+    # --nproc 1 resumes in the process the user started: the warm interpreter's child
+    proc = warm.cli("train", TINY, ONE_THREAD, "--resume", str(tmp_path / "resumed"), *EVERY,
+                    *overrides, "--nproc", "1", "-q")
     assert proc.returncode == 0, proc.stderr
     assert_same(full, tmp_path / "resumed")
 

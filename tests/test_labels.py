@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli
+from conftest import ONE_THREAD, ROOT, cli
 from reference import train_reference
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from warm_cli import WarmCLI
 
 from pipedbn.config import load_config, resolve_defaults
 from pipedbn.data.loader import open_data
@@ -212,9 +213,13 @@ def test_label_pipeline_equals_the_reference_and_resumes_exactly(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_cli_updown_then_eval_reports_the_test_error(tmp_path: Path, tiny_run: Path) -> None:
+def test_cli_updown_then_eval_reports_the_test_error(tmp_path: Path, tiny_run: Path,
+                                                     warm: WarmCLI) -> None:
+    # every command here runs in one process: the warm interpreter's children (conftest.warm)
+    cli = warm.cli
     run = tmp_path / "run"
-    proc = cli("train", TINY, f"run.dir={run}", *LABELS, "rbm.epochs=10", "--nproc", "1", "-q")
+    proc = cli("train", TINY, f"run.dir={run}", *LABELS, "rbm.epochs=10", "--nproc", "1", "-q",
+               ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     proc = cli("finetune", str(run), "--method", "up-down", "--epochs", "2", "-q")
     assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli, env1
+from conftest import ONE_THREAD, ROOT, cli, env1
 
 from pipedbn.config import load_config
 from pipedbn.data.loader import open_data
@@ -227,11 +227,13 @@ def _bad_late_shard(folder: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", ["1", "3"])
-def test_bad_value_deep_in_a_late_shard(tmp_path, nproc):
+def test_bad_value_deep_in_a_late_shard(tmp_path, nproc, warm):
+    # checked in the process the user started, before any worker: the warm interpreter's
+    # child (conftest.warm) is that process, without importing torch again
     glob = _bad_late_shard(tmp_path / "data")
     run = tmp_path / "run"
-    proc = cli("train", "configs/tiny.yaml", "data.source=npy", f"data.path={glob}",
-               f"run.dir={run}", "--nproc", nproc)
+    proc = warm.cli("train", "configs/tiny.yaml", ONE_THREAD, "data.source=npy",
+                    f"data.path={glob}", f"run.dir={run}", "--nproc", nproc)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("pipedbn: error: ") and proc.stderr.count("\n") == 1, \
         proc.stderr
@@ -242,14 +244,17 @@ def test_bad_value_deep_in_a_late_shard(tmp_path, nproc):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("change", ["size", "mtime"])
-def test_resume_on_changed_shards_is_refused(tmp_path, change):
+def test_resume_on_changed_shards_is_refused(tmp_path, change, warm):
+    # one process each (a run in it, a resume refused before any worker starts): the warm
+    # interpreter's children (conftest.warm)
+    cli = warm.cli
     folder = tmp_path / "data"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for k in range(3):
         np.save(folder / f"part-{k}.npy", rng.random((400, 64)).astype(np.float32))
     run = tmp_path / "run"
-    proc = cli("train", "configs/tiny.yaml", "data.source=npy",
+    proc = cli("train", "configs/tiny.yaml", ONE_THREAD, "data.source=npy",
                f"data.path={folder}/part-*.npy", f"run.dir={run}", "--nproc", "1", "-q")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((run / MANIFEST_FILE).read_text())
@@ -261,7 +266,8 @@ def test_resume_on_changed_shards_is_refused(tmp_path, change):
     else:
         st = path.stat()
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    proc = cli("train", str(run / "config.yaml"), "--resume", str(run), "--nproc", "2")
+    proc = cli("train", str(run / "config.yaml"), ONE_THREAD, "--resume", str(run),
+               "--nproc", "2")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("pipedbn: error: ") and proc.stderr.count("\n") == 1, \
         proc.stderr
@@ -304,11 +310,14 @@ def _stopped_cleanly(run: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", ["1", "3"])
-def test_bad_value_met_in_the_stream_is_one_line(tmp_path, nproc):
+def test_bad_value_met_in_the_stream_is_one_line(tmp_path, nproc, warm):
     glob = _bad_stream(tmp_path / "data")
     run = tmp_path / "run"
-    proc = cli("train", "configs/tiny.yaml", "data.source=npy", f"data.path={glob}",
-               f"run.dir={run}", "--nproc", nproc, "-q", *STREAM)
+    # --nproc 1 trains in the process the user started: the warm interpreter's child
+    # (conftest.warm); --nproc 3 starts its workers as a real launch does
+    run_cli = warm.cli if nproc == "1" else cli
+    proc = run_cli("train", "configs/tiny.yaml", ONE_THREAD, "data.source=npy",
+                   f"data.path={glob}", f"run.dir={run}", "--nproc", nproc, "-q", *STREAM)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("pipedbn: error: ") and proc.stderr.count("\n") == 1, \
         proc.stderr
