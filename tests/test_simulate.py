@@ -195,6 +195,21 @@ def test_ring_all_reduce_takes_its_closed_form() -> None:
             ticks * (step + ring), rel=1e-9)
 
 
+def test_a_collective_link_prices_the_ring_and_nothing_else() -> None:
+    """``Network.collective``: the all-reduce's ring steps pay its latency and bandwidth (the
+    closed form on that link), while the pipeline's messages keep the message link."""
+    msg, coll, n, step, ticks = Link(20e-6, 10e9), Link(1 * MS, 5e9), 1_000_000, 1 * MS, 10
+    for r in (2, 3):
+        net = Network(msg, collective=coll)
+        ring = ring_allreduce_s(4 * n, r, coll.latency, coll.bandwidth)
+        assert one_replicated_stage(r, ticks, step, net, n) == pytest.approx(
+            ticks * (step + ring), rel=1e-9)
+    stages, costs = chain(2), [LayerCost(1 * MS), LayerCost(1 * MS)]
+    assert simulate(streaming(2, 50), stages, costs, Network(msg, collective=coll),
+                    Options(batch=10)).seconds == simulate(
+        streaming(2, 50), stages, costs, Network(msg), Options(batch=10)).seconds
+
+
 def test_hierarchical_all_reduce_takes_its_closed_form() -> None:
     intra, inter, n, step, ticks = Link(5e-6, 100e9), Link(20e-6, 5e9), 4_000_000, 1 * MS, 10
     for per_node, r in ((2, 4), (3, 6), (2, 6), (1, 3), (3, 5)):

@@ -4,7 +4,10 @@
 
 ``validate`` runs each case of ``CASES`` here (``pipedbn train --nproc N``, one thread per
 process), simulates it with this machine's measured layer times, link (a gloo ping-pong) and
-``cores=os.cpu_count()``, and reports predicted against measured samples/s.
+``cores=os.cpu_count()``, and reports predicted against measured samples/s. A plan with a
+replicated stage also gets the all-reduce measured here for its replicas and bucket
+(``allreduce_link``): loopback gloo's all-reduce costs far more per ring step than its
+point-to-point messages (docs/benchmarks.md, bench_allreduce).
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from pipedbn.balancer import solve  # noqa: E402
+from pipedbn.balancer import Plan, param_count, solve  # noqa: E402
 from pipedbn.balancer.runtime import problem_for  # noqa: E402
 from pipedbn.config import Config  # noqa: E402
 from pipedbn.data.loader import open_data  # noqa: E402
 from pipedbn.pipeline.layers import make_layers, make_schedule  # noqa: E402
 from pipedbn.sim import Link, Machine, StepTimes, data_shape, from_config, load  # noqa: E402
+from tools import bench_allreduce  # noqa: E402
 from tools.benchdocs import write_section  # noqa: E402
 from tools.benchrun import ROOT, train  # noqa: E402
 
@@ -116,6 +120,30 @@ def _pingpong(rank: int, init: str, out: str, small: int, large: int, rounds: in
     if rank == 0:
         Path(out).write_text(json.dumps(half))
     dist.destroy_process_group()
+
+
+def allreduce_link(ranks: int, nbytes: int, message: Link, calls: int = 200) -> Link:
+    """The link that prices the simulator's ring all-reduce of ``nbytes`` among ``ranks``
+    local processes at what gloo's all-reduce costs here: the mean of ``calls`` back-to-back
+    calls (``tools.bench_allreduce``), spread over the ring's ``2 (ranks - 1)`` steps as
+    latency, beside ``message``'s bandwidth. The mean, because the calls' times are bimodal on
+    this machine (most near a round trip, the rest one or two 4 ms scheduler ticks later)."""
+    mean = float(bench_allreduce.measure(ranks, [nbytes], calls)["allreduce"][str(nbytes)])
+    steps = 2 * (ranks - 1)
+    bytes_s = steps * nbytes / ranks / message.bandwidth
+    return Link(max(0.0, mean - bytes_s) / steps, message.bandwidth, cpu=message.cpu)
+
+
+def bucket_of(cfg: Config, features: int, spec: str, world: int) -> tuple[int, int] | None:
+    """(replicas, bucket bytes) of the plan's most replicated stage; None without replicas.
+    The bucket is the stage's parameters and one flag, as ``sync_allreduce`` sends them."""
+    plan = Plan.parse(spec, world, len(cfg.layers))
+    stage = max(plan.stages, key=lambda st: st.replicas)
+    if stage.replicas < 2:
+        return None
+    sizes = [features] + cfg.sizes
+    params = sum(param_count(sizes[i], sizes[i + 1]) for i in stage.layers)
+    return stage.replicas, 4 * (params + 1)
 
 
 # -- validation: predicted against measured on this machine ------------------------------------
@@ -200,6 +228,7 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
     cores = os.cpu_count()
     rows: list[dict[str, Any]] = []
     measured_costs: dict[str, tuple[list[float], list[float], Any]] = {}
+    measured_ar: dict[tuple[int, int], Link] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n, case in enumerate(cases):
             over = [*case.overrides, f"rbm.epochs={case.epochs * epochs:g}"]
@@ -217,7 +246,14 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
                 work = [s + z for s, z in zip(step, sleep, strict=True)]
                 spec = solve(problem_for(cfg, shape[0], case.nproc, work)).plan.spec()
             times = StepTimes(step, fwd, sleep)
-            machine = Machine(link, cores, collective=collective)
+            bucket = bucket_of(cfg, shape[0], spec, case.nproc)
+            ar = None
+            if bucket is not None and collective == "allreduce":
+                if bucket not in measured_ar:
+                    wait_quiet(timeout=quiet_s)
+                    measured_ar[bucket] = allreduce_link(*bucket, link)
+                ar = measured_ar[bucket]
+            machine = Machine(link, cores, collective=collective, collective_link=ar)
             pred = from_config(cfg, spec, case.nproc, times, machine, shape)
             wait_quiet(timeout=quiet_s)
             b0, c0, t0 = cpu_busy(), _children_cpu(), time.monotonic()
@@ -238,6 +274,10 @@ def validate(cases: Sequence[Case] = tuple(CASES), epochs: float = 1.0,
                 "step_ms": [round(s * 1e3, 3) for s in step],
                 "command": meas["command"], "other_cores": round(others, 2),
                 "link": {"latency_s": link.latency, "bandwidth_Bps": link.bandwidth},
+                "allreduce": None if ar is None or bucket is None else {
+                    "replicas": bucket[0], "bytes": bucket[1], "step_latency_s": ar.latency,
+                    "call_s": 2 * (bucket[0] - 1) * (ar.latency + bucket[1] / bucket[0]
+                                                     / ar.bandwidth)},
             })
     return rows
 
@@ -249,12 +289,15 @@ def _children_cpu() -> float:
 
 def report_validation(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of ``validate``'s rows."""
-    lines = ["| case | ranks | plan | predicted samples/s | measured | predicted / measured "
-             "| other jobs (cores) | predicted with them | ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | ranks | plan | all-reduce (measured) | predicted samples/s | measured "
+             "| predicted / measured | other jobs (cores) | predicted with them | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         plan = r["plan"].replace("|", "\\|")  # a pipe inside a table cell
-        lines.append(f"| {r['case']} | {r['ranks']} | `{plan}` | {r['predicted']:,.0f} | "
+        ar = r.get("allreduce")
+        cell = "-" if ar is None else (f"{ar['replicas']} x {ar['bytes'] / 1e3:.0f} kB: "
+                                       f"{ar['call_s'] * 1e3:.2f} ms")
+        lines.append(f"| {r['case']} | {r['ranks']} | `{plan}` | {cell} | {r['predicted']:,.0f} | "
                      f"{r['measured']:,.0f} | {r['ratio']:.2f} | {r['other_cores']:.2f} | "
                      f"{r['predicted_loaded']:,.0f} | {r['ratio_loaded']:.2f} |")
     return "\n".join(lines)

@@ -11,7 +11,9 @@ For the replicas on node n (``g_n`` of them, in rank order) and ``m`` nodes:
 
 A step sends one chunk to the next member and waits for the previous member's; each transfer
 holds the ports and pays the latency like any message, so on otherwise idle links one all-reduce
-takes ``cost.hierarchical_allreduce_s`` (on one node, ``cost.ring_allreduce_s``). With
+takes ``cost.hierarchical_allreduce_s`` (on one node, ``cost.ring_allreduce_s``). The steps
+inside a node are priced on ``Network.collective`` when it is given (a link measured as an
+all-reduce), else on the node's message link. With
 ``bsp_delayed`` the all-reduce of tick c runs beside the replica's work and is waited for at
 tick c + 1; a last blocking one at the end carries the final update.
 """
@@ -54,7 +56,8 @@ class AllReduce:
             n = self.sent.get((kind, nxt), 0)
             t = self.wires.channel(kind, self.rank, nxt).message(n)
             self.sent[kind, nxt] = n + 1
-            self.wires.transmit(t, chunk)
+            self.wires.transmit(t, chunk, link=self.wires.network.collective
+                                if kind == "ar-in" else None)
             outgoing.append(t)
             n = self.got.get((kind, prv), 0)
             r = self.wires.channel(kind, prv, self.rank).message(n)

@@ -80,6 +80,9 @@ class Machine:
     """The link between nodes; None: ``link`` everywhere."""
     ranks_per_node: int | None = None
     """Ranks per node with ``inter`` (rank k on node k // ranks_per_node)."""
+    collective_link: Link | None = None
+    """What an all-reduce's ring steps inside a node cost (``Network.collective``); None:
+    ``link``'s."""
 
 
 def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int, times: StepTimes,
@@ -129,7 +132,7 @@ def from_config(cfg: Config | str | Path, plan_spec: str | None, world: int, tim
                                   machine.collective),
                   dtype_bytes=8 if cfg.train.dtype == "float64" else 4, read_s=machine.read_s,
                   prefetch=cfg.data.prefetch, background=machine.background)
-    net = Network(machine.link, machine.inter, machine.ranks_per_node)
+    net = Network(machine.link, machine.inter, machine.ranks_per_node, machine.collective_link)
     result = simulate(make_schedule(cfg, per_epoch), stages_of(plan), costs, net, opt)
     result.plan = plan.spec()
     return result

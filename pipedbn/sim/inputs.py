@@ -56,6 +56,11 @@ class Network:
     """The link between ranks of different nodes."""
     node_size: int | None = None
     """Ranks per node; rank k is on node ``k // node_size``."""
+    collective: Link | None = None
+    """The link the steps of an all-reduce's ring inside a node are priced on; None: the
+    message link (``intra``). Loopback gloo's all-reduce costs several of its point-to-point
+    messages' latency per ring step (docs/benchmarks.md, bench_allreduce), so a simulation of
+    this machine gives it a link measured as an all-reduce (``tools/simvalidate``)."""
 
     def between(self, a: int, b: int) -> Link:
         if self.inter is None or self.node_size is None or a // self.node_size == \
@@ -137,7 +142,7 @@ def check(schedule: Schedule, stages: Sequence[SimStage], layers: Sequence[Layer
                 bad.append(f"layers[{i}].{name} is {x!r}; seconds must be finite and >= 0")
         if c.width < 1 or c.params < 0:
             bad.append(f"layers[{i}]: width {c.width} must be >= 1, params {c.params} >= 0")
-    for link in (net.intra, net.inter):
+    for link in (net.intra, net.inter, net.collective):
         if link is not None and not (link.latency >= 0 and link.bandwidth > 0
                                      and math.isfinite(link.latency)):
             bad.append(f"{link}: latency must be finite and >= 0, bandwidth > 0")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipedbn.sim.engine import Engine, Transfer
-from pipedbn.sim.inputs import Network
+from pipedbn.sim.inputs import Link, Network
 
 
 @dataclass
@@ -36,8 +36,10 @@ class Wires:
             self.channels[key] = Channel(src, dst)
         return self.channels[key]
 
-    def transmit(self, t: Transfer, nbytes: float, messages: int = 1) -> None:
-        """Send ``t``: ``nbytes`` hold both ports, each of ``messages`` adds the latency."""
-        link = self.network.between(t.src, t.dst)
+    def transmit(self, t: Transfer, nbytes: float, messages: int = 1, link: Link | None = None
+                 ) -> None:
+        """Send ``t``: ``nbytes`` hold both ports, each of ``messages`` adds the latency;
+        priced on ``link`` if given, else on the link between its two ranks."""
+        link = link or self.network.between(t.src, t.dst)
         t.occupy, t.delay, t.cpu = nbytes / link.bandwidth, messages * link.latency, link.cpu
         self.engine.send(t)
