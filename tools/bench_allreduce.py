@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,15 +33,20 @@ def _worker(rank: int, world: int, store: str, out: str, sizes: list[int], calls
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank,
                             world_size=world)
-    result: dict[str, dict[int, float]] = {"allreduce": {}, "round_trip": {}}
+    result: dict[str, dict[int, float]] = {"allreduce": {}, "round_trip": {}, "median": {},
+                                           "p90": {}}
     for nbytes in sizes:
         t = torch.zeros(max(1, nbytes // 4))
         for _ in range(10):
             dist.all_reduce(t)
-        t0 = time.perf_counter()
+        each = []
         for _ in range(calls):
+            t0 = time.perf_counter()
             dist.all_reduce(t)
-        result["allreduce"][nbytes] = (time.perf_counter() - t0) / calls
+            each.append(time.perf_counter() - t0)
+        result["allreduce"][nbytes] = sum(each) / calls
+        result["median"][nbytes] = statistics.median(each)
+        result["p90"][nbytes] = sorted(each)[int(0.9 * calls)]
         if world == 2:
             peer = 1 - rank
             t0 = time.perf_counter()
@@ -86,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = {w: measure(w, args.sizes, args.calls) for w in args.ranks}
     print(f"{os.cpu_count()} cores, torch {torch.__version__}, load average "
           f"{os.getloadavg()[0]:.1f}; µs per call, {args.calls} back to back")
-    print("| bytes | " + " | ".join(f"all_reduce, {w} ranks" for w in args.ranks)
+    print("| bytes | " + " | ".join(f"all_reduce, {w} ranks: mean (median, p90)"
+                                     for w in args.ranks)
           + " | isend/irecv round trip, 2 ranks |")
     print("|---|" + "---|" * (len(args.ranks) + 1))
     for s in args.sizes:
-        cells = [f"{rows[w]['allreduce'][str(s)] * 1e6:,.0f}" for w in args.ranks]
+        cells = [f"{rows[w]['allreduce'][str(s)] * 1e6:,.0f} ("
+                 f"{rows[w]['median'][str(s)] * 1e6:,.0f}, {rows[w]['p90'][str(s)] * 1e6:,.0f})"
+                 for w in args.ranks]
         trip = rows.get(2, {}).get("round_trip", {}).get(str(s))
         cells.append(f"{trip * 1e6:,.0f}" if trip is not None else "-")
         print(f"| {s:,} | " + " | ".join(cells) + " |")
