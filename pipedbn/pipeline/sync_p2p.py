@@ -32,7 +32,7 @@ from pipedbn.config import BalancerConfig
 from pipedbn.model.rbm import RBM
 from pipedbn.observe.monitor import Metrics
 from pipedbn.pipeline.replicas import Rounds
-from pipedbn.pipeline.transport import _post, _wait
+from pipedbn.pipeline.transport import _post, _wait, irecv, isend
 
 TICK, FINAL = 0, 1
 
@@ -64,7 +64,7 @@ class PeerSync(Rounds):
         parts = self.bucket.running()
         flat = torch.cat([self.snapshot] + [t.reshape(-1) for t in parts])
         if self.replica == 0:
-            works = [_post(dist.isend, flat, self.ranks[k],
+            works = [_post(isend, flat, self.ranks[k],
                            f"{self.name}: lost replica {k} at a checkpoint")
                      for k in self.peers if k not in self.finished]
             self.messages += len(works)
@@ -73,7 +73,7 @@ class PeerSync(Rounds):
                 _wait(w, self.timeout, f"{self.name}: a replica stopped at a checkpoint", -1)
             return
         what = f"{self.name}: lost replica 0 (rank {self.ranks[0]}) at a checkpoint"
-        _wait(_post(dist.irecv, flat, self.ranks[0], what), self.timeout, what, self.ranks[0])
+        _wait(_post(irecv, flat, self.ranks[0], what), self.timeout, what, self.ranks[0])
         n = self.snapshot.numel()
         self.snapshot = flat[:n].clone()
         self.bucket.set(self.snapshot)
@@ -138,7 +138,7 @@ class PeerSync(Rounds):
         works: list[dist.Work] = []
         for k in self.peers:  # a finished peer still takes updates until this one's FINAL
             what = f"{self.name}: lost replica {k} (rank {self.ranks[k]}) while syncing"
-            works.append(_post(dist.isend, msg, self.ranks[k], what))
+            works.append(_post(isend, msg, self.ranks[k], what))
         self.messages += len(works)
         self.bytes += len(works) * msg.numel() * msg.element_size()
         self._sent.append((works, msg))
@@ -155,7 +155,7 @@ class PeerSync(Rounds):
         rank = self.ranks[k]
         msg = torch.empty(self._msg_len, dtype=self.snapshot.dtype, device=self.snapshot.device)
         what = f"{self.name}: lost replica {k} (rank {rank}) while syncing"
-        return _post(dist.irecv, msg, rank, what), msg
+        return _post(irecv, msg, rank, what), msg
 
     def _receive(self, k: int) -> torch.Tensor:
         return self._take(k, self._post_receive(k))
