@@ -97,6 +97,60 @@ def train(nproc: int, epochs: float, run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _threads(marker: str) -> dict[tuple[int, int], tuple[str, int, int]]:
+    """(pid, tid) -> (name, ns running, ns runnable but waiting) of every thread of every
+    process whose command line holds ``marker``."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker not in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            for task in (proc / "task").iterdir():
+                run, wait = (task / "schedstat").read_text().split()[:2]
+                name = (task / "comm").read_text().strip()
+                out[int(proc.name), int(task.name)] = (name, int(run), int(wait))
+        except OSError:  # the process or thread ended meanwhile
+            continue
+    return out
+
+
+def thread_shares(run_dir: Path, window: float = 5.0, settle: float = 8.0) -> list[dict[str, Any]]:
+    """A long 2-process run; each busy worker thread's running and queued shares of a
+    ``window`` in mid-stream (``settle`` s after the workers appear)."""
+    cmd = [sys.executable, "-m", "pipedbn", "train", "configs/tiny.yaml",
+           f"train.batch_size={BATCH}", "monitor.enabled=false", "rbm.epochs=3000",
+           f"run.dir={run_dir}", "--nproc", "2", "-q"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    marker = f"{run_dir}/config.yaml"
+    try:
+        t_end = time.monotonic() + 120
+        while len({pid for pid, _ in _threads(marker)}) < 2:
+            if proc.poll() is not None or time.monotonic() > t_end:
+                raise SystemExit("the workers of the long run did not start")
+            time.sleep(0.2)
+        time.sleep(settle)
+        a = _threads(marker)
+        time.sleep(window)
+        b = _threads(marker)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    pids = sorted({pid for pid, _ in a})
+    rows = []
+    for key, (name, run, wait) in sorted(a.items()):
+        if key not in b:
+            continue
+        run_frac = (b[key][1] - run) / 1e9 / window
+        wait_frac = (b[key][2] - wait) / 1e9 / window
+        if run_frac >= 0.01:
+            rows.append({"worker": pids.index(key[0]), "thread": name,
+                         "running": run_frac, "queued": wait_frac})
+    return rows
+
+
 def measure(rounds: int, epochs: float, pings: int) -> dict[str, Any]:
     nbytes = Layout(BATCH, FEATURES, torch.float32).nbytes
     trips, pipes, ones = [], [], []
@@ -144,11 +198,22 @@ def table(r: dict[str, Any], command: str) -> str:
     ])
 
 
+def threads_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["Where the workers' busy threads spend 5 s of a long run's stream "
+             "(`rbm.epochs=3000`, `/proc/.../schedstat`):", "",
+             "| worker | thread | running | runnable, waiting for a core |", "|---|---|---|---|"]
+    lines += [f"| {r['worker']} | `{r['thread']}` | {r['running']:.0%} | {r['queued']:.0%} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--epochs", type=float, default=30.0,
-                    help="rbm.epochs of the runs (default 30: about 270 micro-batches)")
+    ap.add_argument("--epochs", type=float, default=300.0,
+                    help="rbm.epochs of the runs (default 300: about 2,700 micro-batches)")
+    ap.add_argument("--threads", action="store_true",
+                    help="also measure the workers' threads' shares of a long run")
     ap.add_argument("--pings", type=int, default=500, help="round trips timed per round")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--pingpong", nargs=5, help=argparse.SUPPRESS)  # a ping-pong worker
@@ -160,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     r = measure(args.rounds, args.epochs, args.pings)
     command = "python -m tools.bench_overhead" + (
         f" --rounds {args.rounds}" if args.rounds != 3 else "") + (
-        f" --epochs {args.epochs:g}" if args.epochs != 30.0 else "")
+        f" --epochs {args.epochs:g}" if args.epochs != 300.0 else "") + (
+        " --threads" if args.threads else "")
     text = table(r, command)
+    if args.threads:
+        with tempfile.TemporaryDirectory(prefix="pipedbn-bench-threads-") as tmp:
+            text += "\n\n" + threads_table(thread_shares(Path(tmp) / "run"))
     print(text)
     if not args.no_doc:
         write_section(SECTION, "## Per micro-batch: the pipeline against gloo's round trip\n\n"
