@@ -102,5 +102,5 @@ def test_from_json_renders_without_measuring(tmp_path: Path, capsys: pytest.Capt
     path.write_text(json.dumps(r))
     bench.main(["--from-json", str(path)])
     out = capsys.readouterr().out
-    assert "| quickstart | 3 | `0\\|1\\|2` | 1,000 | 950 | 1.05 |" in out
+    assert "| quickstart | 3 | `0\\|1\\|2` | - | 1,000 | 950 | 1.05 |" in out  # no all-reduce
     assert "| simulator: worst deviation from measured, every case | 0.053 | <= 0.1 | yes |" in out
