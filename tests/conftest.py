@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,12 +66,30 @@ placements and compare bits against the one-thread reference (tests/test_threads
 tests/test_resources_cli.py test the default)."""
 
 
+_WARM: list[WarmCLI] = []
+"""The session's warm interpreter (``warm_cli``), started by the first test that needs it."""
+
+
+def warm_server() -> WarmCLI:
+    if not _WARM:
+        _WARM.append(WarmCLI(ROOT, env1()))
+    return _WARM[0]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    while _WARM:
+        _WARM.pop().close()
+
+
 def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``pipedbn ARGS`` in a process of its own, forked from the session's warm interpreter
+    (``warm_cli``: its own environment, directory, output and exit status; torch and pipedbn
+    already imported, which was 1.5-2.5 s of every command here). Pipeline workers that it
+    starts are fresh interpreters, as in any run."""
     if (args[:1] == ("train",) and len(args) > 1 and not args[1].startswith("-")
             and not any(a.startswith("train.threads=") for a in args)):
         args = (*args[:2], ONE_THREAD, *args[2:])
-    return subprocess.run([sys.executable, "-m", "pipedbn", *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT, env=env1(), timeout=timeout)
+    return warm_server().run(list(args), env1(), cwd or ROOT, timeout)
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +106,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def warm() -> Iterator[WarmCLI]:
     """The real CLI forked from one warm interpreter (``warm_cli``): for the many short
     command lines that must fail cleanly, where importing torch is most of the time."""
-    server = WarmCLI(ROOT, env1())
-    yield server
-    server.close()
+    yield warm_server()
 
 
 def free_port() -> int:

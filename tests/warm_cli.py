@@ -3,8 +3,9 @@ interpreter imports pipedbn once and forks a child per command line. A child is 
 as far as a command can tell (its own environment, working directory, stdout, stderr and exit
 status, ``SIGALRM`` after ``timeout`` seconds), except that the package is already imported.
 
-For the many short command lines that must fail cleanly (tests/test_bad_input.py), where
-importing torch is nearly all of a command's time; runs that start workers use ``conftest.cli``.
+Every ``conftest.cli`` command runs this way (the many short command lines that must fail
+cleanly, tests/test_bad_input.py, where importing torch is nearly all of a command's time, and
+the runs, whose pipeline workers are fresh interpreters started by the forked launcher).
 """
 
 from __future__ import annotations
