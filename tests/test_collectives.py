@@ -58,11 +58,13 @@ def crc(t: torch.Tensor) -> int:
 
 def _sync(rbm: RBM, groups: Any, replica: int, policy: str, timeout: float = 30.0,
           kv: Any = None) -> Any:
+    from pipedbn.pipeline.replicas import RoundsSetup
     from pipedbn.pipeline.sync_allreduce import AllReduceSync
 
     cfg = BalancerConfig(sync=policy)  # type: ignore[arg-type]
-    return AllReduceSync([rbm], groups, replica, cfg, list(range(1, TICKS + 1)), timeout,
-                         f"replica {replica}", Metrics(None), set(), 0, 1, kv, "lost")
+    setup = RoundsSetup([rbm], replica, list(range(1, TICKS + 1)), cfg, timeout,
+                        f"replica {replica}", Metrics(None))
+    return AllReduceSync(setup, groups, kv, "lost")
 
 
 def _scenarios(rank: int, store: str, out: str) -> None:

@@ -27,9 +27,11 @@ import math
 import time
 import zlib
 from collections import deque
+from dataclasses import dataclass, field
 
 import torch
 
+from pipedbn.config import BalancerConfig
 from pipedbn.model.rbm import RBM, layer_seed
 from pipedbn.observe.monitor import Metrics
 
@@ -65,24 +67,43 @@ class Bucket:
         return [t for layer in self.layers for t in layer.running_buffers()]
 
 
+@dataclass(frozen=True)
+class RoundsSetup:
+    """What a replica's sync policy is made from (``segment.py``), whichever policy it is."""
+
+    layers: list[RBM]
+    """The stage's layers on this replica."""
+    replica: int
+    boundaries: list[int]
+    """The first micro-batch of each round after the first (``round_boundaries``)."""
+    cfg: BalancerConfig
+    """The ``balancer`` section: the policy, ``sync_every``, staleness, ``check_replicas``."""
+    timeout: float
+    """``pipeline.timeout``: what any one wait of the sync may take at most."""
+    name: str
+    """How errors name this replica (``Role.name``)."""
+    metrics: Metrics
+    cuts: set[int] = field(default_factory=set)
+    """The boundaries that are checkpoints."""
+    seed: int = 0
+    tb_every: int = 1
+    """Every tick goes to ``metrics.jsonl``; to TensorBoard only the first at or past each
+    multiple of this (a summary per tick cost 8 replicas on 2 cores a fifth of their time)."""
+
+
 class Rounds:
     """A replica's clock: the round boundaries it ticks at, its speed, and its tick records.
     Subclasses (the policies) implement ``_tick``, ``_reset`` and ``finish``."""
 
-    def __init__(self, layers: list[RBM], replica: int, boundaries: list[int], name: str,
-                 metrics: Metrics, cuts: set[int] | None, seed: int, tb_every: int,
-                 checksums: bool = False) -> None:
-        """``boundaries``: the first micro-batch of each round after the first; ``cuts``: those
-        that are checkpoints (``round_boundaries``). Every tick goes to ``metrics.jsonl``; to
-        TensorBoard only the first tick at or past each multiple of ``tb_every`` (a summary
-        per tick cost 8 replicas on 2 cores a fifth of their time). ``checksums``: record a
-        CRC-32 of the parameters after each tick (``balancer.check_replicas``)."""
-        self.layers, self.replica, self.name, self.metrics = layers, replica, name, metrics
-        self.bucket = Bucket(layers)
-        self.cuts, self.seed = cuts or set(), seed
-        self.boundaries = deque(boundaries)
-        self.tb_every, self._tb_next = max(1, tb_every), 0
-        self.checksums = checksums
+    def __init__(self, setup: RoundsSetup) -> None:
+        self.setup = setup
+        self.layers, self.replica, self.name = setup.layers, setup.replica, setup.name
+        self.metrics, self.timeout = setup.metrics, setup.timeout
+        self.bucket = Bucket(setup.layers)
+        self.cuts, self.seed = setup.cuts, setup.seed
+        self.boundaries = deque(setup.boundaries)
+        self.tb_every, self._tb_next = max(1, setup.tb_every), 0
+        self.checksums = setup.cfg.check_replicas
         self.clock = 0
         self.handled = 0
         self.messages = 0

@@ -21,7 +21,7 @@ from pipedbn.pipeline.hooks import (
 )
 from pipedbn.pipeline.links import Inbox, Outbox
 from pipedbn.pipeline.rank import RankRun
-from pipedbn.pipeline.replicas import Rounds, round_boundaries
+from pipedbn.pipeline.replicas import Rounds, RoundsSetup, round_boundaries
 from pipedbn.pipeline.runner import Source, Stage, run_stage
 from pipedbn.pipeline.source import DataSource, held_probe
 from pipedbn.pipeline.step import Compute, Straggler, Watch
@@ -65,15 +65,14 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM],
                    if any(schedule.trains(i, m) for i in stage.layers)]
         cuts = [c for c in boundaries(cfg.checkpoint.every, schedule.length) if c > role.begin]
         ticks, cut_set = round_boundaries(trained, b.sync_every * stage.replicas, cuts)
+        setup = RoundsSetup(layers, role.replica, ticks, b, ctx.timeout, role.name,
+                            run.metrics, cut_set, cfg.seed, cfg.monitor.scalars_every)
         sync: Rounds
         if groups is not None and role.stage in groups:
-            sync = AllReduceSync(layers, groups[role.stage], role.replica, b, ticks,
-                                 ctx.timeout, role.name, run.metrics, cut_set, cfg.seed,
-                                 cfg.monitor.scalars_every, run.kv,
+            sync = AllReduceSync(setup, groups[role.stage], run.kv,
                                  f"sync-lost/{role.segment}/{role.stage}")
         else:
-            sync = PeerSync(layers, stage.ranks, role.replica, b, ticks, ctx.timeout, role.name,
-                            run.metrics, cut_set, cfg.seed, tb_every=cfg.monitor.scalars_every)
+            sync = PeerSync(setup, stage.ranks)
         hooks.append(ReplicaTicks(sync, layers, saver))
     watch = Watch.of(cfg)
     source: Source

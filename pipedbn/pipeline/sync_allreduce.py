@@ -36,11 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 import torch.distributed as dist
 
-from pipedbn.config import BalancerConfig
-from pipedbn.model.rbm import RBM
-from pipedbn.observe.monitor import Metrics
 from pipedbn.pipeline.collectives import StageGroups, broadcast_first, lost_replica, sum_round
-from pipedbn.pipeline.replicas import Rounds
+from pipedbn.pipeline.replicas import Rounds, RoundsSetup
 from pipedbn.pipeline.transport import LinkError
 
 _Round = tuple[torch.Tensor, "Future[None] | None"]
@@ -49,18 +46,16 @@ ROUND_SHARE, GRACE_SHARE = 0.6, 0.2
 
 
 class AllReduceSync(Rounds):
-    def __init__(self, layers: list[RBM], groups: StageGroups, replica: int,
-                 cfg: BalancerConfig, boundaries: list[int], timeout: float, name: str,
-                 metrics: Metrics, cuts: set[int] | None = None, seed: int = 0,
-                 tb_every: int = 1, kv: dist.Store | None = None, key: str = "") -> None:
-        """``kv`` and ``key``: the store, and a key of this group's own, for naming a lost
-        replica after a failed round (``collectives.lost_replica``)."""
-        super().__init__(layers, replica, boundaries, name, metrics, cuts, seed, tb_every,
-                         cfg.check_replicas)
+    def __init__(self, setup: RoundsSetup, groups: StageGroups, kv: dist.Store | None = None,
+                 key: str = "") -> None:
+        """``groups``: the stage's process groups; ``kv`` and ``key``: the store, and a key of
+        this group's own, for naming a lost replica after a failed round
+        (``collectives.lost_replica``)."""
+        super().__init__(setup)
         self.groups, self.kv, self.key = groups, kv, key
-        self.timeout = ROUND_SHARE * timeout  # the post-mortem fits in the rest
-        self.grace = min(5.0, GRACE_SHARE * timeout)
-        self.delayed = cfg.sync == "bsp_delayed"
+        self.timeout = ROUND_SHARE * setup.timeout  # the post-mortem fits in the rest
+        self.grace = min(5.0, GRACE_SHARE * setup.timeout)
+        self.delayed = setup.cfg.sync == "bsp_delayed"
         self.synced = self.bucket.flat()  # G
         self.base = self.synced.clone()  # B: what W is accounted up to
         self.pending: _Round | None = None

@@ -28,23 +28,18 @@ from collections import deque
 import torch
 import torch.distributed as dist
 
-from pipedbn.config import BalancerConfig
-from pipedbn.model.rbm import RBM
-from pipedbn.observe.monitor import Metrics
-from pipedbn.pipeline.replicas import Rounds
+from pipedbn.pipeline.replicas import Rounds, RoundsSetup
 from pipedbn.pipeline.transport import _post, _wait, irecv, isend
 
 TICK, FINAL = 0, 1
 
 
 class PeerSync(Rounds):
-    def __init__(self, layers: list[RBM], ranks: tuple[int, ...], replica: int,
-                 cfg: BalancerConfig, boundaries: list[int], timeout: float, name: str,
-                 metrics: Metrics, cuts: set[int] | None = None, seed: int = 0,
-                 tb_every: int = 1) -> None:
-        super().__init__(layers, replica, boundaries, name, metrics, cuts, seed, tb_every,
-                         cfg.check_replicas)
-        self.ranks, self.timeout = ranks, timeout
+    def __init__(self, setup: RoundsSetup, ranks: tuple[int, ...]) -> None:
+        """``ranks``: the stage's, replica j on ``ranks[j]``."""
+        super().__init__(setup)
+        cfg, replica = setup.cfg, setup.replica
+        self.ranks = ranks
         self.policy, self.every, self.max_stale = cfg.sync, cfg.sync_every, cfg.staleness
         self.barrier = max(1, math.ceil(cfg.barrier_every / cfg.sync_every))
         self.peers = [k for k in range(len(ranks)) if k != replica]
