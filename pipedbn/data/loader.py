@@ -78,7 +78,12 @@ class Data:
         return n // b if self.drop_last else -(-n // b)
 
     def raw(self, rows: np.ndarray) -> np.ndarray:
-        """Raw values of global ``rows`` (any order), reading each shard's rows in sorted order."""
+        """Raw values of global ``rows`` (any order), reading each shard's rows in sorted order
+        (one in-memory shard: indexed as given, the sort buys nothing there and was most of a
+        micro-batch's read, 27 against 5 µs for tiny's)."""
+        shards = self.source.shards
+        if len(shards) == 1 and shards[0].path is None:
+            return np.take(shards[0].array, rows, axis=0).astype(np.float32, copy=False)
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
         out = np.empty((len(rows), self.features), dtype=np.float32)
