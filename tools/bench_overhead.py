@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,7 +124,7 @@ def thread_shares(run_dir: Path, window: float = 5.0, settle: float = 8.0) -> li
            f"train.batch_size={BATCH}", "monitor.enabled=false", "rbm.epochs=3000",
            f"run.dir={run_dir}", "--nproc", "2", "-q"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     marker = f"{run_dir}/config.yaml"
     try:
         t_end = time.monotonic() + 120
@@ -135,9 +136,12 @@ def thread_shares(run_dir: Path, window: float = 5.0, settle: float = 8.0) -> li
         a = _threads(marker)
         time.sleep(window)
         b = _threads(marker)
-    finally:
-        proc.kill()
+    finally:  # the launcher, then its workers (they leave within a second of it)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
+        t_end = time.monotonic() + 30
+        while _threads(marker) and time.monotonic() < t_end:
+            time.sleep(0.2)
     pids = sorted({pid for pid, _ in a})
     rows = []
     for key, (name, run, wait) in sorted(a.items()):
