@@ -143,6 +143,7 @@ def train(folder: Path, run_dir: Path, layers: str, env: dict[str, str]) -> Row:
     cmd = [sys.executable, "-m", "pipedbn", "train", "configs/quickstart.yaml",
            "data.source=npy", f"data.path={folder}/part-*.npy", "rbm.epochs=1",
            "train.offset_epochs=0", f"layers=[{layers}]", "monitor.progress=off",
+           "train.threads=1",  # one process per layer: the launcher and its workers measured
            f"run.dir={run_dir}"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -198,7 +199,8 @@ def table(rows: list[Row], layers: str, command: str) -> str:
     lines = [
         f"Synthetic 784-feature uint8 `.npy` shards of {SHARD:,} samples, `data.source=npy`, "
         f"layers {layers}, `rbm.epochs=1`, one process per layer through the local launcher; "
-        "one round per size on this 2-core machine shared with other work. Measured by "
+        f"one round per size on this {os.cpu_count()}-core machine (load average "
+        f"{os.getloadavg()[0]:.1f} at the end). Measured {time.strftime('%Y-%m-%d')} by "
         f"`{command}`.",
         "",
         "| samples | shards | wall s | launcher s | start-up s | training s | final eval s "
