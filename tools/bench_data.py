@@ -2,7 +2,7 @@
 ``.npy`` shards of 5,000 samples, generated into a temporary directory (removed at the end),
 trained for one epoch through the local launcher (one process per layer).
 
-    nice -n 10 python -m tools.bench_data                      # 5k, 200k, 2M; docs/benchmarks.md
+    python -m tools.bench_data                                 # 5k, 200k, 2M; docs/benchmarks.md
     python -m tools.bench_data --sizes 5000,200000 --no-doc    # a quick look
 
 Per size: the wall time of ``pipedbn train``; the launcher's part (until it starts the workers:
@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             shutil.rmtree(folder)
             shutil.rmtree(Path(tmp) / f"run-{n}")
-    command = "nice -n 10 python -m tools.bench_data" + (
+    niceness = os.nice(0)
+    command = (f"nice -n {niceness} " if niceness else "") + "python -m tools.bench_data" + (
         f" --sizes {args.sizes}" if args.sizes != ap.get_default("sizes") else "") + (
         f" --layers {args.layers}" if args.layers != ap.get_default("layers") else "")
     text = table(rows, args.layers, command)
