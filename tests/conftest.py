@@ -71,8 +71,11 @@ _WARM: list[WarmCLI] = []
 
 
 def warm_server() -> WarmCLI:
+    """Started in the environment of the session's start (``_SESSION_ENV``), whichever test
+    needs it first (a test may have changed ``os.environ`` by then); each command gets the
+    environment of its own moment (``env1``)."""
     if not _WARM:
-        _WARM.append(WarmCLI(ROOT, env1()))
+        _WARM.append(WarmCLI(ROOT, _SESSION_ENV, env1))
     return _WARM[0]
 
 
@@ -152,3 +155,6 @@ def wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no-
 
 def env1() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+_SESSION_ENV = env1()

@@ -5,13 +5,19 @@ status, ``SIGALRM`` after ``timeout`` seconds), except that the package is alrea
 
 Every ``conftest.cli`` command runs this way (the many short command lines that must fail
 cleanly, tests/test_bad_input.py, where importing torch is nearly all of a command's time, and
-the runs, whose pipeline workers are fresh interpreters started by the forked launcher).
+the runs, whose pipeline workers are fresh interpreters started by the forked launcher). What a
+forked command does not share with ``python -m pipedbn``: its exit skips ``atexit`` handlers
+and the join of other threads (``os._exit``, after flushing stdout and stderr), ``tests/`` is
+first on ``sys.path``, and ``/proc/<pid>/cmdline`` is the server's; the tests that depend on
+those run ``python -m pipedbn`` themselves (test_restarts' launcher tests, test_layout's
+import check).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +25,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +38,23 @@ def _child(request: dict[str, Any]) -> None:
     """In the forked child: become the command and exit with its status."""
     code = 1
     try:
+        null = os.open(os.devnull, os.O_RDONLY)  # not the server's request pipe
+        os.dup2(null, 0)
+        os.close(null)
         for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
             f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(f, fd)
             os.close(f)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115  (as Python's)
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         os.umask(request["umask"])
         logging.root.handlers.clear()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.alarm(int(request["timeout"]))
+        signal.alarm(max(1, math.ceil(request["timeout"])))
         sys.argv = ["pipedbn", *request["args"]]
         code = main(request["args"])
     except SystemExit as e:  # argparse, as `python -m pipedbn` would end
@@ -88,7 +99,10 @@ class WarmCLI:
     """Client of one warm interpreter: ``run(args, env, cwd)`` as ``subprocess.run`` would
     (the child's stdout and stderr pass through files of a directory of its own)."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, env: dict[str, str],
+                 env_now: Callable[[], dict[str, str]] | None = None) -> None:
+        """``env``: the server's own environment; ``env_now``: each command's, taken when it
+        is run (default: ``env``)."""
         self.proc = subprocess.Popen(
             [sys.executable, *SERVER, str(Path(__file__).parent)], cwd=root, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -99,6 +113,7 @@ class WarmCLI:
         self.n = 0
         self.out_dir = Path(tempfile.mkdtemp(prefix="warm-cli-"))
         self.env, self.root = env, root
+        self.env_now = env_now or (lambda: dict(env))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -110,8 +125,8 @@ class WarmCLI:
 
     def cli(self, *args: str, cwd: Path | None = None, timeout: float = 300
             ) -> subprocess.CompletedProcess:
-        """``conftest.cli``'s twin: ``pipedbn ARGS`` in the server's environment."""
-        return self.run(list(args), self.env, cwd or self.root, timeout)
+        """``conftest.cli``'s twin: ``pipedbn ARGS`` in the environment of the moment."""
+        return self.run(list(args), self.env_now(), cwd or self.root, timeout)
 
     def run(self, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
             ) -> subprocess.CompletedProcess:

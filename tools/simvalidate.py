@@ -39,6 +39,7 @@ from pipedbn.balancer.runtime import problem_for  # noqa: E402
 from pipedbn.config import Config  # noqa: E402
 from pipedbn.data.loader import open_data  # noqa: E402
 from pipedbn.pipeline.layers import make_layers, make_schedule  # noqa: E402
+from pipedbn.pipeline.transport import irecv, isend  # noqa: E402
 from pipedbn.sim import Link, Machine, StepTimes, data_shape, from_config, load  # noqa: E402
 from tools import bench_allreduce  # noqa: E402
 from tools.benchdocs import write_section  # noqa: E402
@@ -79,9 +80,10 @@ def sleep_overshoot(seconds: float, n: int = 20) -> float:
 
 
 def measure_link(small: int = 4, large: int = 2 << 20, rounds: int = 200) -> Link:
-    """Latency and bandwidth of one pipedbn message (a header and a payload, as ``transport``
-    sends them) between two local gloo processes, by ping-pong: half the median round trip of a
-    ``small``-byte and a ``large``-byte payload. On loopback the transfer is CPU work."""
+    """Latency and bandwidth of one pipedbn message (one tensor, the header packed after the
+    payload, sent with ``transport.isend``/``irecv`` as the links send it) between two local
+    gloo processes, by ping-pong: half the median round trip of a ``small``-byte and a
+    ``large``-byte message. On loopback the transfer is CPU work."""
     with tempfile.TemporaryDirectory() as tmp:
         init, out = Path(tmp) / "init", Path(tmp) / "out.json"
         procs = [subprocess.Popen(
@@ -102,18 +104,13 @@ def _pingpong(rank: int, init: str, out: str, small: int, large: int, rounds: in
     peer = 1 - rank
     half = []
     for nbytes in (small, large):
-        header, payload = torch.zeros(3, dtype=torch.int64), torch.zeros(nbytes // 4)
+        message = torch.zeros(nbytes + 24, dtype=torch.uint8)  # the payload and its header
         times = []
         for i in range(rounds + 10):
             t0 = time.perf_counter()
             for turn in (0, 1):
-                if turn == rank:
-                    works = [dist.isend(header, peer), dist.isend(payload, peer)]
-                else:
-                    works = [dist.irecv(header, peer), dist.irecv(payload, peer)]
-                for w in works:
-                    assert w is not None
-                    w.wait()
+                work = isend(message, peer) if turn == rank else irecv(message, peer)
+                work.wait()
             if i >= 10:
                 times.append((time.perf_counter() - t0) / 2)
         half.append(statistics.median(times))
@@ -136,14 +133,17 @@ def allreduce_link(ranks: int, nbytes: int, message: Link, calls: int = 200) -> 
 
 def bucket_of(cfg: Config, features: int, spec: str, world: int) -> tuple[int, int] | None:
     """(replicas, bucket bytes) of the plan's most replicated stage; None without replicas.
-    The bucket is the stage's parameters and one flag, as ``sync_allreduce`` sends them."""
+    The bucket is the stage's parameters and one flag, as ``sync_allreduce`` sends them (a
+    label layer's label weights are not counted: no case here has one). The one collective link
+    prices every replicated stage's all-reduce, so a plan with several is priced at this one's
+    per-step cost."""
     plan = Plan.parse(spec, world, len(cfg.layers))
     stage = max(plan.stages, key=lambda st: st.replicas)
     if stage.replicas < 2:
         return None
     sizes = [features] + cfg.sizes
     params = sum(param_count(sizes[i], sizes[i + 1]) for i in stage.layers)
-    return stage.replicas, 4 * (params + 1)
+    return stage.replicas, (8 if cfg.train.dtype == "float64" else 4) * (params + 1)
 
 
 # -- validation: predicted against measured on this machine ------------------------------------

@@ -96,7 +96,6 @@ class Rounds:
     Subclasses (the policies) implement ``_tick``, ``_reset`` and ``finish``."""
 
     def __init__(self, setup: RoundsSetup) -> None:
-        self.setup = setup
         self.layers, self.replica, self.name = setup.layers, setup.replica, setup.name
         self.metrics, self.timeout = setup.metrics, setup.timeout
         self.bucket = Bucket(setup.layers)

@@ -65,8 +65,9 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM],
                    if any(schedule.trains(i, m) for i in stage.layers)]
         cuts = [c for c in boundaries(cfg.checkpoint.every, schedule.length) if c > role.begin]
         ticks, cut_set = round_boundaries(trained, b.sync_every * stage.replicas, cuts)
-        setup = RoundsSetup(layers, role.replica, ticks, b, ctx.timeout, role.name,
-                            run.metrics, cut_set, cfg.seed, cfg.monitor.scalars_every)
+        setup = RoundsSetup(layers, role.replica, ticks, cfg=b, timeout=ctx.timeout,
+                            name=role.name, metrics=run.metrics, cuts=cut_set, seed=cfg.seed,
+                            tb_every=cfg.monitor.scalars_every)
         sync: Rounds
         if groups is not None and role.stage in groups:
             sync = AllReduceSync(setup, groups[role.stage], run.kv,

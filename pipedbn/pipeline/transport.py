@@ -59,14 +59,16 @@ def isend(t: torch.Tensor, peer: int) -> dist.Work:
     Python wrapper's checks (group lookup, rank translation, torch-function dispatch) cost
     20-40 µs a call here, one call per micro-batch on each side of every link."""
     world = dist.group.WORLD
-    assert world is not None, "the default process group is not initialised"
+    if world is None:
+        raise RuntimeError("the default process group is not initialised")
     return world.send([t], peer, 0)
 
 
 def irecv(t: torch.Tensor, peer: int) -> dist.Work:
     """``dist.irecv(t, peer)`` on the default group, the same way as ``isend``."""
     world = dist.group.WORLD
-    assert world is not None, "the default process group is not initialised"
+    if world is None:
+        raise RuntimeError("the default process group is not initialised")
     return world.recv([t], peer, 0)
 
 

@@ -38,7 +38,8 @@ class LayerCost:
 @dataclass(frozen=True)
 class Link:
     latency: float
-    """Seconds per message beyond its bytes (both of gloo's messages, header and payload)."""
+    """Seconds per message beyond its bytes (one gloo message: ``transport`` packs the header
+    with the payload)."""
     bandwidth: float
     """Bytes per second."""
     cpu: bool = False
