@@ -22,8 +22,6 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -32,16 +30,14 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 from pipedbn.balancer import Plan, param_count, solve  # noqa: E402
 from pipedbn.balancer.runtime import problem_for  # noqa: E402
 from pipedbn.config import Config  # noqa: E402
 from pipedbn.data.loader import open_data  # noqa: E402
 from pipedbn.pipeline.layers import make_layers, make_schedule  # noqa: E402
-from pipedbn.pipeline.transport import irecv, isend  # noqa: E402
 from pipedbn.sim import Link, Machine, StepTimes, data_shape, from_config, load  # noqa: E402
-from tools import bench_allreduce  # noqa: E402
+from tools import bench_allreduce, bench_overhead  # noqa: E402
 from tools.benchdocs import write_section  # noqa: E402
 from tools.benchrun import ROOT, train  # noqa: E402
 
@@ -82,41 +78,12 @@ def sleep_overshoot(seconds: float, n: int = 20) -> float:
 def measure_link(small: int = 4, large: int = 2 << 20, rounds: int = 200) -> Link:
     """Latency and bandwidth of one pipedbn message (one tensor, the header packed after the
     payload, sent with ``transport.isend``/``irecv`` as the links send it) between two local
-    gloo processes, by ping-pong: half the median round trip of a ``small``-byte and a
-    ``large``-byte message. On loopback the transfer is CPU work."""
-    with tempfile.TemporaryDirectory() as tmp:
-        init, out = Path(tmp) / "init", Path(tmp) / "out.json"
-        procs = [subprocess.Popen(
-            [sys.executable, "-m", "tools.simvalidate", "--pingpong", str(rank), str(init),
-             str(out), str(small), str(large), str(rounds)],
-            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-            for rank in (0, 1)]
-        for p in procs:
-            if p.wait(timeout=120):
-                raise RuntimeError(f"the ping-pong worker failed (exit {p.returncode})")
-        t_small, t_large = json.loads(out.read_text())
+    gloo processes, by ping-pong (``tools.bench_overhead.round_trip``): half the median round
+    trip of a ``small``-byte and a ``large``-byte payload with its header. On loopback the
+    transfer is CPU work."""
+    header = 8 * 3  # transport's int64 m, rows, kind
+    t_small, t_large = (bench_overhead.round_trip(n + header, rounds) / 2 for n in (small, large))
     return Link(t_small, (large - small) / max(t_large - t_small, 1e-12), cpu=True)
-
-
-def _pingpong(rank: int, init: str, out: str, small: int, large: int, rounds: int) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
-    peer = 1 - rank
-    half = []
-    for nbytes in (small, large):
-        message = torch.zeros(nbytes + 24, dtype=torch.uint8)  # the payload and its header
-        times = []
-        for i in range(rounds + 10):
-            t0 = time.perf_counter()
-            for turn in (0, 1):
-                work = isend(message, peer) if turn == rank else irecv(message, peer)
-                work.wait()
-            if i >= 10:
-                times.append((time.perf_counter() - t0) / 2)
-        half.append(statistics.median(times))
-    if rank == 0:
-        Path(out).write_text(json.dumps(half))
-    dist.destroy_process_group()
 
 
 def allreduce_link(ranks: int, nbytes: int, message: Link, calls: int = 200) -> Link:
@@ -325,13 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--cases", help="comma-separated case numbers (0-based) to run")
     ap.add_argument("--link", metavar="LATENCY,BANDWIDTH",
                     help="the link (s, bytes/s) instead of measuring it by ping-pong")
-    ap.add_argument("--pingpong", nargs=6, metavar=("RANK", "INIT", "OUT", "SMALL", "LARGE",
-                                                    "ROUNDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.pingpong:  # one of measure_link's two workers
-        rank, init, out, small, large, rounds = args.pingpong
-        _pingpong(int(rank), init, out, int(small), int(large), int(rounds))
-        return
     cases = CASES if args.cases is None else [CASES[int(c)] for c in args.cases.split(",")]
     link = None
     if args.link:

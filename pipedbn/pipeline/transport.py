@@ -54,22 +54,23 @@ def _reason(e: Exception) -> str:
     return text.split(". This is typically")[0]
 
 
+def _world() -> dist.ProcessGroup:
+    world = dist.group.WORLD
+    if world is None:
+        raise RuntimeError("the default process group is not initialised")
+    return world
+
+
 def isend(t: torch.Tensor, peer: int) -> dist.Work:
     """``dist.isend(t, peer)`` on the default group, straight to its ``ProcessGroup``: the
     Python wrapper's checks (group lookup, rank translation, torch-function dispatch) cost
     20-40 µs a call here, one call per micro-batch on each side of every link."""
-    world = dist.group.WORLD
-    if world is None:
-        raise RuntimeError("the default process group is not initialised")
-    return world.send([t], peer, 0)
+    return _world().send([t], peer, 0)
 
 
 def irecv(t: torch.Tensor, peer: int) -> dist.Work:
     """``dist.irecv(t, peer)`` on the default group, the same way as ``isend``."""
-    world = dist.group.WORLD
-    if world is None:
-        raise RuntimeError("the default process group is not initialised")
-    return world.recv([t], peer, 0)
+    return _world().recv([t], peer, 0)
 
 
 def _post(op: Callable[..., dist.Work | None], t: torch.Tensor, peer: int, what: str
