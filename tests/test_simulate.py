@@ -72,7 +72,9 @@ def test_window_of_one_is_stop_and_wait() -> None:
     L, step, latency = 200, 1 * MS, 3 * MS
     link = Link(latency=latency, bandwidth=1e30)
     costs = [LayerCost(step)] * 2
-    one = simulate(streaming(2, L), chain(2), costs, link, Options(window=1, batch=10))
+    # (two posted receives: the link's end sends an END copy per receive, a latency each)
+    one = simulate(streaming(2, L), chain(2), costs, link,
+                   Options(window=1, batch=10, buffers=2))
     assert one.seconds == pytest.approx(L * latency, rel=0.02)
     assert one.limit == "link"
 
@@ -85,7 +87,7 @@ def test_posted_receives_bound_what_a_window_hides() -> None:
     L, step, latency = 200, 1 * MS, 3 * MS
     link = Link(latency=latency, bandwidth=1e30)
     costs = [LayerCost(step)] * 2
-    two = simulate(streaming(2, L), chain(2), costs, link, Options(window=4, batch=10))
+    two = simulate(streaming(2, L), chain(2), costs, link, Options(window=4, batch=10, buffers=2))
     assert two.seconds == pytest.approx(L * (step + latency) / 2, rel=0.02)
     four = simulate(streaming(2, L), chain(2), costs, link, Options(window=4, batch=10, buffers=4))
     assert four.seconds == pytest.approx(L * step + latency + step, rel=0.02)

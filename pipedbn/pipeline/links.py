@@ -122,7 +122,8 @@ class Outbox:
                            beat_every=ctx.timeout / 4, extras=extras)
                 if role.replicas > 1:
                     # the replica above reads another link while this one is quiet: never
-                    # wait on a heartbeat it has not taken (its two posted receives hold two)
+                    # wait on a heartbeat it has not taken (its posted receives, transport.POSTED
+                    # of them, hold two)
                     s.max_beats = 2
                 self.senders[j] = s
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from pipedbn.balancer import Plan, Stage
 from pipedbn.pipeline.schedule import Schedule
+from pipedbn.pipeline.transport import POSTED
 
 SYNC_KINDS = ("bsp", "bsp_delayed", "ssp", "adaptive")
 COLLECTIVES = ("allreduce", "p2p")
@@ -105,8 +106,8 @@ class Options:
     """Seconds of stage 0's prefetch thread per micro-batch."""
     prefetch: int = 4
     """Micro-batches stage 0's prefetch thread reads ahead (0: stage 0 reads each itself)."""
-    buffers: int = 2
-    """Receives a stage keeps posted per link."""
+    buffers: int = POSTED
+    """Receives a stage keeps posted per link (``transport.POSTED``)."""
     background: float = 0.0
     """Other jobs' CPU-bound work sharing the ``cores`` (busy processes, may be fractional)."""
 

@@ -138,12 +138,12 @@ class Run:
         if sync is not None:
             yield from sync.finish()
         res.sync_wait_s += engine.now - t0
-        for src in taken:  # the input's end: two END messages on every link
-            for _ in range(2):
+        for src in taken:  # the input's end: an END message per posted receive on every link
+            for _ in range(self.opt.buffers):
                 yield from self.take(src, rank, taken)
         t0 = engine.now
         for dst in sent:
-            for _ in range(2):
+            for _ in range(self.opt.buffers):
                 yield from self.put(rank, dst, sent, 0.0)
             for t in self.wires.channel("data", rank, dst).messages[:sent[dst]]:
                 yield Wait(t.done)
