@@ -123,6 +123,9 @@ def test_a_slow_last_stage_never_lets_more_than_the_window_pile_up(tmp_path: Pat
     # stage 1 really was held back: it spent most of stage 2's sleeping time waiting to send
     assert stages[1]["send_wait_s"] > 0.5 * stages[2]["micro_batches"] * 0.01
     assert stages[2]["busy_frac"] > 0.7  # the sleeping stage is the bottleneck
+    # its sleep is in every step, and each cycle holds a step (``spread.py``'s histograms)
+    assert stages[2]["step_p50_s"] >= 0.99 * 0.01
+    assert stages[2]["cycle_p50_s"] >= 0.99 * stages[2]["step_p50_s"]
 
 
 def test_heartbeats_keep_a_long_wait_for_the_first_micro_batch_alive(tmp_path: Path) -> None:

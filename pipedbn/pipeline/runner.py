@@ -18,7 +18,9 @@ for a slower device), *receive-wait* the time spent waiting for the next micro-b
 neighbour or from the data reader), *send-wait* the time spent handing it on (back-pressure).
 The stage is *active* from the arrival of its first micro-batch to the end of its stream; the
 wait before that is the schedule's own (a layer that starts later), not a pipeline bubble.
-*busy* = compute / active.
+*busy* = compute / active. Beside these totals, each micro-batch's *cycle* (from the arrival of
+the one before it to its own: the stage's period) and *step* (its compute) go into histograms
+(``spread.py``), whose medians and 99th percentiles ``stages.json`` reports.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pipedbn.observe.monitor import Metrics
 from pipedbn.pipeline.context import STREAM_END, Ending, MicroBatch, Role
 from pipedbn.pipeline.hooks import Done, Hook
 from pipedbn.pipeline.links import Outbox
+from pipedbn.pipeline.spread import Spread
 from pipedbn.pipeline.step import Compute
 from pipedbn.pipeline.transport import PLAN
 
@@ -83,6 +86,10 @@ class StageStats:
     """Messages this rank handed out for them: point-to-point sends, or collectives."""
     sync_bytes: int = 0
     """Bytes of the tensors it handed to those sends or collectives."""
+    cycles: Spread = field(default_factory=Spread, repr=False)
+    """Each micro-batch's cycle: from the arrival of the one before it to its own."""
+    steps: Spread = field(default_factory=Spread, repr=False)
+    """Each micro-batch's step (its compute)."""
 
     @property
     def busy_frac(self) -> float:
@@ -95,6 +102,10 @@ class StageStats:
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["busy_frac"], out["samples_per_s"] = self.busy_frac, self.samples_per_s
+        for name in ("cycle", "step"):
+            spread = out.pop(name + "s")
+            out[f"{name}_p50_s"], out[f"{name}_p99_s"] = (spread.quantile(0.5),
+                                                          spread.quantile(0.99))
         return out
 
 
@@ -138,7 +149,7 @@ def run_stage(stage: Stage, source: Source, outbox: Outbox | None, hooks: Sequen
     first, last = compute.layers[0].index, compute.layers[-1].index
     mine = role.micro_batches(schedule, first)
     interval: _Interval | None = None
-    began = ended = time.perf_counter()
+    began = ended = arrived = time.perf_counter()
     end = STREAM_END
     exhausted = False  # every micro-batch of the segment handled (no re-plan cut it short)
     if first == 0 and outbox is not None:
@@ -165,12 +176,15 @@ def run_stage(stage: Stage, source: Source, outbox: Outbox | None, hooks: Sequen
         else:
             interval.recv += t_got - t_wait
             stats.recv_wait_s += t_got - t_wait
+            stats.cycles.add(t_got - arrived)
+        arrived = t_got
         labels = taken.labels.to(stage.device) if taken.labels is not None else None
         batch = MicroBatch(m, taken.x.to(stage.device, non_blocking=True), taken.probe, labels)
         rows = batch.rows
         batch, work = compute(batch, t_got)
         interval.compute += work.done - t_got
         stats.compute_s += work.done - t_got
+        stats.steps.add(work.done - t_got)
         if outbox is not None:
             if schedule.top(m) > last:
                 outbox.send(m, batch.x, batch.probe, batch.labels)
