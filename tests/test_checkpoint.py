@@ -37,6 +37,34 @@ def setup(tmp_path: Path, every: int = 10, keep: int = 2):  # type: ignore[no-un
     return cfg, schedule, layers
 
 
+def _saved(saver: Saver, layers: list, upto: int) -> None:  # type: ignore[type-arg]
+    """``save_upto``, then wait for the background writes."""
+    saver.save_upto(layers, upto)
+    saver.close()
+
+
+def test_the_state_is_copied_at_the_save_and_written_in_the_background(tmp_path: Path) -> None:
+    cfg, schedule, layers = setup(tmp_path)
+    saver = Saver(tmp_path, cfg, schedule, 0)
+    before = layers[1].weight.clone()
+    saver.save_upto(layers, 10)
+    layers[1].weight.add_(1.0)  # training goes on while the writer works
+    saver.close()
+    found = latest(tmp_path, cfg, 3, schedule.length)
+    assert found is not None and torch.equal(found.load(tmp_path, 1)["weight"], before)
+
+
+def test_a_failed_background_write_is_raised_in_the_stage(tmp_path: Path) -> None:
+    cfg, schedule, layers = setup(tmp_path)
+    blocker = tmp_path / "run"
+    blocker.write_text("a file where the run directory should be")
+    saver = Saver(blocker, cfg, schedule, 0)
+    saver.save_upto(layers[:1], 10)  # queued: the error comes from the writer thread ...
+    with pytest.raises(OSError, match="Not a directory"):
+        saver.close()  # ... at the latest when the stage waits for its writes
+    assert saver._writer is None  # the thread is gone either way
+
+
 def test_boundaries() -> None:
     assert boundaries(10, 40) == [10, 20, 30]
     assert boundaries(0, 40) == []
@@ -47,9 +75,10 @@ def test_a_checkpoint_counts_only_when_every_layer_has_written(tmp_path: Path) -
     cfg, schedule, layers = setup(tmp_path)
     saver = Saver(tmp_path, cfg, schedule, 0)
     saver.save_upto(layers[:2], 10)  # layer 2's rank has not got there yet
+    saver.close()
     assert complete(tmp_path, 3, schedule.length) == []
     assert latest(tmp_path, cfg, 3, schedule.length) is None
-    Saver(tmp_path, cfg, schedule, 0).save_upto(layers[2:], 10)
+    _saved(Saver(tmp_path, cfg, schedule, 0), layers[2:], 10)
     found = latest(tmp_path, cfg, 3, schedule.length)
     assert found is not None and found.tag == "step-10" and found.micro_batch == 10
     state = found.load(tmp_path, 1)
@@ -60,7 +89,7 @@ def test_a_checkpoint_counts_only_when_every_layer_has_written(tmp_path: Path) -
 
 def test_a_torn_checkpoint_is_ignored_and_the_one_before_is_used(tmp_path: Path) -> None:
     cfg, schedule, layers = setup(tmp_path, keep=5)
-    Saver(tmp_path, cfg, schedule, 0).save_upto(layers, 20)
+    _saved(Saver(tmp_path, cfg, schedule, 0), layers, 20)
     torn = part_path(tmp_path, "step-20", 2)
     torn.with_suffix(".json").unlink()  # killed between the part and its checksum
     torn.write_bytes(torn.read_bytes()[:100])
@@ -71,7 +100,7 @@ def test_a_torn_checkpoint_is_ignored_and_the_one_before_is_used(tmp_path: Path)
 
 def test_a_flipped_byte_is_refused_by_its_checksum(tmp_path: Path) -> None:
     cfg, schedule, layers = setup(tmp_path)
-    Saver(tmp_path, cfg, schedule, 0).save_upto(layers, 10)
+    _saved(Saver(tmp_path, cfg, schedule, 0), layers, 10)
     path = part_path(tmp_path, "step-10", 1)
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0x01  # torch.load would read this without complaint
@@ -82,7 +111,7 @@ def test_a_flipped_byte_is_refused_by_its_checksum(tmp_path: Path) -> None:
 
 def test_a_checkpoint_from_other_training_settings_is_refused(tmp_path: Path) -> None:
     cfg, schedule, layers = setup(tmp_path)
-    Saver(tmp_path, cfg, schedule, 0).save_upto(layers, 10)
+    _saved(Saver(tmp_path, cfg, schedule, 0), layers, 10)
     other = resolve_defaults(load_config(TINY, ["layers.1.lr=0.05"]))
     assert config_digest(other) != config_digest(cfg)
     with pytest.raises(CheckpointError, match="other training settings"):
@@ -91,7 +120,7 @@ def test_a_checkpoint_from_other_training_settings_is_refused(tmp_path: Path) ->
 
 def test_finalize_writes_manifests_and_keeps_the_newest(tmp_path: Path) -> None:
     cfg, schedule, layers = setup(tmp_path, keep=2)
-    Saver(tmp_path, cfg, schedule, 0).save_upto(layers, 30)
+    _saved(Saver(tmp_path, cfg, schedule, 0), layers, 30)
     finalize(tmp_path, cfg, 3, schedule.length, schedule)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["step-20", "step-30"]
@@ -103,9 +132,9 @@ def test_finalize_writes_manifests_and_keeps_the_newest(tmp_path: Path) -> None:
 
 def test_an_incomplete_newer_checkpoint_is_kept_an_older_one_dropped(tmp_path: Path) -> None:
     cfg, schedule, layers = setup(tmp_path, keep=1)
-    Saver(tmp_path, cfg, schedule, 0).save_upto(layers[:1], 10)  # torn: older than complete
-    Saver(tmp_path, cfg, schedule, 10).save_upto(layers, 20)
-    Saver(tmp_path, cfg, schedule, 20).save_upto(layers[:2], 30)  # still being written
+    _saved(Saver(tmp_path, cfg, schedule, 0), layers[:1], 10)  # torn: older than complete
+    _saved(Saver(tmp_path, cfg, schedule, 10), layers, 20)
+    _saved(Saver(tmp_path, cfg, schedule, 20), layers[:2], 30)  # still being written
     finalize(tmp_path, cfg, 3, schedule.length, schedule)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["step-20", "step-30"]
@@ -115,7 +144,7 @@ def test_a_non_finite_layer_is_never_saved(tmp_path: Path) -> None:
     cfg, schedule, layers = setup(tmp_path)
     layers[1].weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="layer 1"):
-        Saver(tmp_path, cfg, schedule, 0).save_upto(layers, 10)
+        _saved(Saver(tmp_path, cfg, schedule, 0), layers, 10)
     assert not part_path(tmp_path, "step-10", 1).exists()
 
 

@@ -3,6 +3,7 @@ checkpoints, re-plan checks, reports, progress) and run through the stage loop."
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from pipedbn.balancer.runtime import Coordinator, Reporter, get, put
@@ -108,13 +109,18 @@ def run_segment(run: RankRun, role: Role, held: dict[int, RBM],
     try:
         end = run_stage(Stage(role, compute, ctx.device, run.stats, record_every), source,
                         outbox, hooks)
+        if saver is not None:
+            saver.close()  # a background write's error is this segment's
         if stage.replicas > 1:
             run.stats.sync_ticks += sync.clock
             run.stats.sync_messages += sync.messages
             run.stats.sync_bytes += sync.bytes
         return end
     finally:
-        run.stats.checkpoint_s += saver.seconds if saver is not None else 0.0
+        if saver is not None:
+            with contextlib.suppress(Exception):  # (the error in flight is the one to report)
+                saver.close()
+            run.stats.checkpoint_s += saver.seconds
         if isinstance(source, DataSource):
             source.close()
 

@@ -86,6 +86,7 @@ def train(run: RankRun) -> dict[int, RBM]:
     for i, layer in held.items():
         if plan.owner(i) == rank:
             final.save(layer, schedule.length)
+    final.close()
     role = plan.role(rank)
     run.stats.stage, run.stats.replica = role if role is not None else (None, 0)
     run.stats.monitor_s = run.metrics.seconds

@@ -29,6 +29,8 @@ import json
 import re
 import shutil
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,7 +246,13 @@ def incompatible(old: Config, new: Config) -> list[str]:
 
 
 class Saver:
-    """One rank's checkpoint writer: the boundaries still to save for its layers."""
+    """One rank's checkpoint writer: the boundaries still to save for its layers.
+
+    The stage copies a layer's state at once (training goes on changing it) and a background
+    thread serialises, checksums and writes it (``fsync`` included), in order, with rank 0's
+    manifests after its own parts: the stage pays for the copy, not for the disk. A write's
+    error is raised in the stage at its next save or at ``close``, which waits for them all;
+    a kill meanwhile leaves an incomplete checkpoint, which is ignored as before."""
 
     def __init__(self, run_dir: Path | None, cfg: Config, schedule: Any, begin: int,
                  finalizer: bool = False) -> None:
@@ -254,6 +262,9 @@ class Saver:
         self.points = [c for c in boundaries(every, schedule.length) if c > begin]
         self.digest = config_digest(cfg)
         self.seconds = 0.0
+        """Time the stage spent on checkpoints: copies, and waits for the writer in ``close``."""
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
 
     def save_upto(self, layers: list[Any], upto: int) -> None:
         """Save every pending boundary ``c <= upto``: the caller guarantees that the layers have
@@ -264,12 +275,9 @@ class Saver:
             for layer in layers:
                 self.save(layer, c)
             saved = True
-        if saved and self.finalizer:
-            self.finalize()
-
-    def finalize(self) -> None:
-        finalize(self.run_dir, self.cfg, self.schedule.layers, self.schedule.length,
-                 self.schedule)
+        if saved and self.finalizer and self.run_dir is not None:
+            self._submit(finalize, self.run_dir, self.cfg, self.schedule.layers,
+                         self.schedule.length, self.schedule)
 
     def save(self, layer: Any, c: int) -> None:
         """Layer ``layer``'s part of the checkpoint at ``c`` (``c = length``: the final state).
@@ -281,6 +289,26 @@ class Saver:
         i, s = layer.index, self.schedule
         state = layer.state_dict()
         state["step"] = torch.tensor(max(0, min(c, s.ends[i]) - s.starts[i]), dtype=torch.int64)
-        state = {k: v.cpu() for k, v in state.items()}
-        save_part(self.run_dir, tag_of(c, s.length), c, i, state, self.digest)
+        state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        self._submit(save_part, self.run_dir, tag_of(c, s.length), c, i, state, self.digest)
         self.seconds += time.perf_counter() - t0
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()  # a failed write raises here, in the stage
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="pipedbn-checkpoint")
+        self._pending.append(self._writer.submit(fn, *args))
+
+    def close(self) -> None:
+        """Wait for every write; raise the first one's error, if one failed."""
+        t0 = time.perf_counter()
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True, cancel_futures=True)
+                self._writer = None
+            self._pending.clear()
+            self.seconds += time.perf_counter() - t0
