@@ -255,9 +255,11 @@ class Saver:
     a kill meanwhile leaves an incomplete checkpoint, which is ignored as before."""
 
     def __init__(self, run_dir: Path | None, cfg: Config, schedule: Any, begin: int,
-                 finalizer: bool = False) -> None:
-        """``finalizer``: this is rank 0, which also writes manifests and prunes."""
+                 finalizer: bool = False, background: bool = True) -> None:
+        """``finalizer``: this is rank 0, which also writes manifests and prunes;
+        ``background=False``: write in the caller's thread (``tools/bench_checkpoint.py``)."""
         self.run_dir, self.schedule, self.cfg, self.finalizer = run_dir, schedule, cfg, finalizer
+        self.background = background
         every = cfg.checkpoint.every
         self.points = [c for c in boundaries(every, schedule.length) if c > begin]
         self.digest = config_digest(cfg)
@@ -296,6 +298,9 @@ class Saver:
     def _submit(self, fn: Any, *args: Any) -> None:
         while self._pending and self._pending[0].done():
             self._pending.popleft().result()  # a failed write raises here, in the stage
+        if not self.background:
+            fn(*args)
+            return
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="pipedbn-checkpoint")
         self._pending.append(self._writer.submit(fn, *args))
