@@ -17,9 +17,9 @@ before sending more), each in one of ``window`` send buffers allocated once; the
 ``POSTED`` receives posted, so END and PLAN are sent that many times. gloo moves a message only
 once its receive is posted, so these are the micro-batches that can land while the stage
 trains: with two, one wake-up that waits for the host's timer tick (milliseconds on a shared
-machine) left the stage idle; four measured ~5% less overhead per micro-batch (docs/
-benchmarks.md). No buffer is allocated
-per message. Every wait is bounded by ``timeout``; a failure raises ``LinkError`` naming both the
+machine) left the stage idle; with four the mean overhead per micro-batch was ~9% lower in
+8 interleaved pairs, its median unchanged (docs/benchmarks.md). No buffer is allocated per
+message. Every wait is bounded by ``timeout``; a failure raises ``LinkError`` naming both the
 stage that saw it and the peer it lost. Buffers live on the payload's device, so the same code
 runs on gloo and NCCL (on CUDA the receiver reads the header to the host: one sync a message).
 """
