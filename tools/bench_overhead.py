@@ -176,10 +176,10 @@ def measure(rounds: int, epochs: float, pings: int) -> dict[str, Any]:
     means, medians, p99s, pipes, ones = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="pipedbn-bench-overhead-") as tmp:
         for r in range(rounds):
-            trips = sorted(round_trips(nbytes, pings))
+            trips = round_trips(nbytes, pings)
             means.append(statistics.fmean(trips))
             medians.append(statistics.median(trips))
-            p99s.append(trips[int(0.99 * (len(trips) - 1))])
+            p99s.append(statistics.quantiles(trips, n=100)[98])
             pipes.append(train(2, epochs, Path(tmp) / f"p{r}"))
             ones.append(train(1, epochs, Path(tmp) / f"o{r}"))
             print(f"round {r}: round trip mean {means[-1] * 1e6:.0f} us, median "
